@@ -11,9 +11,9 @@ from torch import nn
 from .distributions import _check_sparsity, uniform_sparsity
 
 # %% auto #0
-__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'SparseTarget', 'mask_name', 'sparsifiable_params', 'masked_params', 'is_sparse',
-           'apply_masks', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify',
-           'load_sparse']
+__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'SparseTarget', 'mask_name', 'sparsifiable_params', 'masked_params',
+           'is_sparse', 'apply_masks', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model',
+           'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -138,8 +138,16 @@ def _save_pre_hook(module, prefix, keep_vars, attrs=()):
     with torch.no_grad():
         for attr in attrs: module._parameters[attr].data.mul_(module._buffers[mask_name(attr)])
 
+STATE_KEY = 'dst_state'
+"Name of the buffer on the root model in which dynamic sparse training keeps its counters"
+
 def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     "Before loading: check every mask in `state_dict`, and keep the current mask where a dense checkpoint has none"
+    skey = prefix + STATE_KEY      # training counters: taken from the checkpoint, or kept if it has none
+    if skey in state_dict and STATE_KEY not in module._buffers:
+        module.register_buffer(STATE_KEY, state_dict[skey].clone())
+    elif skey not in state_dict and STATE_KEY in module._buffers:
+        state_dict[skey] = module._buffers[STATE_KEY].clone()
     for t in masked_params(module):
         wkey = prefix + t.name
         key = mask_name(wkey)
@@ -307,12 +315,19 @@ def unsparsify(model)->nn.Module:
                          (m._load_state_dict_post_hooks, _load_post_hook)):
             for k in [k for k, h in hooks.items() if _is_ours(getattr(h, 'hook', h), f)]: del hooks[k]
     for t in masked_params(model): del t.module._buffers[mask_name(t.attr)]
+    model._buffers.pop(STATE_KEY, None)
     return model
 
 # %% ../nbs/01_masks.ipynb #7679ad88
 def _unwrap_checkpoint(state)->dict:
     "The model's `state_dict` inside `state` (a path, a `state_dict`, or fastai's `{'model', 'opt'}`)"
-    if not isinstance(state, dict): state = torch.load(state, map_location='cpu', weights_only=True)
+    if not isinstance(state, dict):
+        # weights only, plus the plain containers fastai stores optimizer state in
+        import numpy as np
+        from fastcore.foundation import L
+        npcore = getattr(np, '_core', None) or np.core
+        allowed = [L, npcore.multiarray.scalar, np.dtype, *[getattr(np.dtypes, n) for n in np.dtypes.__all__]]
+        with torch.serialization.safe_globals(allowed): state = torch.load(state, map_location='cpu', weights_only=True)
     if 'model' in state and isinstance(state['model'], dict) and set(state) <= {'model', 'opt'}: state = state['model']
     return state
 
@@ -342,9 +357,9 @@ def load_sparse(model,                   # an `nn.Module` or a fastai `Learner`,
         targets.append((SparseTarget(f'{mname}.{attr}' if mname else attr, mod, attr), m))
     if not targets: raise ValueError("The checkpoint has no masks: load it with `load_state_dict`, then sparsify")
     for t, m in targets: t.module.register_buffer(mask_name(t.attr), m.bool().to(t.param.device).clone())
+    _checkpoint_hooks([t for t, _ in targets], model)
     try: model.load_state_dict(sd, strict=strict)
     except Exception:
         unsparsify(model); raise
-    _checkpoint_hooks([t for t, _ in targets], model)
     apply_masks(model)
     return mask_hooks(model) if enforce_masks else SparseHooks([], model)
