@@ -15,8 +15,7 @@ __all__ = ['CONTEXT', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRI
            'momentum_redistribution', 'variance_redistribution', 'check_score']
 
 # %% ../nbs/02_criteria.ipynb #cb8ef033
-CONTEXT = ('mask', 'grad', 'state', 'init', 'name', 'module', 'step', 'generator')
-"Keyword arguments a score can ask for"
+CONTEXT = ('mask', 'grad', 'state', 'init', 'name', 'module', 'step', 'generator')   # what a score can ask for
 
 def score_kwargs(f:Callable)->tuple:
     "The context names that `f` accepts (all of them if it takes `**kwargs`)"
@@ -36,10 +35,10 @@ def opt_state(opt, param)->dict:
     if state is None: return {}
     return state.get(param, None) or {}
 
+# optimizer-state names of the gradient's running average: fastai SGD/Adam, torch Adam(W), torch SGD
 MOMENTUM_KEYS = ('grad_avg', 'exp_avg', 'momentum_buffer')
-"State names of the gradient's running average (fastai SGD/Adam, torch Adam(W), torch SGD)"
+# ... and of its running mean square: fastai Adam/RMSProp, torch Adam(W), torch RMSprop
 SECOND_MOMENT_KEYS = ('sqr_avg', 'exp_avg_sq', 'square_avg')
-"State names of the gradient's running mean square (fastai Adam/RMSProp, torch Adam(W), torch RMSprop)"
 
 def _state_tensor(opt, param, keys, what, fix, score=None):
     st = opt_state(opt, param)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/07_data.ipynb #cecc7d0f
 from __future__ import annotations
+import random
 import numpy as np
 import torch
 from torch import nn
@@ -23,9 +24,11 @@ def _split(X, y, valid_pct, seed):
 def _dls(X, y, trn, val, bs, seed, device, shuffle=True):
     X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
     train, valid = TensorDataset(X[trn], y[trn]), TensorDataset(X[val], y[val])
-    g = torch.Generator().manual_seed(seed)
-    return DataLoaders(DataLoader(train, bs=bs, shuffle=shuffle, drop_last=True, generator=g, device=device),
-                       DataLoader(valid, bs=max(bs, 256), device=device), device=device)
+    state = random.getstate()
+    random.seed(seed)              # fastai's DataLoader draws its shuffling RNG from `random`: same seed, same batches
+    try: return DataLoaders(DataLoader(train, bs=bs, shuffle=shuffle, drop_last=True, device=device),
+                            DataLoader(valid, bs=max(bs, 256), device=device), device=device)
+    finally: random.setstate(state)
 
 def digits_dls(bs:int=64,           # batch size
                valid_pct:float=0.2, # fraction of the 1,797 images held out

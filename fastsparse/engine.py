@@ -196,21 +196,20 @@ class DynamicSparseTraining:
         return records
 
 # %% ../nbs/04_engine.ipynb #30a9e7c6
+# SET (Mocanu et al., 2018): drop the smallest weights, grow at random, constant fraction 0.3
 SET_presets = dict(keep_score_f='weight_magnitude', grow_score_f='random_score', initial_drop_grow_pct=0.3,
                    drop_schedule='constant', stop_pct=0.75)
-"SET (Mocanu et al., 2018): drop the smallest weights, grow at random, constant fraction 0.3"
 
+# SNFS / sparse momentum (Dettmers & Zettlemoyer, 2019): grow by momentum magnitude, redistribute by mean momentum
 SNFS_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_momentum',
                     redistribution_f='momentum_redistribution', initial_drop_grow_pct=0.5,
                     drop_schedule='cosine', stop_pct=0.75)
-"SNFS / sparse momentum (Dettmers & Zettlemoyer, 2019): grow by momentum, redistribute by mean momentum, 0.5 cosine"
 
+# RigL (Evci et al., 2020): grow by the dense gradient's magnitude, 0.3 with cosine decay until 75% of training
 RigL_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_magnitude', initial_drop_grow_pct=0.3,
                     drop_schedule='cosine', stop_pct=0.75)
-"RigL (Evci et al., 2020): grow by dense gradient magnitude, 0.3 with cosine decay until 75% of training"
 
-PRESETS = {'SET': SET_presets, 'SNFS': SNFS_presets, 'RigL': RigL_presets}
-"Presets by name"
+PRESETS = {'SET': SET_presets, 'SNFS': SNFS_presets, 'RigL': RigL_presets}   # by name, as the command line takes them
 
 # %% ../nbs/04_engine.ipynb #0587c277
 class DynamicSparseTrainingOptimizerWrapper:

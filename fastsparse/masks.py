@@ -27,11 +27,9 @@ SPARSIFIABLE = {
     nn.MultiheadAttention: _mha_weights,       # in_proj_weight, or q/k/v_proj_weight when kdim/vdim differ
     nn.RNNBase: _rnn_weights,                  # RNN, LSTM, GRU: every weight_ih_l*, weight_hh_l* (and weight_hr_l*)
     nn.RNNCellBase: _rnn_weights,              # RNNCell, LSTMCell, GRUCell
-}
-"Module types sparsified by default, each mapped to a function giving the names of its sparse weights"
+}  # module types sparsified by default, each mapped to a function giving the names of its sparse weights
 
-EMBEDDINGS = {nn.Embedding: _only_weight}
-"Module types sparsified only when asked (`embeddings=True`)"
+EMBEDDINGS = {nn.Embedding: _only_weight}   # module types sparsified only when asked (`embeddings=True`)
 
 # %% ../nbs/01_masks.ipynb #675e0211
 class SparseTarget(NamedTuple):
@@ -138,8 +136,7 @@ def _save_pre_hook(module, prefix, keep_vars, attrs=()):
     with torch.no_grad():
         for attr in attrs: module._parameters[attr].data.mul_(module._buffers[mask_name(attr)])
 
-STATE_KEY = 'dst_state'
-"Name of the buffer on the root model in which dynamic sparse training keeps its counters"
+STATE_KEY = 'dst_state'   # buffer on the root model in which dynamic sparse training keeps its counters
 
 def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     "Before loading: check every mask in `state_dict`, and keep the current mask where a dense checkpoint has none"

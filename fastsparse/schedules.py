@@ -24,8 +24,7 @@ def linear_drop(initial:float, t:float)->float:
     "Linear decay from `initial` to 0"
     return initial * (1 - t)
 
-DROP_SCHEDULES = {'cosine': cosine_drop, 'constant': constant_drop, 'linear': linear_drop}
-"Drop-fraction schedules by name"
+DROP_SCHEDULES = {'cosine': cosine_drop, 'constant': constant_drop, 'linear': linear_drop}   # by name
 
 # %% ../nbs/03_schedules.ipynb #d8980dd6
 def _check_fraction(x, what, lo=0., hi=1., hi_closed=True):

@@ -24,7 +24,7 @@ class SparsityReport:
 def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Learner`)
                     erk:bool=True,    # add the ERK target of each layer at the model's overall sparsity
                    )->SparsityReport:
-    "Tables of total, non-zero and sparse weights, for the whole model and for each masked weight"
+    "Tables of total, active and non-zero weights, for the whole model and for each masked weight"
     model = _as_model(model)
     ts = masked_params(model)
     masked_ids = {id(t.param) for t in ts}
@@ -32,16 +32,20 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
     for t in ts:
         p = t.param.detach()
         nz, n = int((p != 0).sum()), p.numel()
-        rows.append(dict(layer=t.name, shape=tuple(p.shape), total=n, active=int(t.mask.sum()), nonzero=nz, sparsity=1 - nz / n))
+        a = int(t.mask.sum())
+        rows.append(dict(layer=t.name, shape=tuple(p.shape), total=n, active=a, nonzero=nz, sparsity=1 - a / n))
     layers = pd.DataFrame(rows, columns=['layer', 'shape', 'total', 'active', 'nonzero', 'sparsity'])
     params = list({id(p): p for p in model.parameters()}.values())
     total = sum(p.numel() for p in params)
     sparse_total = sum(p.numel() for p in params if id(p) in masked_ids)
     nonzero = sum(int((p.detach() != 0).sum()) for p in params)
     sparse_nz = int(layers.nonzero.sum()) if len(layers) else 0
+    sparse_active = int(layers.active.sum()) if len(layers) else 0
     if erk and len(ts):
-        overall = 1 - sparse_nz / sparse_total
+        overall = 1 - int(layers.active.sum()) / sparse_total
         layers['erk_target'] = erdos_renyi_sparsity([t.param for t in ts], min(overall, 0.999999))
     mtab = pd.DataFrame([dict(total=total, sparse_layers=sparse_total, dense_layers=total - sparse_total, nonzero=nonzero,
-                              sparsity=1 - nonzero / total if total else 0., sparse_layers_sparsity=1 - sparse_nz / sparse_total if sparse_total else 0.)])
+                              sparsity=1 - nonzero / total if total else 0.,
+                              sparse_layers_active=sparse_active,
+                              sparse_layers_sparsity=1 - sparse_active / sparse_total if sparse_total else 0.)])
     return SparsityReport(mtab, layers)

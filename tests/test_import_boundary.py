@@ -1,0 +1,36 @@
+"The core (masks, distributions, criteria, schedules, engine, stats) imports no fastai."
+import subprocess, sys
+import pytest
+
+CORE = ['fastsparse', 'fastsparse.distributions', 'fastsparse.masks', 'fastsparse.criteria',
+        'fastsparse.schedules', 'fastsparse.engine', 'fastsparse.stats']
+
+@pytest.mark.parametrize('mod', CORE)
+def test_core_imports_no_fastai(mod):
+    code = f"import sys, {mod}; bad = sorted(m for m in sys.modules if m == 'fastai' or m.startswith('fastai.')); print(bad); sys.exit(1 if bad else 0)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, f'{mod} imports fastai: {r.stdout}{r.stderr[-2000:]}'
+
+def test_plain_pytorch_training_without_fastai():
+    code = """
+import sys, torch
+from torch import nn
+from fastsparse import sparsify_model, DynamicSparseTraining, SET_presets, masked_params
+m = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3)); sparsify_model(m, 0.8, seed=0)
+opt = torch.optim.SGD(m.parameters(), lr=0.1)
+dst = DynamicSparseTraining(m, opt, **SET_presets, batches_per_update=2)
+for s in range(10):
+    m(torch.randn(8, 10)).sum().backward(); opt.step(); dst.step(s / 10); opt.zero_grad()
+assert len(dst.history) == 4, len(dst.history)   # steps 2, 4, 6, 8 (step 10 is past stop_pct)
+assert [int(t.mask.sum()) for t in masked_params(m)] == [40, 12]
+assert not any(k == 'fastai' or k.startswith('fastai.') for k in sys.modules)
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+def test_lazy_fastai_names():
+    code = "import fastsparse as s; print(s.DynamicSparseTrainingCallback.__name__, s.digits_dls.__name__); ns = {}; exec('from fastsparse import *', ns); assert 'RigL_presets' in ns and 'DynamicSparseTrainingCallback' in ns"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0 and 'DynamicSparseTrainingCallback digits_dls' in r.stdout, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, '-c', 'import fastsparse as s; s.nope'], capture_output=True, text=True)
+    assert "has no attribute 'nope'" in r.stderr

@@ -1,0 +1,15 @@
+"Every notebook in nbs/ runs as a test (its hidden cells assert what the page claims)."
+import subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
+
+def test_notebooks_found(): assert len(NOTEBOOKS) >= 8
+
+@pytest.mark.notebook
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook(nb):
+    r = subprocess.run([sys.executable, str(ROOT/'tests'/'run_nb.py'), str(nb)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, f'{nb.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}'

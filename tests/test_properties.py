@@ -1,0 +1,122 @@
+"Property tests over random layer shapes, sparsities and updates (hypothesis)."
+import io, math
+import pytest
+import torch
+from torch import nn
+from hypothesis import given, settings, strategies as st, HealthCheck, assume
+
+from fastsparse import (sparsify_model, masked_params, uniform_sparsity, erdos_renyi_sparsity, load_sparse,
+                        SparseEngine, opt_state, n_keep, overall_sparsity, first_layer_dense_uniform)
+
+SETTINGS = dict(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+@st.composite
+def models(draw):
+    "A stack of Linear, Conv2d, Conv1d or ConvTranspose2d layers of random sizes"
+    kind = draw(st.sampled_from(['linear', 'conv2d', 'conv1d', 'convT']))
+    n = draw(st.integers(1, 4))
+    chans = draw(st.lists(st.integers(1, 24), min_size=n + 1, max_size=n + 1))
+    k = draw(st.integers(1, 4))
+    if kind == 'linear': layers = [nn.Linear(a, b) for a, b in zip(chans, chans[1:])]
+    elif kind == 'conv2d': layers = [nn.Conv2d(a, b, k, padding='same') for a, b in zip(chans, chans[1:])]
+    elif kind == 'conv1d': layers = [nn.Conv1d(a, b, k, padding='same') for a, b in zip(chans, chans[1:])]
+    else: layers = [nn.ConvTranspose2d(a, b, k) for a, b in zip(chans, chans[1:])]
+    x = {'linear': (3, chans[0]), 'conv2d': (2, chans[0], 6, 6), 'conv1d': (2, chans[0], 7), 'convT': (2, chans[0], 5, 5)}[kind]
+    return nn.Sequential(*layers), x
+
+sparsities = st.floats(0., 0.99, allow_nan=False)
+distributions = st.sampled_from([uniform_sparsity, erdos_renyi_sparsity, first_layer_dense_uniform])
+
+def _try_sparsify(model, s, f, **kw):
+    "Sparsify, or check that refusing was right (some layer would keep no weight)"
+    params = [m.weight for m in model]
+    expected = [n_keep(p.numel(), si) for p, si in zip(params, f(params, s))]
+    if min(expected) < 1:
+        with pytest.raises(ValueError, match='would keep no weight'): sparsify_model(model, s, f, **kw)
+        return None
+    sparsify_model(model, s, f, **kw)
+    return expected
+
+@settings(**SETTINGS)
+@given(models(), sparsities, distributions, st.integers(0, 2**31))
+def test_exact_counts_and_zeros(spec, s, f, seed):
+    model, xshape = spec
+    expected = _try_sparsify(model, s, f, seed=seed)
+    assume(expected is not None)
+    ts = masked_params(model)
+    assert [int(t.mask.sum()) for t in ts] == expected
+    with torch.no_grad():
+        for t in ts: t.param.add_(torch.randn_like(t.param))     # what an optimizer step does
+    model(torch.randn(*xshape))
+    for t in ts: assert (t.param[~t.mask] == 0).all()
+
+@settings(**SETTINGS)
+@given(models(), st.floats(0.05, 0.99), st.booleans(), st.floats(0.2, 1.5))
+def test_erk_overall_density(spec, s, kernel, power):
+    model, _ = spec
+    params = [m.weight for m in model]
+    ss = erdos_renyi_sparsity(params, s, include_kernel=kernel, erk_power_scale=power)
+    assert all(0 <= x < 1 for x in ss)
+    total = sum(p.numel() for p in params)
+    assert math.isclose(overall_sparsity(params, ss), s, abs_tol=1e-9)
+    kept = sum(n_keep(p.numel(), x) for p, x in zip(params, ss))
+    assert abs(kept - (1 - s) * total) <= len(params) / 2 + 1e-6      # rounding: at most half a weight per layer
+
+@settings(**SETTINGS)
+@given(models(), sparsities, st.integers(0, 2**31))
+def test_checkpoint_round_trip(spec, s, seed):
+    model, xshape = spec
+    assume(_try_sparsify(model, s, uniform_sparsity, seed=seed) is not None)
+    with torch.no_grad():
+        for t in masked_params(model): t.param.add_(1.)           # masked positions dirty before saving
+    buf = io.BytesIO(); torch.save(model.state_dict(), buf); buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    for t in masked_params(model): assert (sd[t.name][~sd[t.name + '_mask']] == 0).all()
+    fresh = nn.Sequential(*[type(m)(*_args(m)) for m in model])
+    load_sparse(fresh, sd)
+    for a, b in zip(masked_params(model), masked_params(fresh)):
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.param, b.param)
+        assert (b.param[~b.mask] == 0).all()
+    fresh(torch.randn(*xshape))
+
+def _args(m):
+    if isinstance(m, nn.Linear): return (m.in_features, m.out_features)
+    kw = m.kernel_size if isinstance(m, nn.ConvTranspose2d) else m.kernel_size
+    return (m.in_channels, m.out_channels, kw) + (() if isinstance(m, nn.ConvTranspose2d) else (1, 'same'))
+
+@settings(**SETTINGS)
+@given(models(), st.floats(0.3, 0.95), st.floats(0., 0.9),
+       st.sampled_from(['weight_magnitude', 'random_score', 'taylor_score']),
+       st.sampled_from(['gradient_magnitude', 'random_score', 'gradient_momentum']),
+       st.sampled_from([None, 'momentum_redistribution', 'variance_redistribution']),
+       st.sampled_from(['adam', 'sgd', 'adamw']), st.integers(0, 2**31))
+def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed):
+    model, xshape = spec
+    assume(_try_sparsify(model, s, uniform_sparsity, seed=seed) is not None)
+    if redist == 'variance_redistribution': assume(optname != 'sgd')
+    opt = {'adam': lambda p: torch.optim.Adam(p, lr=1e-2), 'sgd': lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
+           'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2)}[optname](model.parameters())
+    torch.manual_seed(seed)
+    for _ in range(2):
+        model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+    model(torch.randn(*xshape)).pow(2).mean().backward()
+    before = [int(t.mask.sum()) for t in masked_params(model)]
+    old_masks = [t.mask.clone() for t in masked_params(model)]
+    old_w = [t.param.detach().clone() for t in masked_params(model)]
+    old_state = [{k: v.clone() for k, v in opt_state(opt, t.param).items() if torch.is_tensor(v) and v.shape == t.param.shape}
+                 for t in masked_params(model)]
+    records = SparseEngine(model, opt, keep, grow, redist, seed=seed).update(frac)
+    after = [int(t.mask.sum()) for t in masked_params(model)]
+    assert sum(after) == sum(before)
+    if redist is None: assert after == before
+    for t, om, ow, ost, r in zip(masked_params(model), old_masks, old_w, old_state, records):
+        assert 0 < int(t.mask.sum()) <= t.mask.numel()
+        assert (t.param[~t.mask] == 0).all()
+        grown, kept = t.mask & ~om, t.mask & om
+        assert (t.param[grown] == 0).all()
+        assert torch.equal(t.param[kept], ow[kept])
+        for k, v in opt_state(opt, t.param).items():
+            if k in ost:
+                assert (v[grown] == 0).all()
+                assert torch.equal(v[kept], ost[k][kept])
+        assert r['grown'] == int(grown.sum()) and r['dropped'] == int((om & ~t.mask).sum())
