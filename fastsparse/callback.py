@@ -8,7 +8,7 @@ import torch
 from fastcore.basics import store_attr, patch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.learner import Learner, SkipToEpoch, load_model
+from fastai.learner import Learner, SkipToEpoch, ValueMetric
 from .distributions import uniform_sparsity
 from .masks import sparsify_model, load_sparse, is_sparse
 from .schedules import UpdateSchedule
@@ -33,6 +33,7 @@ class DynamicSparseTrainingCallback(Callback):
                  drop_schedule='cosine',            # decay of the drop fraction: 'cosine', 'linear', 'constant' or f(initial, t)
                  start_step:int=0,                  # no update before this many optimizer steps
                  seed:int=None,                     # seed of random scores (default: drawn from torch's RNG)
+                 log_stats:bool=True,               # add `sparsity` and `explored` columns to fastai's epoch table
                 ):
         store_attr()
         UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)  # fail early on bad values
@@ -44,6 +45,14 @@ class DynamicSparseTrainingCallback(Callback):
             self.redistribution_f, self.initial_drop_grow_pct, self.stop_pct, self.batches_per_update,
             self.drop_schedule, self.start_step, self.seed, resume=resume)
         self.learn.dst, self._due = self.dst, False
+        if self.log_stats:   # extra columns in the Recorder's table (the Recorder builds its columns after us)
+            self._cols = [ValueMetric(self.dst.sparsity, 'sparsity'), ValueMetric(self.dst.exploration_rate, 'explored')]
+            self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, '_fastsparse', False)] + self._cols
+            for m in self._cols: m._fastsparse = True
+
+    def after_fit(self):
+        "Take the statistics columns out of the `Learner`'s metrics again"
+        if self.log_stats: self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, '_fastsparse', False)]
 
     def before_batch(self): self._skipped = False
     def after_cancel_step(self): self._skipped = True   # an earlier callback skipped the optimizer step (e.g. fp16 overflow)

@@ -46,6 +46,38 @@ def _dist():
     import torch.distributed as dist
     return dist if dist.is_available() and dist.is_initialized() else None
 
+def _topk_at(scores, idx, k, largest=True):
+    "The entries of `idx` holding the `k` largest (or smallest) `scores`"
+    return idx[torch.topk(scores[idx], k, largest=largest, sorted=False).indices]
+
+def _top_where(scores, allowed, n_allowed, k, generator=None):
+    "Flat indices of the `k` largest `scores` where `allowed` is True; exact, but reads most scores only once"
+    if n_allowed < 1 << 16 or 4 * k > n_allowed:
+        return _topk_at(scores, allowed.nonzero().squeeze(1), k)
+    # a threshold that a little more than `k` allowed scores exceed, estimated from a random sample
+    pos = torch.randint(0, scores.numel(), (1 << 14,), generator=generator, device=scores.device)
+    sample = scores[pos][allowed[pos]]
+    f = k / n_allowed
+    n_above = min(sample.numel(), max(1, math.ceil((1.5 * f + 6 * math.sqrt(f / max(sample.numel(), 1))) * sample.numel())))
+    tau = torch.topk(sample, n_above, sorted=False).values.min()
+    idx = (scores >= tau).nonzero().squeeze(1)
+    idx = idx[allowed[idx]]
+    if len(idx) < k: idx = allowed.nonzero().squeeze(1)          # unlucky sample: take every allowed position
+    return _topk_at(scores, idx, k)
+
+def _fill_at(t, idx, value):
+    "Set the entries of `t` at flat indices `idx` to `value`, whatever `t`'s memory layout"
+    if t.is_contiguous(): t.view(-1).index_fill_(0, idx, value)
+    else: t.index_put_(torch.unravel_index(idx, t.shape), torch.tensor(value, dtype=t.dtype, device=t.device))
+
+def _agree(mask, drop_idx, grow_idx, new_active, dist):
+    "Under `torch.distributed`: every process takes rank 0's change of `mask`"
+    new = mask.clone().view(-1)
+    new.index_fill_(0, drop_idx, False); new.index_fill_(0, grow_idx, True)
+    b = new.to(torch.uint8); dist.broadcast(b, src=0); new = b.bool()
+    old = mask.view(-1)
+    return (old & ~new).nonzero().squeeze(1), (new & ~old).nonzero().squeeze(1), None
+
 class SparseEngine:
     "Topology updates of every masked weight of `model`: drop by `keep_score_f`, grow by `grow_score_f`"
     def __init__(self,
@@ -63,7 +95,7 @@ class SparseEngine:
         self.keep_score_f, self.grow_score_f = get_score(keep_score_f), get_score(grow_score_f)
         self.redistribution_f = None if redistribution_f is None else get_score(redistribution_f, 'redistribution')
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        self.init = None
+        self.init, self._active = None, {}
         if any('init' in score_kwargs(f) for f in self.scores): self.record_init()
 
     @property
@@ -88,56 +120,70 @@ class SparseEngine(SparseEngine):
               )->list:              # one record per layer: counts of active, dropped and grown weights
         "Drop `drop_fraction` of each layer's active weights and grow as many (or a redistributed share)"
         ctxs = [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
-        active = [int(t.mask.sum()) for t in self.targets]
+        active = [int(torch.count_nonzero(t.mask)) for t in self.targets]
         n_drop = [min(round(drop_fraction * a), a - 1) if a > 0 else 0 for a in active]
         if self.redistribution_f is None: n_grow = n_drop
         else:
             shares = [check_score(self.redistribution_f, t.param, self.opt, 'redistribution', **c) for t, c in zip(self.targets, ctxs)]
             caps = [t.mask.numel() - a + d for t, a, d in zip(self.targets, active, n_drop)]
             n_grow = allocate(sum(n_drop), shares, caps)
-        new_masks = [self._new_mask(t, c, d, g) for t, c, d, g in zip(self.targets, ctxs, n_drop, n_grow)]
-        if (dist := _dist()) is not None:       # every process takes rank 0's masks: bit-identical replicas
-            for i, m in enumerate(new_masks):
-                b = m.to(torch.uint8); dist.broadcast(b, src=0); new_masks[i] = b.bool()
-        # all scores succeeded: commit
-        records = []
-        for t, new, a, d in zip(self.targets, new_masks, active, n_drop):
-            old = t.mask
-            grown, dropped = new & ~old, old & ~new
-            changed = grown | dropped
-            t.param.data.masked_fill_(changed, 0.)
+        changes = [self._change(t, c, a, d, g) for t, c, a, d, g in zip(self.targets, ctxs, active, n_drop, n_grow)]
+        if (dist := _dist()) is not None: changes = [_agree(t.mask, *ch, dist) for t, ch in zip(self.targets, changes)]
+        # every score succeeded and every change is checked: commit
+        records, self.last_grown = [], {}
+        for t, (drop_idx, grow_idx, new_active), a in zip(self.targets, changes, active):
+            m = t.mask.view(-1)
+            grown = grow_idx[~m[grow_idx]]          # a weight dropped and grown back in one update is unchanged
+            m.index_fill_(0, drop_idx, False); m.index_fill_(0, grow_idx, True)
+            dropped = drop_idx[~m[drop_idx]]
+            changed = torch.cat([dropped, grown])
+            _fill_at(t.param.data, changed, 0.)
             reset_opt_state(self.opt, t.param, changed)
-            if self.init is not None: self.init[t.name].masked_fill_(grown, 0.)
-            old.copy_(new)
-            t.param.data.mul_(old)
-            records.append(dict(layer=t.name, numel=old.numel(), active_before=a, dropped=int(dropped.sum()),
-                                grown=int(grown.sum()), active_after=int(new.sum()), drop_fraction=drop_fraction,
-                                step=step, update=n_update, new_mask=grown))
+            if self.init is not None: _fill_at(self.init[t.name], grown, 0.)
+            t.param.data.mul_(t.mask.view(torch.uint8))    # the optimizer step may have written masked positions
+            self.last_grown[t.name] = grown
+            if new_active is None: self._active.pop(t.name, None)
+            else: self._active[t.name] = (t.mask._version, new_active)
+            records.append(dict(layer=t.name, numel=m.numel(), active_before=a, dropped=len(dropped), grown=len(grown),
+                                active_after=a - len(drop_idx) + len(grow_idx), drop_fraction=drop_fraction,
+                                step=step, update=n_update))
         return records
 
-    def _new_mask(self, t, ctx, n_drop, n_grow):
-        "The mask after dropping `n_drop` active and growing `n_grow` inactive weights of `t` (model unchanged)"
-        mask = t.mask.flatten()
-        new = mask.clone()
+    def _active_idx(self, t):
+        "Flat indices of the active weights of `t`, cached until its mask changes"
+        v, idx = self._active.get(t.name, (None, None))
+        if v != t.mask._version or idx is None: idx = t.mask.view(-1).nonzero().squeeze(1)
+        return idx
+
+    def _change(self, t, ctx, n_active, n_drop, n_grow):
+        "Flat indices `(drop, grow)`: the `n_drop` active weights to drop and the `n_grow` inactive ones to grow (model unchanged)"
+        mask = t.mask.view(-1)
+        active_idx = self._active_idx(t)
+        drop_idx = grow_idx = mask.new_empty(0, dtype=torch.long)
+        kept_idx = active_idx
         if n_drop > 0:
-            keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).flatten()
-            drop_idx = torch.topk(keep.masked_fill(~mask, math.inf), n_drop, largest=False, sorted=False).indices
-            new[drop_idx] = False
+            keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1)
+            local = torch.topk(keep[active_idx], n_drop, largest=False, sorted=False).indices
+            drop_idx = active_idx[local]
+            stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
+            kept_idx = active_idx[stays]
         if n_grow > 0:
-            grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).flatten()
-            grow_idx = torch.topk(grow.masked_fill(new, -math.inf), n_grow, sorted=False).indices
-            new[grow_idx] = True
-        expected = int(mask.sum()) - n_drop + n_grow
-        if int(new.sum()) != expected:     # cannot happen with finite scores; never commit a wrong count
-            raise RuntimeError(f"Update of '{t.name}' would leave {int(new.sum())} active weights instead of {expected}")
-        return new.view_as(t.mask)
+            grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
+            allowed = ~mask
+            if n_drop > 0: allowed.index_fill_(0, drop_idx, True)     # just-dropped weights may be grown back
+            grow_idx = _top_where(grow, allowed, mask.numel() - n_active + n_drop, n_grow, ctx['generator'])
+            if not allowed[grow_idx].all():    # cannot happen; never commit it
+                raise RuntimeError(f"Update of '{t.name}' tried to grow an active weight")
+        return drop_idx, grow_idx, torch.cat([kept_idx, grow_idx])
 
 # %% ../nbs/04_engine.ipynb #f3badbd5
 @torch.no_grad()
 def reset_opt_state(opt, param, positions:torch.Tensor)->None:
-    "Zero, at `positions`, every optimizer-state tensor of `param` shaped like it (any optimizer)"
+    "Zero, at `positions` (a bool tensor shaped like `param`, or flat indices), every optimizer-state tensor of `param` shaped like it"
     for v in opt_state(opt, param).values():
-        if isinstance(v, torch.Tensor) and v.shape == param.shape: v.masked_fill_(positions, 0)
+        if isinstance(v, torch.Tensor) and v.shape == param.shape:
+            if positions.dtype == torch.bool: v.masked_fill_(positions, 0)
+            else: _fill_at(v, positions, 0)
 
 # %% ../nbs/04_engine.ipynb #2f84a39c
 class DynamicSparseTraining:
@@ -159,6 +205,7 @@ class DynamicSparseTraining:
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
         self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed)
         self.model, self.history = self.engine.model, []
+        self.explored = {t.name: t.mask.clone() for t in self.engine.targets}   # every weight ever active (ITOP)
         saved = self.model._buffers.get(STATE_KEY)
         if resume and saved is not None:
             self.n_steps, self.n_updates, self.engine.seed = (int(x) for x in saved.tolist())
@@ -188,12 +235,25 @@ class DynamicSparseTraining:
         if update and self.n_steps > self.schedule.start_step and pct_train < self.schedule.stop_pct:
             frac = self.schedule.drop_fraction(pct_train)
             records = self.engine.update(frac, step=self.n_steps, n_update=self.n_updates)
-            for r in records: r['pct_train'] = pct_train
+            for r, t in zip(records, self.engine.targets):
+                r['pct_train'] = pct_train
+                self.explored[t.name] |= t.mask
             self.history.append(records)
             self.n_updates += 1
-        else: apply_masks(self.model)       # the optimizer step may have written into masked positions
+        else:                               # the optimizer step may have written into masked positions
+            for t in self.engine.targets: t.param.data.mul_(t.mask.view(torch.uint8))
+        for t in self.engine.targets: t.module._masks_fresh = True   # the next forward need not mask again
         self._save_state()
         return records
+
+    def sparsity(self)->float:
+        "Fraction of the masked weights that are inactive"
+        ts = self.engine.targets
+        return 1 - sum(int(t.mask.sum()) for t in ts) / sum(t.mask.numel() for t in ts)
+
+    def exploration_rate(self)->float:
+        "Fraction of the masked weights that were active at some point of this training run (Liu et al., 2021)"
+        return sum(int(e.sum()) for e in self.explored.values()) / sum(e.numel() for e in self.explored.values())
 
 # %% ../nbs/04_engine.ipynb #30a9e7c6
 # SET (Mocanu et al., 2018): drop the smallest weights, grow at random, constant fraction 0.3
