@@ -95,6 +95,9 @@ class SparseEngine:
         self.keep_score_f, self.grow_score_f = get_score(keep_score_f), get_score(grow_score_f)
         self.redistribution_f = None if redistribution_f is None else get_score(redistribution_f, 'redistribution')
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        if (dist := _dist()) is not None:       # one seed for all processes: identical random scores everywhere
+            s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
+            dist.broadcast(s, src=0); self.seed = int(s.item())
         self.init, self._active = None, {}
         if any('init' in score_kwargs(f) for f in self.scores): self.record_init()
 

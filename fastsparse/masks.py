@@ -46,11 +46,12 @@ def mask_name(attr:str)->str:
 
 # %% ../nbs/01_masks.ipynb #2ae1d98c
 def _as_model(model)->nn.Module:
-    "The `nn.Module` in `model` (a module, or anything with a `.model`, such as a fastai `Learner`)"
-    if isinstance(model, nn.Module): return model
-    m = getattr(model, 'model', None)
-    if isinstance(m, nn.Module): return m
-    raise TypeError(f"Expected an nn.Module or a fastai Learner, got {type(model).__name__}")
+    "The `nn.Module` in `model` (a module, a fastai `Learner`, or either wrapped in `DistributedDataParallel`)"
+    if not isinstance(model, nn.Module): model = getattr(model, 'model', model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected an nn.Module or a fastai Learner, got {type(model).__name__}")
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
+    return model
 
 def _is_pattern(s): return any(c in s for c in '*?[')
 
@@ -236,13 +237,13 @@ def _random_mask(shape, n_keep, generator=None)->torch.Tensor:
     m[torch.randperm(n, generator=generator)[:n_keep]] = True
     return m.view(shape)
 
-def _broadcast_masks(masks):
-    "Under `torch.distributed`, give every process rank 0's masks"
+def _broadcast_masks(masks, devices):
+    "Under `torch.distributed`, give every process rank 0's masks (on each weight's device, as NCCL needs)"
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()): return masks
     out = []
-    for m in masks:
-        t = m.to(torch.uint8)
+    for m, d in zip(masks, devices):
+        t = m.to(device=d, dtype=torch.uint8)
         dist.broadcast(t, src=0)
         out.append(t.bool())
     return out
@@ -295,7 +296,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
         raise ValueError(f"At these sparsities {empty} would keep no weight at all. Lower the sparsity, "
                          "exclude these layers, or give them an override.")
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    masks = _broadcast_masks([_random_mask(p.shape, k, g) for p, k in zip(params, keeps)])
+    masks = _broadcast_masks([_random_mask(p.shape, k, g) for p, k in zip(params, keeps)], [p.device for p in params])
     # nothing above changed the model; from here on nothing can fail
     for t, m in zip(targets, masks):
         t.module.register_buffer(mask_name(t.attr), m.to(t.param.device))

@@ -1,0 +1,30 @@
+"""fastai Learner with DynamicSparseTrainingCallback on several processes (launched by test_distributed.py).
+
+Each process has its own shuffling of the data and its own random seed; the model is wrapped in
+DistributedDataParallel (what fastai's `distrib_ctx` does on GPUs), so gradients are averaged."""
+import os, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from fastai.basics import *
+from fastai.callback.all import *
+from fastsparse import sparsify_model, DynamicSparseTrainingCallback, PRESETS, masked_params, erdos_renyi_sparsity
+from fastsparse.data import digits_dls, digits_mlp
+
+def main(preset, out):
+    dist.init_process_group('gloo')
+    rank = dist.get_rank()
+    torch.manual_seed(rank)
+    model = digits_mlp()
+    sparsify_model(model, 0.9, erdos_renyi_sparsity)
+    learn = Learner(digits_dls(seed=rank), DDP(model), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                    opt_func=partial(SGD, mom=0.9))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(3, 1e-2, cbs=DynamicSparseTrainingCallback(**PRESETS[preset], batches_per_update=4))
+    torch.save({'state': model.state_dict(), 'updates': len(learn.dst.history),
+                'budget': [int(t.mask.sum()) for t in masked_params(model)]}, Path(out)/f'rank{rank}.pt')
+    learn.save(Path(out).resolve()/'learn')          # fastai writes the checkpoint on rank 0 only
+    dist.destroy_process_group()
+
+if __name__ == '__main__': main(sys.argv[1], sys.argv[2])
