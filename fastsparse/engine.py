@@ -8,13 +8,13 @@ import math
 from typing import Callable
 import torch
 from torch import nn
-from .masks import masked_params, apply_masks, _as_model, STATE_KEY
+from .masks import masked_params, apply_masks, _as_model, STATE_KEY, HISTORY_KEY, explored_name
 from .criteria import get_score, check_score, opt_state, score_kwargs
 from .schedules import UpdateSchedule
 
 # %% auto #0
-__all__ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS', 'allocate', 'SparseEngine', 'reset_opt_state',
-           'DynamicSparseTraining', 'DynamicSparseTrainingOptimizerWrapper']
+__all__ = ['HISTORY_COLS', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS', 'allocate', 'SparseEngine',
+           'reset_opt_state', 'DynamicSparseTraining', 'DynamicSparseTrainingOptimizerWrapper']
 
 # %% ../nbs/04_engine.ipynb #8ef2a7b5
 def allocate(total:int,  # whole number to share
@@ -98,7 +98,7 @@ class SparseEngine:
         if (dist := _dist()) is not None:       # one seed for all processes: identical random scores everywhere
             s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
             dist.broadcast(s, src=0); self.seed = int(s.item())
-        self.init, self._active = None, {}
+        self.init, self._active, self.last_grown = None, {}, {}
         if any('init' in score_kwargs(f) for f in self.scores): self.record_init()
 
     @property
@@ -207,13 +207,23 @@ class DynamicSparseTraining:
                 ):
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
         self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed)
-        self.model, self.history = self.engine.model, []
-        self.explored = {t.name: t.mask.clone() for t in self.engine.targets}   # every weight ever active (ITOP)
+        self.model = self.engine.model
         saved = self.model._buffers.get(STATE_KEY)
-        if resume and saved is not None:
-            self.n_steps, self.n_updates, self.engine.seed = (int(x) for x in saved.tolist())
+        resume = resume and saved is not None
+        if resume: self.n_steps, self.n_updates, self.engine.seed = (int(x) for x in saved.tolist())
         else: self.n_steps, self.n_updates = 0, 0
+        for t in self.engine.targets:       # which weights were ever active during this run (ITOP's exploration)
+            ex = t.module._buffers.get(explored_name(t.attr))
+            if not resume or ex is None or ex.shape != t.mask.shape: t.module.register_buffer(explored_name(t.attr), t.mask.clone())
+        hist = self.model._buffers.get(HISTORY_KEY)
+        if not resume or hist is None: self.model.register_buffer(HISTORY_KEY, torch.zeros(0, len(HISTORY_COLS), dtype=torch.float64))
+        self.history = _records(self.model._buffers[HISTORY_KEY], [t.name for t in self.engine.targets])
         self._save_state()
+
+    @property
+    def explored(self)->dict:
+        "Per masked weight, a bool tensor of the positions active at some point of this run"
+        return {t.name: t.module._buffers[explored_name(t.attr)] for t in self.engine.targets}
 
     def _save_state(self):
         "Keep the counters in a model buffer, so that every checkpoint of the model carries them"
@@ -237,11 +247,17 @@ class DynamicSparseTraining:
         records = None
         if update and self.n_steps > self.schedule.start_step and pct_train < self.schedule.stop_pct:
             frac = self.schedule.drop_fraction(pct_train)
+            prev_grown = self.engine.last_grown
             records = self.engine.update(frac, step=self.n_steps, n_update=self.n_updates)
             for r, t in zip(records, self.engine.targets):
-                r['pct_train'] = pct_train
-                self.explored[t.name] |= t.mask
+                ex = t.module._buffers[explored_name(t.attr)]
+                ex.logical_or_(t.mask)
+                g = prev_grown.get(t.name)    # weights grown at the previous update that are still active
+                r.update(pct_train=pct_train, survived=-1 if g is None else int(t.mask.view(-1)[g].sum()),
+                         explored=int(torch.count_nonzero(ex)))
             self.history.append(records)
+            hist = self.model._buffers[HISTORY_KEY]
+            self.model.register_buffer(HISTORY_KEY, torch.cat([hist, _rows(records, self.n_updates).to(hist.device)]))
             self.n_updates += 1
         else:                               # the optimizer step may have written into masked positions
             for t in self.engine.targets: t.param.data.mul_(t.mask.view(torch.uint8))
@@ -256,7 +272,26 @@ class DynamicSparseTraining:
 
     def exploration_rate(self)->float:
         "Fraction of the masked weights that were active at some point of this training run (Liu et al., 2021)"
-        return sum(int(e.sum()) for e in self.explored.values()) / sum(e.numel() for e in self.explored.values())
+        ex = self.explored.values()
+        return sum(int(torch.count_nonzero(e)) for e in ex) / sum(e.numel() for e in ex)
+
+# the update statistics kept in the model's `dst_history` buffer, one row per layer and update
+HISTORY_COLS = ('update', 'step', 'pct_train', 'layer', 'numel', 'active_before', 'dropped', 'grown', 'active_after',
+                'drop_fraction', 'survived', 'explored')
+
+def _rows(records, n_update):
+    return torch.tensor([[n_update if c == 'update' else i if c == 'layer' else r[c] for c in HISTORY_COLS]
+                         for i, r in enumerate(records)], dtype=torch.float64)
+
+def _records(hist, names):
+    "The records of every update from a `dst_history` buffer"
+    out = {}
+    for row in hist.tolist():
+        r = dict(zip(HISTORY_COLS, row))
+        r = {k: (v if k in ('pct_train', 'drop_fraction') else int(v)) for k, v in r.items()}
+        r['layer'] = names[r['layer']]
+        out.setdefault(r['update'], []).append(r)
+    return list(out.values())
 
 # %% ../nbs/04_engine.ipynb #30a9e7c6
 # SET (Mocanu et al., 2018): drop the smallest weights, grow at random, constant fraction 0.3

@@ -11,9 +11,9 @@ from torch import nn
 from .distributions import _check_sparsity, uniform_sparsity
 
 # %% auto #0
-__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'SparseTarget', 'mask_name', 'sparsifiable_params', 'masked_params',
-           'is_sparse', 'apply_masks', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model',
-           'unsparsify', 'load_sparse']
+__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'SparseTarget', 'mask_name', 'sparsifiable_params',
+           'masked_params', 'is_sparse', 'apply_masks', 'explored_name', 'SparseHooks', 'mask_hooks',
+           'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -138,17 +138,30 @@ def _save_pre_hook(module, prefix, keep_vars, attrs=()):
     with torch.no_grad():
         for attr in attrs: module._parameters[attr].data.mul_(module._buffers[mask_name(attr)].view(torch.uint8))
 
-STATE_KEY = 'dst_state'   # buffer on the root model in which dynamic sparse training keeps its counters
+STATE_KEY, HISTORY_KEY = 'dst_state', 'dst_history'   # root-model buffers: training counters, update statistics
+
+def explored_name(attr:str)->str:
+    "Name of the buffer recording which weights of `attr` were ever active during training"
+    return f'{attr}_explored'
+
+def _sync_buffer(module, name, state_dict, key, like=None):
+    "A training-state buffer: taken from a checkpoint that has it (created if needed), kept where the checkpoint has none"
+    v, cur = state_dict.get(key), module._buffers.get(name)
+    if isinstance(v, torch.Tensor):
+        if like is not None and v.shape != like.shape:
+            raise ValueError(f"Checkpoint buffer '{key}' has shape {tuple(v.shape)}, but the weight has shape "
+                             f"{tuple(like.shape)}: build the same architecture as the saved model")
+        if cur is None or cur.shape != v.shape or cur.dtype != v.dtype:
+            dev = like.device if like is not None else (cur.device if cur is not None else v.device)
+            module.register_buffer(name, v.detach().clone().to(dev))
+    elif cur is not None: state_dict[key] = cur.clone()
 
 def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     "Before loading: check every mask in `state_dict`, and keep the current mask where a dense checkpoint has none"
-    skey = prefix + STATE_KEY      # training counters: taken from the checkpoint, or kept if it has none
-    if skey in state_dict and STATE_KEY not in module._buffers:
-        module.register_buffer(STATE_KEY, state_dict[skey].clone())
-    elif skey not in state_dict and STATE_KEY in module._buffers:
-        state_dict[skey] = module._buffers[STATE_KEY].clone()
+    for name in (STATE_KEY, HISTORY_KEY): _sync_buffer(module, name, state_dict, prefix + name)
     for t in masked_params(module):
         wkey = prefix + t.name
+        _sync_buffer(t.module, explored_name(t.attr), state_dict, explored_name(wkey), like=t.param)
         key = mask_name(wkey)
         if key not in state_dict:
             state_dict[key] = t.mask.clone()    # a dense checkpoint: keep this model's mask
@@ -313,8 +326,10 @@ def unsparsify(model)->nn.Module:
         for hooks, f in ((m._state_dict_pre_hooks, _save_pre_hook), (m._load_state_dict_pre_hooks, _load_pre_hook),
                          (m._load_state_dict_post_hooks, _load_post_hook)):
             for k in [k for k, h in hooks.items() if _is_ours(getattr(h, 'hook', h), f)]: del hooks[k]
-    for t in masked_params(model): del t.module._buffers[mask_name(t.attr)]
-    model._buffers.pop(STATE_KEY, None)
+    for t in masked_params(model):
+        del t.module._buffers[mask_name(t.attr)]
+        t.module._buffers.pop(explored_name(t.attr), None)
+    for k in (STATE_KEY, HISTORY_KEY): model._buffers.pop(k, None)
     return model
 
 # %% ../nbs/01_masks.ipynb #7679ad88
