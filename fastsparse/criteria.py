@@ -25,7 +25,7 @@ def score_kwargs(f:Callable)->tuple:
     if any(p.kind == p.VAR_KEYWORD for p in ps): return CONTEXT
     return tuple(p.name for p in ps if p.name in CONTEXT)
 
-# %% ../nbs/02_criteria.ipynb #efa6428c
+# %% ../nbs/02_criteria.ipynb #745c8326
 def opt_state(opt, param)->dict:
     "The optimizer state of `param`: fastai `Optimizer`, fastai `OptimWrapper` or torch optimizer ({} if none yet)"
     if opt is None: return {}
@@ -73,7 +73,7 @@ def second_moment(opt, param, score:str=None)->torch.Tensor:
     return _state_tensor(opt, param, SECOND_MOMENT_KEYS, "the gradient's second moment",
         "use an Adam-type optimizer (fastai Adam, torch Adam/AdamW) or RMSProp", score)
 
-# %% ../nbs/02_criteria.ipynb #d3dc82e6
+# %% ../nbs/02_criteria.ipynb #b780a47b
 SCORES, REDISTRIBUTIONS = {}, {}
 
 def register_score(f:Callable)->Callable:
@@ -92,26 +92,26 @@ def get_score(f, kind:str='score')->Callable:
     raise ValueError(f"Unknown {kind} {f!r}. Known names: {sorted(reg)}; or pass a function "
                      f"`f(param, opt, **ctx)`{' -> float' if kind == 'redistribution' else ' -> Tensor'}.")
 
-# %% ../nbs/02_criteria.ipynb #b780a47b
+# %% ../nbs/02_criteria.ipynb #04947bb2
 @register_score
 def weight_magnitude(param, opt=None):
     "$|w|$: large weights are kept (SET, SNFS, RigL)"
     return param.detach().float().abs()
 
-# %% ../nbs/02_criteria.ipynb #68af5772
+# %% ../nbs/02_criteria.ipynb #7f3db155
 @register_score
 def random_score(param, opt=None, generator=None):
     "Uniform random scores: grow at random (SET) or keep at random (a baseline)"
     return torch.rand(param.shape, generator=generator).to(param.device)
 
-# %% ../nbs/02_criteria.ipynb #d567e734
+# %% ../nbs/02_criteria.ipynb #c8b3575f
 @register_score
 def movement(param, opt=None, init=None):
     "$|w - w_0|$: weights that moved far from their initial value are kept"
     if init is None: raise ValueError("`movement` needs the initial weights (`init`), which fastsparse records when a score asks for them")
     return (param.detach().float() - init.float()).abs()
 
-# %% ../nbs/02_criteria.ipynb #b4cde0e8
+# %% ../nbs/02_criteria.ipynb #76214e49
 @register_score
 def taylor_score(param, opt=None, grad=None):
     "$|w \\cdot g|$: first-order estimate of the loss change if the weight were removed"
@@ -119,14 +119,14 @@ def taylor_score(param, opt=None, grad=None):
     if g is None: raise ValueError("`taylor_score` needs a gradient: call it after `loss.backward()`")
     return (param.detach().float() * g.float()).abs()
 
-# %% ../nbs/02_criteria.ipynb #765f3585
+# %% ../nbs/02_criteria.ipynb #db390f2b
 @register_score
 def magnitude_variance(param, opt, eps:float=1e-8):
     "$|w| / \\sqrt{v}$: large weights whose gradient varies little are kept (needs Adam's second moment $v$)"
     v = second_moment(opt, param, 'magnitude_variance')
     return param.detach().float().abs() / (v.float().sqrt() + eps)
 
-# %% ../nbs/02_criteria.ipynb #8a7c46ec
+# %% ../nbs/02_criteria.ipynb #d8441638
 @register_score
 def gradient_magnitude(param, opt=None, grad=None):
     "$|g|$ of the dense gradient: grow where the loss would fall fastest (RigL)"
@@ -134,13 +134,13 @@ def gradient_magnitude(param, opt=None, grad=None):
     if g is None: raise ValueError("`gradient_magnitude` needs the dense gradient: run a backward pass before the update")
     return g.detach().float().abs()
 
-# %% ../nbs/02_criteria.ipynb #d8441638
+# %% ../nbs/02_criteria.ipynb #992e922e
 @register_score
 def gradient_momentum(param, opt):
     "$|m|$, the magnitude of the gradient's running average kept by the optimizer (SNFS)"
     return momentum(opt, param, 'gradient_momentum').detach().float().abs()
 
-# %% ../nbs/02_criteria.ipynb #d888e506
+# %% ../nbs/02_criteria.ipynb #42a4d0a6
 @register_redistribution
 def momentum_redistribution(param, opt, mask):
     "Mean momentum magnitude of the layer's active weights (SNFS)"
@@ -152,7 +152,7 @@ def variance_redistribution(param, opt, mask):
     v = second_moment(opt, param, 'variance_redistribution')
     return v.float().sqrt()[mask].mean().item() if mask.any() else 0.
 
-# %% ../nbs/02_criteria.ipynb #42a4d0a6
+# %% ../nbs/02_criteria.ipynb #35abbec2
 def check_score(f:Callable, param, opt=None, kind:str='score', **ctx):
     "Call score `f` with the context it asks for and check its result: float32 of `param`'s shape, finite"
     f = get_score(f, kind)

@@ -49,7 +49,7 @@ def digits_mlp(hidden:tuple=(256, 256), # sizes of the hidden layers
     layers = [m for i, o in zip(sizes[:-1], sizes[1:]) for m in (nn.Linear(i, o), nn.ReLU())]
     return nn.Sequential(*layers, nn.Linear(sizes[-1], 10))
 
-# %% ../nbs/07_data.ipynb #db7415a9
+# %% ../nbs/07_data.ipynb #fb72453c
 def mnist1d_dls(bs:int=100,   # batch size
                 seed:int=42,  # seed of the generated data and of the shuffling
                 device=None,  # defaults to the CPU

@@ -11,6 +11,7 @@ from torch import nn
 from .masks import masked_params, apply_masks, _as_model, STATE_KEY, HISTORY_KEY, explored_name
 from .criteria import get_score, check_score, opt_state, score_kwargs
 from .schedules import UpdateSchedule
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['HISTORY_COLS', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS', 'allocate', 'SparseEngine',
@@ -113,73 +114,75 @@ class SparseEngine:
         return dict(mask=t.mask, grad=t.param.grad, state=opt_state(self.opt, t.param), name=t.name, module=t.module,
                     step=step, generator=g, init=None if self.init is None else self.init[t.name])
 
-# %% ../nbs/04_engine.ipynb #8b7d0906
-class SparseEngine(SparseEngine):
-    @torch.no_grad()
-    def update(self,
-               drop_fraction:float, # fraction of each layer's active weights to drop
-               step:int=0,          # optimizer steps taken so far (passed to scores as `step`)
-               n_update:int=0,      # index of this update (seeds random scores)
-              )->list:              # one record per layer: counts of active, dropped and grown weights
-        "Drop `drop_fraction` of each layer's active weights and grow as many (or a redistributed share)"
-        ctxs = [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
-        active = [int(torch.count_nonzero(t.mask)) for t in self.targets]
-        n_drop = [min(round(drop_fraction * a), a - 1) if a > 0 else 0 for a in active]
-        if self.redistribution_f is None: n_grow = n_drop
-        else:
-            shares = [check_score(self.redistribution_f, t.param, self.opt, 'redistribution', **c) for t, c in zip(self.targets, ctxs)]
-            caps = [t.mask.numel() - a + d for t, a, d in zip(self.targets, active, n_drop)]
-            n_grow = allocate(sum(n_drop), shares, caps)
-        changes = [self._change(t, c, a, d, g) for t, c, a, d, g in zip(self.targets, ctxs, active, n_drop, n_grow)]
-        if (dist := _dist()) is not None: changes = [_agree(t.mask, *ch, dist) for t, ch in zip(self.targets, changes)]
-        # every score succeeded and every change is checked: commit
-        records, self.last_grown = [], {}
-        for t, (drop_idx, grow_idx, new_active), a in zip(self.targets, changes, active):
-            m = t.mask.view(-1)
-            grown = grow_idx[~m[grow_idx]]          # a weight dropped and grown back in one update is unchanged
-            m.index_fill_(0, drop_idx, False); m.index_fill_(0, grow_idx, True)
-            dropped = drop_idx[~m[drop_idx]]
-            changed = torch.cat([dropped, grown])
-            _fill_at(t.param.data, changed, 0.)
-            reset_opt_state(self.opt, t.param, changed)
-            if self.init is not None: _fill_at(self.init[t.name], grown, 0.)
-            t.param.data.mul_(t.mask.view(torch.uint8))    # the optimizer step may have written masked positions
-            self.last_grown[t.name] = grown
-            if new_active is None: self._active.pop(t.name, None)
-            else: self._active[t.name] = (t.mask._version, new_active)
-            records.append(dict(layer=t.name, numel=m.numel(), active_before=a, dropped=len(dropped), grown=len(grown),
-                                active_after=a - len(drop_idx) + len(grow_idx), drop_fraction=drop_fraction,
-                                step=step, update=n_update))
-        return records
+# %% ../nbs/04_engine.ipynb #97e6bfa8
+@patch
+@torch.no_grad()
+def update(self:SparseEngine,
+           drop_fraction:float, # fraction of each layer's active weights to drop
+           step:int=0,          # optimizer steps taken so far (passed to scores as `step`)
+           n_update:int=0,      # index of this update (seeds random scores)
+          )->list:              # one record per layer: counts of active, dropped and grown weights
+    "Drop `drop_fraction` of each layer's active weights and grow as many (or a redistributed share)"
+    ctxs = [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
+    active = [int(torch.count_nonzero(t.mask)) for t in self.targets]
+    n_drop = [min(round(drop_fraction * a), a - 1) if a > 0 else 0 for a in active]
+    if self.redistribution_f is None: n_grow = n_drop
+    else:
+        shares = [check_score(self.redistribution_f, t.param, self.opt, 'redistribution', **c) for t, c in zip(self.targets, ctxs)]
+        caps = [t.mask.numel() - a + d for t, a, d in zip(self.targets, active, n_drop)]
+        n_grow = allocate(sum(n_drop), shares, caps)
+    changes = [self._change(t, c, a, d, g) for t, c, a, d, g in zip(self.targets, ctxs, active, n_drop, n_grow)]
+    if (dist := _dist()) is not None: changes = [_agree(t.mask, *ch, dist) for t, ch in zip(self.targets, changes)]
+    # every score succeeded and every change is checked: commit
+    records, self.last_grown = [], {}
+    for t, (drop_idx, grow_idx, new_active), a in zip(self.targets, changes, active):
+        m = t.mask.view(-1)
+        grown = grow_idx[~m[grow_idx]]          # a weight dropped and grown back in one update is unchanged
+        m.index_fill_(0, drop_idx, False); m.index_fill_(0, grow_idx, True)
+        dropped = drop_idx[~m[drop_idx]]
+        changed = torch.cat([dropped, grown])
+        _fill_at(t.param.data, changed, 0.)
+        reset_opt_state(self.opt, t.param, changed)
+        if self.init is not None: _fill_at(self.init[t.name], grown, 0.)
+        t.param.data.mul_(t.mask.view(torch.uint8))    # the optimizer step may have written masked positions
+        self.last_grown[t.name] = grown
+        if new_active is None: self._active.pop(t.name, None)
+        else: self._active[t.name] = (t.mask._version, new_active)
+        records.append(dict(layer=t.name, numel=m.numel(), active_before=a, dropped=len(dropped), grown=len(grown),
+                            active_after=a - len(drop_idx) + len(grow_idx), drop_fraction=drop_fraction,
+                            step=step, update=n_update))
+    return records
 
-    def _active_idx(self, t):
-        "Flat indices of the active weights of `t`, cached until its mask changes"
-        v, idx = self._active.get(t.name, (None, None))
-        if v != t.mask._version or idx is None: idx = t.mask.view(-1).nonzero().squeeze(1)
-        return idx
+@patch
+def _active_idx(self:SparseEngine, t):
+    "Flat indices of the active weights of `t`, cached until its mask changes"
+    v, idx = self._active.get(t.name, (None, None))
+    if v != t.mask._version or idx is None: idx = t.mask.view(-1).nonzero().squeeze(1)
+    return idx
 
-    def _change(self, t, ctx, n_active, n_drop, n_grow):
-        "Flat indices `(drop, grow)`: the `n_drop` active weights to drop and the `n_grow` inactive ones to grow (model unchanged)"
-        mask = t.mask.view(-1)
-        active_idx = self._active_idx(t)
-        drop_idx = grow_idx = mask.new_empty(0, dtype=torch.long)
-        kept_idx = active_idx
-        if n_drop > 0:
-            keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1)
-            local = torch.topk(keep[active_idx], n_drop, largest=False, sorted=False).indices
-            drop_idx = active_idx[local]
-            stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
-            kept_idx = active_idx[stays]
-        if n_grow > 0:
-            grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
-            allowed = ~mask
-            if n_drop > 0: allowed.index_fill_(0, drop_idx, True)     # just-dropped weights may be grown back
-            grow_idx = _top_where(grow, allowed, mask.numel() - n_active + n_drop, n_grow, ctx['generator'])
-            if not allowed[grow_idx].all():    # cannot happen; never commit it
-                raise RuntimeError(f"Update of '{t.name}' tried to grow an active weight")
-        return drop_idx, grow_idx, torch.cat([kept_idx, grow_idx])
+@patch
+def _change(self:SparseEngine, t, ctx, n_active, n_drop, n_grow):
+    "Flat indices `(drop, grow)`: the `n_drop` active weights to drop and the `n_grow` inactive ones to grow (model unchanged)"
+    mask = t.mask.view(-1)
+    active_idx = self._active_idx(t)
+    drop_idx = grow_idx = mask.new_empty(0, dtype=torch.long)
+    kept_idx = active_idx
+    if n_drop > 0:
+        keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1)
+        local = torch.topk(keep[active_idx], n_drop, largest=False, sorted=False).indices
+        drop_idx = active_idx[local]
+        stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
+        kept_idx = active_idx[stays]
+    if n_grow > 0:
+        grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
+        allowed = ~mask
+        if n_drop > 0: allowed.index_fill_(0, drop_idx, True)     # just-dropped weights may be grown back
+        grow_idx = _top_where(grow, allowed, mask.numel() - n_active + n_drop, n_grow, ctx['generator'])
+        if not allowed[grow_idx].all():    # cannot happen; never commit it
+            raise RuntimeError(f"Update of '{t.name}' tried to grow an active weight")
+    return drop_idx, grow_idx, torch.cat([kept_idx, grow_idx])
 
-# %% ../nbs/04_engine.ipynb #f3badbd5
+# %% ../nbs/04_engine.ipynb #dabc4ba1
 @torch.no_grad()
 def reset_opt_state(opt, param, positions:torch.Tensor)->None:
     "Zero, at `positions` (a bool tensor shaped like `param`, or flat indices), every optimizer-state tensor of `param` shaped like it"
@@ -188,7 +191,7 @@ def reset_opt_state(opt, param, positions:torch.Tensor)->None:
             if positions.dtype == torch.bool: v.masked_fill_(positions, 0)
             else: _fill_at(v, positions, 0)
 
-# %% ../nbs/04_engine.ipynb #2f84a39c
+# %% ../nbs/04_engine.ipynb #2faa3420
 class DynamicSparseTraining:
     "Drives dynamic sparse training in any loop: call `step(pct_train)` after each optimizer step"
     def __init__(self,
@@ -293,7 +296,7 @@ def _records(hist, names):
         out.setdefault(r['update'], []).append(r)
     return list(out.values())
 
-# %% ../nbs/04_engine.ipynb #30a9e7c6
+# %% ../nbs/04_engine.ipynb #047e9e81
 # SET (Mocanu et al., 2018): drop the smallest weights, grow at random, constant fraction 0.3
 SET_presets = dict(keep_score_f='weight_magnitude', grow_score_f='random_score', initial_drop_grow_pct=0.3,
                    drop_schedule='constant', stop_pct=0.75)
@@ -309,7 +312,7 @@ RigL_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_magn
 
 PRESETS = {'SET': SET_presets, 'SNFS': SNFS_presets, 'RigL': RigL_presets}   # by name, as the command line takes them
 
-# %% ../nbs/04_engine.ipynb #0587c277
+# %% ../nbs/04_engine.ipynb #9cd8779e
 class DynamicSparseTrainingOptimizerWrapper:
     "An optimizer whose `step(step, pct_train)` also updates the masks (fastsparse 0.0.5's plain-PyTorch API)"
     def __init__(self, model, opt, **kwargs):

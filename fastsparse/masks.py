@@ -44,7 +44,7 @@ def mask_name(attr:str)->str:
     "Name of the mask buffer of weight `attr`"
     return f'{attr}_mask'
 
-# %% ../nbs/01_masks.ipynb #2ae1d98c
+# %% ../nbs/01_masks.ipynb #2a61285a
 def _as_model(model)->nn.Module:
     "The `nn.Module` in `model` (a module, a fastai `Learner`, or either wrapped in `DistributedDataParallel`)"
     if not isinstance(model, nn.Module): model = getattr(model, 'model', model)
@@ -65,7 +65,7 @@ def _check_names(patterns, names, what):
         raise ValueError(f"{what}: {unknown + nomatch} match no sparsifiable weight. "
                          f"Known names: {names}")
 
-# %% ../nbs/01_masks.ipynb #2a61285a
+# %% ../nbs/01_masks.ipynb #9f787d8a
 def sparsifiable_params(model,                   # an `nn.Module` or a fastai `Learner`
                         include:list=None,       # names or glob patterns of weights to sparsify (default: all)
                         exclude:list=None,       # names or glob patterns of weights to leave dense
@@ -100,7 +100,7 @@ def sparsifiable_params(model,                   # an `nn.Module` or a fastai `L
         out = [t for t in out if not _match(t.name, exclude)]
     return out
 
-# %% ../nbs/01_masks.ipynb #f0e199f7
+# %% ../nbs/01_masks.ipynb #50cab8ef
 def masked_params(model)->list:
     "The `SparseTarget`s of `model` that carry a mask, in model order"
     model = _as_model(model)
@@ -118,13 +118,13 @@ def is_sparse(model)->bool:
     "Whether any weight of `model` carries a mask"
     return len(masked_params(model)) > 0
 
-# %% ../nbs/01_masks.ipynb #93a949fa
+# %% ../nbs/01_masks.ipynb #fd769870
 @torch.no_grad()
 def apply_masks(model)->None:
     "Set every masked weight of `model` to exactly zero"
     for t in masked_params(model): t.param.data.mul_(t.mask.view(torch.uint8))   # a uint8 view multiplies ~3x faster than bool
 
-# %% ../nbs/01_masks.ipynb #fd769870
+# %% ../nbs/01_masks.ipynb #01d8876c
 def _enforce(module, args, targets=()):
     "Forward-pre-hook: multiply each weight in `targets` (pairs of submodule path and name) by its mask"
     if module.__dict__.pop('_masks_fresh', False): return   # masks were applied right after the last optimizer step
@@ -182,7 +182,7 @@ def _load_post_hook(module, incompatible_keys):
 
 def _is_ours(h, f): return getattr(h, 'func', h) is f
 
-# %% ../nbs/01_masks.ipynb #6150aed1
+# %% ../nbs/01_masks.ipynb #c63390ad
 class SparseHooks:
     "The forward-pre-hooks that enforce the masks of a model; `remove()` takes them off"
     def __init__(self, handles:list, model:nn.Module): self.handles, self.model = list(handles), model
@@ -195,7 +195,7 @@ class SparseHooks:
     def __exit__(self, *args): self.remove()
     def __repr__(self): return f'{type(self).__name__}({len(self.handles)} hooks on {len(masked_params(self.model))} masked weights)'
 
-# %% ../nbs/01_masks.ipynb #b4d3a441
+# %% ../nbs/01_masks.ipynb #78037418
 def _targets_by_module(targets):
     "Group `targets` by owning module, keeping model order"
     by = {}
@@ -232,7 +232,7 @@ def remove_mask_hooks(model)->None:
         for k in [k for k, h in m._forward_pre_hooks.items() if _is_ours(h, _enforce)]:
             del m._forward_pre_hooks[k]
 
-# %% ../nbs/01_masks.ipynb #09b70509
+# %% ../nbs/01_masks.ipynb #d4b1b759
 def _checkpoint_hooks(targets, model):
     "Hooks that keep checkpoints exact: zeros saved at masked positions, masks checked and applied on load"
     for m, attrs in _targets_by_module(targets):
@@ -261,12 +261,12 @@ def _broadcast_masks(masks, devices):
         out.append(t.bool())
     return out
 
-# %% ../nbs/01_masks.ipynb #63cd065c
+# %% ../nbs/01_masks.ipynb #6d68aaa8
 def n_keep(numel:int, sparsity:float)->int:
     "Weights a layer of `numel` weights keeps at `sparsity`: `round((1 - sparsity) * numel)`"
     return round((1. - sparsity) * numel)
 
-# %% ../nbs/01_masks.ipynb #89be2e72
+# %% ../nbs/01_masks.ipynb #405df1b3
 def sparsify_model(model,                         # an `nn.Module` or a fastai `Learner`
                    model_sparsity:float=0.9,      # fraction of the sparsified weights set to zero
                    sparse_f:Callable=uniform_sparsity, # `(params, model_sparsity) -> sparsities`
@@ -317,7 +317,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
     _checkpoint_hooks(targets, model)
     return mask_hooks(model) if enforce_masks else SparseHooks([], model)
 
-# %% ../nbs/01_masks.ipynb #42c0125c
+# %% ../nbs/01_masks.ipynb #bd411b18
 def unsparsify(model)->nn.Module:
     "Remove masks and every fastsparse hook from `model`, leaving a dense model (masked weights stay 0)"
     model = _as_model(model)
@@ -332,7 +332,7 @@ def unsparsify(model)->nn.Module:
     for k in (STATE_KEY, HISTORY_KEY): model._buffers.pop(k, None)
     return model
 
-# %% ../nbs/01_masks.ipynb #7679ad88
+# %% ../nbs/01_masks.ipynb #cb90d03d
 def _unwrap_checkpoint(state)->dict:
     "The model's `state_dict` inside `state` (a path, a `state_dict`, or fastai's `{'model', 'opt'}`)"
     if not isinstance(state, dict):

@@ -48,7 +48,7 @@ def drop_fraction(pct_train:float,                 # position in training, 0 to 
     f = get_drop_schedule(schedule)(initial_drop_grow_pct, max(pct_train, 0.) / stop_pct)
     return _check_fraction(f, f'drop fraction from schedule {schedule!r} at {pct_train:.3f}')
 
-# %% ../nbs/03_schedules.ipynb #74820db9
+# %% ../nbs/03_schedules.ipynb #3619ce7d
 class UpdateSchedule:
     "When topology updates happen and how much they change: every `batches_per_update` optimizer steps until `stop_pct`"
     def __init__(self,

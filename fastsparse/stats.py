@@ -54,7 +54,7 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
                               sparse_layers_sparsity=1 - sparse_active / sparse_total if sparse_total else 0.)])
     return SparsityReport(mtab, layers)
 
-# %% ../nbs/05_stats.ipynb #e8c042dd
+# %% ../nbs/05_stats.ipynb #4fc34adf
 def update_table(dst)->pd.DataFrame:
     "One row per layer and update of `dst` (a `DynamicSparseTraining`, or a `Learner` trained with the callback)"
     dst = getattr(dst, 'dst', dst)
@@ -62,7 +62,7 @@ def update_table(dst)->pd.DataFrame:
     if len(df): df['explored_pct'] = df.explored / df.numel
     return df
 
-# %% ../nbs/05_stats.ipynb #12ee6e4e
+# %% ../nbs/05_stats.ipynb #25d0650c
 def _density(m, attr):
     mask = m._buffers.get(f'{attr}_mask')
     return 1. if mask is None else int(torch.count_nonzero(mask)) / mask.numel()
@@ -134,7 +134,7 @@ def count_flops(model,   # an `nn.Module` or fastai `Learner`, sparse or dense
     df['ratio'] = df.sparse_macs / df.dense_macs.where(df.dense_macs > 0, 1.)
     return df
 
-# %% ../nbs/05_stats.ipynb #cbe1aa6c
+# %% ../nbs/05_stats.ipynb #f11e4ce1
 def training_flops(fwd:pd.DataFrame,   # `count_flops` of the model on one batch
                    method:str='RigL',  # 'dense', 'static', 'SET', 'SNFS' or 'RigL'
                    n_steps:int=1,      # optimizer steps of the fit
@@ -151,7 +151,7 @@ def inference_flops(fwd:pd.DataFrame)->float:
     "Inference cost of the sparse model relative to the dense one"
     return float(fwd.sparse_macs.sum() / fwd.dense_macs.sum())
 
-# %% ../nbs/05_stats.ipynb #c1e85cf4
+# %% ../nbs/05_stats.ipynb #889b3e65
 import matplotlib.pyplot as plt
 
 def plot_densities(model, ax=None):
