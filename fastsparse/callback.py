@@ -4,7 +4,6 @@
 
 # %% ../nbs/06_callback.ipynb #e6a1c3e0
 from __future__ import annotations
-import torch
 from fastcore.basics import store_attr, patch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision

@@ -12,7 +12,7 @@ warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated',
 from fastai.learner import Learner, save_model
 from fastai.metrics import accuracy
 from fastai.losses import CrossEntropyLossFlat
-from fastai.callback.schedule import fit_one_cycle
+from fastai.callback.schedule import fit_one_cycle   # adds `Learner.fit_one_cycle`
 from .distributions import uniform_sparsity, erdos_renyi_sparsity, first_layer_dense_uniform
 from .masks import sparsify_model
 from .engine import PRESETS

@@ -5,10 +5,8 @@
 # %% ../nbs/04_engine.ipynb #cea0dfd2
 from __future__ import annotations
 import math
-from typing import Callable
 import torch
-from torch import nn
-from .masks import masked_params, apply_masks, _as_model, STATE_KEY, HISTORY_KEY, explored_name
+from .masks import masked_params, _as_model, STATE_KEY, HISTORY_KEY, explored_name
 from .criteria import get_score, check_score, opt_state, score_kwargs
 from .schedules import UpdateSchedule
 from fastcore.basics import patch

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from .masks import masked_params, _as_model
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
-from .schedules import drop_fraction
 from .engine import HISTORY_COLS
 
 # %% auto #0
