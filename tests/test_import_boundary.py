@@ -2,7 +2,7 @@
 import subprocess, sys
 import pytest
 
-CORE = ['fastsparse', 'fastsparse.distributions', 'fastsparse.masks', 'fastsparse.criteria',
+CORE = ['fastsparse', 'fastsparse.distributions', 'fastsparse.masks', 'fastsparse.criteria', 'fastsparse.export',
         'fastsparse.schedules', 'fastsparse.engine', 'fastsparse.stats']
 
 @pytest.mark.parametrize('mod', CORE)
