@@ -59,7 +59,7 @@ def test_module_page_shows_its_public_names(site, browser, mod):
     for raw in ('#| ', '{target=', 'default_exp', 'nbdev.showdoc'):
         assert raw not in text, f'{mod}.html shows raw {raw!r}'
 
-@pytest.mark.parametrize('page', ['distributions', 'stats', 'criteria'])
+@pytest.mark.parametrize('page', ['distributions', 'stats', 'criteria', 'results'])
 def test_plots_load(site, browser, page):
     base, _ = site
     visit(browser, f'{base}/{page}.html')
@@ -71,7 +71,7 @@ def test_navigation_and_links_resolve(site, browser):
     visit(browser, f'{base}/callback.html')
     browser.save_screenshot(str(out/'callback.png'))
     nav = [a.get_attribute('href') for a in browser.find_elements('css selector', 'nav.md-nav a.md-nav__link[href]')]
-    for mod in MODULES + ['tutorial_criteria', 'tutorial_pytorch']: assert any(h.split('#')[0].endswith(f'/{mod}.html') for h in nav), mod
+    for mod in MODULES + ['tutorial_criteria', 'tutorial_pytorch', 'results']: assert any(h.split('#')[0].endswith(f'/{mod}.html') for h in nav), mod
     pages, checked = sorted(p.name for p in out.glob('*.html') if p.name != '404.html'), set()
     for page in pages:
         html = (out/page).read_text()

@@ -77,9 +77,10 @@ def build(site:Path=ROOT/'site')->Path:
         docs = Path(tmp)/'docs'; docs.mkdir()
         pages = [process(p, docs, host) for p in notebooks]
         home = [f'  - Home: index.ipynb']
-        api = [f'    - {t}: {n}.ipynb' for n, t in pages if n != 'index' and not n.startswith('tutorial_')]
+        api = [f'    - {t}: {n}.ipynb' for n, t in pages if n not in ('index', 'results') and not n.startswith('tutorial_')]
         tut = [f'    - {t}: {n}.ipynb' for n, t in pages if n.startswith('tutorial_')]
-        nav = '\n'.join(home + ['  - Reference:'] + api + (['  - Tutorials:'] + tut if tut else []))
+        res = [f'  - {t}: {n}.ipynb' for n, t in pages if n == 'results']
+        nav = '\n'.join(home + res + ['  - Reference:'] + api + (['  - Tutorials:'] + tut if tut else []))
         extra = ROOT/'tools'/'docs_extra'
         if extra.exists(): shutil.copytree(extra, docs, dirs_exist_ok=True)
         (Path(tmp)/'mkdocs.yml').write_text(f"""site_name: {cfg.title}

@@ -1,0 +1,26 @@
+"The benchmark scripts run end to end (short settings); their figures come from full runs, not from tests."
+import csv, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def bench(script, *args):
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/script), *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+def test_accuracy_smoke(tmp_path):
+    out = bench('accuracy.py', '--smoke', '--out', str(tmp_path/'smoke.csv'))
+    rows = list(csv.DictReader(open(tmp_path/'smoke.csv')))
+    assert {r['method'] for r in rows} == {'dense', 'static', 'SET', 'SNFS', 'RigL'}
+    for r in rows:
+        if r['method'] != 'dense': assert abs(float(r['realised_sparsity']) - 0.9) < 1e-3
+    assert 'mean accuracy and 95% interval' in out
+
+def test_speed_smoke():
+    out = bench('speed.py', '--repeats', '3', '--steps', '1')
+    assert 'masked / dense' in out and 'RigL update' in out
+
+def test_export_smoke():
+    out = bench('export.py', '--size', '512', '--bs', '16', '--repeats', '3', '--sparsities', '0.9', '0.99')
+    assert '0.99' in out and 'x' in out
