@@ -4,19 +4,10 @@
     python benchmarks/export.py --size 1024 --bs 128 --threads 2
 
 Goals (single thread, 4096x4096, batch 64): >= 4x at 95% sparsity, >= 12x at 99%."""
-import argparse, statistics, time
+import argparse
 import torch
 from torch import nn
-from fastsparse.export import SparseLinear
-
-def median_ms(f, reps, n=5):
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(n): f()
-        ts.append((time.perf_counter() - t) / n * 1e3)
-    return statistics.median(ts)
+from fastsparse.export import SparseLinear, _median_ms as median_ms   # the timing sparse_export itself uses
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -37,7 +28,7 @@ def main():
         sl = SparseLinear(lin)
         with torch.no_grad():
             diff = (sl(x) - lin(x)).abs().max().item()
-            d, c = median_ms(lambda: lin(x), a.repeats), median_ms(lambda: sl(x), a.repeats)
+            d, c = median_ms(lambda: lin(x), reps=a.repeats, n=5), median_ms(lambda: sl(x), reps=a.repeats, n=5)
         print(f"{s:>8.2f} {d:>9.2f} {c:>8.2f} {d / c:>8.2f}x {diff:>11.2e}")
 
 if __name__ == '__main__': main()

@@ -69,6 +69,7 @@ def main():
         torch.save({'state': model.state_dict(), 'updates': len(dst.history),
                     'budget': [int(t.mask.sum()) for t in masked_params(model)]}, a.out/f'rank{rank}.pt')
         if rank == 0: torch.save(model.state_dict(), a.out/'model.pth')     # checkpoints are written once
-    if distributed: dist.destroy_process_group()
+    if distributed:
+        dist.barrier(); dist.destroy_process_group()   # leave together: gloo aborts a process torn down mid-exchange
 
 if __name__ == '__main__': main()

@@ -25,6 +25,6 @@ def main(preset, out):
     torch.save({'state': model.state_dict(), 'updates': len(learn.dst.history),
                 'budget': [int(t.mask.sum()) for t in masked_params(model)]}, Path(out)/f'rank{rank}.pt')
     learn.save(Path(out).resolve()/'learn')          # fastai writes the checkpoint on rank 0 only
-    dist.destroy_process_group()
+    dist.barrier(); dist.destroy_process_group()   # leave together: gloo aborts a process torn down mid-exchange
 
 if __name__ == '__main__': main(sys.argv[1], sys.argv[2])
