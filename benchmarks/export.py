@@ -1,34 +1,91 @@
-"""Speed of a sparse-exported nn.Linear against the dense layer, measured in one run (medians over repeats).
+"""Speed of sparse-exported layers and models against dense ones, measured in one run (medians over repeats).
 
-    python benchmarks/export.py                       # nn.Linear(4096, 4096), batch 64, 1 thread
-    python benchmarks/export.py --size 1024 --bs 128 --threads 2
+    python benchmarks/export.py                       # all three tables below, 1 thread
+    python benchmarks/export.py --only linear --size 1024 --bs 128 --threads 2
+    python benchmarks/export.py --save                # also write benchmarks/results/export.json
 
-Goals (single thread, 4096x4096, batch 64): >= 4x at 95% sparsity, >= 12x at 99%."""
-import argparse
+- linear: `nn.Linear(4096, 4096)` at batch 64 as `SparseLinear`, per sparsity.
+  Goals (single thread): >= 4x faster than dense at 95% sparsity, >= 12x at 99%.
+- conv: resnet18's 3x3 convolutions (and a strided 1x1) as `SparseConv`, at batch 1 and 64, per sparsity.
+- resnet18: torchvision `resnet18(weights=None)` with ERK masks, exported by `sparse_export` on one 224x224
+  image; whole-model time dense against exported, and how many layers the export converted."""
+import argparse, json
+from pathlib import Path
 import torch
 from torch import nn
-from fastsparse.export import SparseLinear, _median_ms as median_ms   # the timing sparse_export itself uses
+from fastsparse import sparsify_model, erdos_renyi_sparsity
+from fastsparse.export import SparseLinear, SparseConv, sparse_export, _median_ms as median_ms   # the export's own timing
+
+RESULTS = Path(__file__).resolve().parent / 'results' / 'export.json'
+CONVS = [('layer2 3x3', 128, 128, 3, 1, 28), ('layer3 3x3', 256, 256, 3, 1, 14), ('layer4 3x3', 512, 512, 3, 1, 7),
+         ('layer4 1x1/2', 256, 512, 1, 2, 14)]          # name, in, out, kernel, stride, input size
+
+def masked_(layer, sparsity):
+    with torch.no_grad(): layer.weight.mul_(torch.rand_like(layer.weight) >= sparsity)
+    return layer
+
+def compare(dense, sparse, x, repeats):
+    with torch.no_grad():
+        diff = (sparse(x) - dense(x)).abs().max().item()
+        d, s = median_ms(lambda: dense(x), reps=repeats, n=5), median_ms(lambda: sparse(x), reps=repeats, n=5)
+    return dict(dense_ms=d, sparse_ms=s, speedup=d / s, max_abs_diff=diff)
+
+def linear(a):
+    print(f"nn.Linear({a.size}, {a.size}), batch {a.bs}, {a.threads} thread(s)  (goals: >= 4x at 0.95, >= 12x at 0.99)")
+    print(f"{'sparsity':>8} {'dense ms':>9} {'CSR ms':>8} {'speed-up':>9} {'max |diff|':>11}")
+    rows, x = [], torch.randn(a.bs, a.size)
+    for s in a.sparsities:
+        lin = masked_(nn.Linear(a.size, a.size), s)
+        r = dict(sparsity=s, **compare(lin, SparseLinear(lin), x, a.repeats)); rows.append(r)
+        print(f"{s:>8.2f} {r['dense_ms']:>9.2f} {r['sparse_ms']:>8.2f} {r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
+    return rows
+
+def conv(a):
+    print(f"\nconvolutions as SparseConv, {a.threads} thread(s)")
+    print(f"{'layer':>13} {'batch':>5} {'sparsity':>8} {'dense ms':>9} {'CSR ms':>8} {'speed-up':>9} {'max |diff|':>11}")
+    rows = []
+    for name, ci, co, k, st, hw in CONVS:
+        for bs in a.conv_bs:
+            x = torch.randn(bs, ci, hw, hw)
+            for s in a.conv_sparsities:
+                c = masked_(nn.Conv2d(ci, co, k, stride=st, padding=k // 2, bias=False), s)
+                r = dict(layer=name, bs=bs, sparsity=s, **compare(c, SparseConv(c), x, a.repeats)); rows.append(r)
+                print(f"{name:>13} {bs:>5} {s:>8.2f} {r['dense_ms']:>9.2f} {r['sparse_ms']:>8.2f} {r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
+    return rows
+
+def resnet(a):
+    from torchvision.models import resnet18
+    print(f"\nresnet18(weights=None), ERK masks, one 224x224 image, {a.threads} thread(s)")
+    print(f"{'sparsity':>8} {'converted':>9} {'dense ms':>9} {'export ms':>9} {'speed-up':>9} {'max |diff|':>11}")
+    rows, x = [], torch.randn(1, 3, 224, 224)
+    for s in a.conv_sparsities:
+        torch.manual_seed(0)
+        model = resnet18(weights=None).eval()
+        sparsify_model(model, s, erdos_renyi_sparsity, seed=0)
+        fast, report = sparse_export(model, x)
+        r = dict(sparsity=s, converted=int(report.converted.sum()), layers=len(report), **compare(model, fast, x, a.repeats))
+        rows.append(r)
+        print(f"{s:>8.2f} {r['converted']:>4}/{r['layers']:<4} {r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} "
+              f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
+    return rows
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--only', choices=['linear', 'conv', 'resnet18'], nargs='+', default=['linear', 'conv', 'resnet18'])
     p.add_argument('--size', type=int, default=4096)
     p.add_argument('--bs', type=int, default=64)
+    p.add_argument('--conv-bs', type=int, nargs='+', default=[1, 64])
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--repeats', type=int, default=15)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
+    p.add_argument('--conv-sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.99])
+    p.add_argument('--save', action='store_true', help='also write the figures to benchmarks/results/export.json')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    x = torch.randn(a.bs, a.size)
-    print(f"nn.Linear({a.size}, {a.size}), batch {a.bs}, {a.threads} thread(s)")
-    print(f"{'sparsity':>8} {'dense ms':>9} {'CSR ms':>8} {'speed-up':>9} {'max |diff|':>11}")
-    for s in a.sparsities:
-        lin = nn.Linear(a.size, a.size)
-        with torch.no_grad(): lin.weight.mul_(torch.rand(a.size, a.size) >= s)
-        sl = SparseLinear(lin)
-        with torch.no_grad():
-            diff = (sl(x) - lin(x)).abs().max().item()
-            d, c = median_ms(lambda: lin(x), reps=a.repeats, n=5), median_ms(lambda: sl(x), reps=a.repeats, n=5)
-        print(f"{s:>8.2f} {d:>9.2f} {c:>8.2f} {d / c:>8.2f}x {diff:>11.2e}")
+    out = {'threads': a.threads, 'torch': torch.__version__}
+    for part, f in (('linear', linear), ('conv', conv), ('resnet18', resnet)):
+        if part in a.only: out[part] = f(a)
+    if a.save: RESULTS.write_text(json.dumps(out, indent=1) + '\n')
 
 if __name__ == '__main__': main()

@@ -47,21 +47,31 @@ def _dist():
 
 def _topk_at(scores, idx, k, largest=True):
     "The entries of `idx` holding the `k` largest (or smallest) `scores`"
-    return idx[torch.topk(scores[idx], k, largest=largest, sorted=False).indices]
+    return idx.index_select(0, torch.topk(scores.index_select(0, idx), k, largest=largest, sorted=False).indices)
 
-def _top_where(scores, allowed, n_allowed, k, generator=None):
-    "Flat indices of the `k` largest `scores` where `allowed` is True; exact, but reads most scores only once"
+def _allowed(mask, extra):
+    "Bool tensor: True where `mask` is False or at the flat indices `extra`"
+    a = ~mask; a[extra] = True
+    return a
+
+def _top_where(scores,           # flat scores
+               mask,             # flat bool: True where a position may not be chosen...
+               extra,            # ...except at these flat indices (positions where `mask` is True)
+               n_allowed:int,    # how many positions may be chosen
+               k:int,            # how many to choose
+               generator=None):
+    "Flat indices of the `k` largest `scores` where `mask` is False or at `extra`; exact, reads most scores once and adds one bool tensor"
     if n_allowed < 1 << 16 or 4 * k > n_allowed:
-        return _topk_at(scores, allowed.nonzero().squeeze(1), k)
+        return _topk_at(scores, _allowed(mask, extra).nonzero().squeeze(1), k)
     # a threshold that a little more than `k` allowed scores exceed, estimated from a random sample
     pos = torch.randint(0, scores.numel(), (1 << 14,), generator=generator, device=scores.device)
-    sample = scores[pos][allowed[pos]]
+    sample = scores.index_select(0, pos)[~mask.index_select(0, pos)]
     f = k / n_allowed
     n_above = min(sample.numel(), max(1, math.ceil((1.5 * f + 6 * math.sqrt(f / max(sample.numel(), 1))) * sample.numel())))
     tau = torch.topk(sample, n_above, sorted=False).values.min()
     idx = (scores >= tau).nonzero().squeeze(1)
-    idx = idx[allowed[idx]]
-    if len(idx) < k: idx = allowed.nonzero().squeeze(1)          # unlucky sample: take every allowed position
+    idx = torch.cat([idx[~mask.index_select(0, idx)], extra[scores.index_select(0, extra) >= tau]])  # `extra`: masked positions
+    if len(idx) < k: idx = _allowed(mask, extra).nonzero().squeeze(1)     # unlucky sample: every allowed position
     return _topk_at(scores, idx, k)
 
 def _fill_at(t, idx, value):
@@ -69,7 +79,7 @@ def _fill_at(t, idx, value):
     if t.is_contiguous(): t.view(-1).index_fill_(0, idx, value)
     else: t.index_put_(torch.unravel_index(idx, t.shape), torch.tensor(value, dtype=t.dtype, device=t.device))
 
-def _agree(mask, drop_idx, grow_idx, new_active, dist):
+def _agree(mask, drop_idx, grow_idx, local, dist):
     "Under `torch.distributed`: every process takes rank 0's change of `mask`"
     new = mask.clone().view(-1)
     new.index_fill_(0, drop_idx, False); new.index_fill_(0, grow_idx, True)
@@ -133,11 +143,13 @@ def update(self:SparseEngine,
     if (dist := _dist()) is not None: changes = [_agree(t.mask, *ch, dist) for t, ch in zip(self.targets, changes)]
     # every score succeeded and every change is checked: commit
     records, self.last_grown = [], {}
-    for t, (drop_idx, grow_idx, new_active), a in zip(self.targets, changes, active):
+    for t, (drop_idx, grow_idx, local), a in zip(self.targets, changes, active):
+        new_active = None if local is None else _replace(self._active_idx(t), local, grow_idx)
         m = t.mask.view(-1)
-        grown = grow_idx[~m[grow_idx]]          # a weight dropped and grown back in one update is unchanged
+        regrown = m.index_select(0, grow_idx)   # dropped and grown back in one update: unchanged
         m.index_fill_(0, drop_idx, False); m.index_fill_(0, grow_idx, True)
-        dropped = drop_idx[~m[drop_idx]]
+        grown, dropped = grow_idx, drop_idx
+        if regrown.any(): grown, dropped = grow_idx[~regrown], drop_idx[~m.index_select(0, drop_idx)]
         changed = torch.cat([dropped, grown])
         _fill_at(t.param.data, changed, 0.)
         reset_opt_state(self.opt, t.param, changed)
@@ -151,34 +163,42 @@ def update(self:SparseEngine,
                             step=step, update=n_update))
     return records
 
+def _replace(idx, local, new):
+    "`idx` with its entries at (distinct) positions `local` taken out and `new` put in, in no particular order"
+    n = min(len(local), len(new))
+    out = idx.index_copy(0, local[:n], new[:n])
+    if len(new) > n: return torch.cat([out, new[n:]])
+    if len(local) > n:
+        stays = torch.ones(len(idx), dtype=torch.bool, device=idx.device); stays[local[n:]] = False
+        out = out[stays]
+    return out
+
 @patch
-def _active_idx(self:SparseEngine, t):
-    "Flat indices of the active weights of `t`, cached until its mask changes"
+def _active_idx(self:SparseEngine, t, n_active:int=None):
+    "Flat indices of the active weights of `t`, cached until its mask changes (or holds other than `n_active`)"
     v, idx = self._active.get(t.name, (None, None))
-    if v != t.mask._version or idx is None: idx = t.mask.view(-1).nonzero().squeeze(1)
+    if v != t.mask._version or idx is None or (n_active is not None and len(idx) != n_active):
+        idx = t.mask.view(-1).nonzero().squeeze(1)
+        self._active[t.name] = (t.mask._version, idx)
     return idx
 
 @patch
 def _change(self:SparseEngine, t, ctx, n_active, n_drop, n_grow):
-    "Flat indices `(drop, grow)`: the `n_drop` active weights to drop and the `n_grow` inactive ones to grow (model unchanged)"
+    """Flat indices `(drop, grow, local)` of the `n_drop` active weights to drop and the `n_grow` inactive ones to grow,
+    and where the dropped ones sit among the active indices (model unchanged)"""
     mask = t.mask.view(-1)
-    active_idx = self._active_idx(t)
-    drop_idx = grow_idx = mask.new_empty(0, dtype=torch.long)
-    kept_idx = active_idx
-    if n_drop > 0:
-        keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1)
-        local = torch.topk(keep[active_idx], n_drop, largest=False, sorted=False).indices
-        drop_idx = active_idx[local]
-        stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
-        kept_idx = active_idx[stays]
+    active_idx = self._active_idx(t, n_active)
+    drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
+    if n_drop > 0:      # one full-size score at a time: the keep score is gone before the grow score is made
+        keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1).index_select(0, active_idx)
+        local = torch.topk(keep, n_drop, largest=False, sorted=False).indices
+        drop_idx = active_idx.index_select(0, local)
+        del keep
     if n_grow > 0:
         grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
-        allowed = ~mask
-        if n_drop > 0: allowed.index_fill_(0, drop_idx, True)     # just-dropped weights may be grown back
-        grow_idx = _top_where(grow, allowed, mask.numel() - n_active + n_drop, n_grow, ctx['generator'])
-        if not allowed[grow_idx].all():    # cannot happen; never commit it
-            raise RuntimeError(f"Update of '{t.name}' tried to grow an active weight")
-    return drop_idx, grow_idx, torch.cat([kept_idx, grow_idx])
+        # inactive weights, and the ones just dropped, may be grown
+        grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - n_active + n_drop, n_grow, ctx['generator'])
+    return drop_idx, grow_idx, local
 
 # %% ../nbs/04_engine.ipynb #dabc4ba1
 @torch.no_grad()

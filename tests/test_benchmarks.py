@@ -19,8 +19,9 @@ def test_accuracy_smoke(tmp_path):
 
 def test_speed_smoke():
     out = bench('speed.py', '--repeats', '3', '--steps', '1')
-    assert 'masked / dense' in out and 'RigL update' in out
+    assert 'masked / dense' in out and 'RigL update' in out and "weights' size in tensors" in out
 
 def test_export_smoke():
-    out = bench('export.py', '--size', '512', '--bs', '16', '--repeats', '3', '--sparsities', '0.9', '0.99')
-    assert '0.99' in out and 'x' in out
+    out = bench('export.py', '--size', '512', '--bs', '16', '--repeats', '3', '--sparsities', '0.9', '0.99',
+                '--conv-bs', '1', '--conv-sparsities', '0.99')
+    assert 'nn.Linear(512, 512)' in out and 'layer4 3x3' in out and 'resnet18' in out

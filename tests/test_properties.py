@@ -120,3 +120,27 @@ def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed):
                 assert (v[grown] == 0).all()
                 assert torch.equal(v[kept], ost[k][kept])
         assert r['grown'] == int(grown.sum()) and r['dropped'] == int((om & ~t.mask).sum())
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.data())
+def test_sparse_conv_matches_dense(nd, cin, cout, data):
+    "SparseConv gives the convolution's output for any geometry: kernel, stride, dilation, padding (and its mode), bias"
+    from fastsparse.export import SparseConv
+    conv_t = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
+    k = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    dil = tuple(data.draw(st.integers(1, 2)) for _ in range(nd))
+    size = tuple(data.draw(st.integers(d * (kk - 1) + 1, 9)) for kk, d in zip(k, dil))
+    if data.draw(st.booleans()):
+        padding, stride = 'same', 1
+    else:
+        padding = tuple(data.draw(st.integers(0, min(kk - 1, 2))) for kk in k)
+        stride = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    mode = data.draw(st.sampled_from(['zeros', 'reflect', 'replicate', 'circular']))
+    if mode == 'reflect': assume(all(s > 2 for s in size))
+    conv = conv_t(cin, cout, k, stride=stride, padding=padding, dilation=dil, padding_mode=mode, bias=data.draw(st.booleans()))
+    with torch.no_grad(): conv.weight.mul_(torch.rand_like(conv.weight) < data.draw(st.floats(0., 1.)))
+    x = torch.randn(data.draw(st.integers(1, 3)), cin, *size)
+    with torch.no_grad():
+        want, got = conv(x), SparseConv(conv)(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
