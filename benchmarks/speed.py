@@ -98,9 +98,11 @@ def speed(name, bs, repeats, steps, sparsity):
 def _kib(key): return 1024 * int(re.search(key + r':\s+(\d+)', Path('/proc/self/status').read_text()).group(1))
 
 def peak_rss_added(f):
-    "Most resident memory the process gained while `f` ran (Linux; needs /proc/self/clear_refs)"
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-    Path('/proc/self/clear_refs').write_text('5')          # reset the peak (VmHWM) to the current RSS
+    "Most resident memory the process gained while `f` ran; NaN where Linux's /proc/self/clear_refs is missing"
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+        Path('/proc/self/clear_refs').write_text('5')      # reset the peak (VmHWM) to the current RSS
+    except OSError: f(); return float('nan')
     before = _kib('VmRSS'); f()
     return _kib('VmHWM') - before
 
@@ -115,7 +117,8 @@ def peak_torch_added(f):
 
 def memory(name, bs, sparsity):
     "Memory figures, in bytes over the masked weights' bytes; run in a process of its own"
-    ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)      # M_MMAP_THRESHOLD fixed: freed large blocks leave RSS
+    try: ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD fixed: freed large blocks leave RSS
+    except OSError: pass                                     # not glibc: RSS figures are then rougher
     x, y = batch(name, bs)
     model, opt, dst = make(name, True, 'RigL', sparsity)
     step(model, opt, dst, x, y)
