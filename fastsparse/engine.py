@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import torch
-from .masks import masked_params, _as_model, STATE_KEY, HISTORY_KEY, explored_name
+from .masks import masked_params, _as_model, STATE_KEY, HISTORY_KEY, explored_name, init_name
 from .criteria import get_score, check_score, opt_state, score_kwargs
 from .schedules import UpdateSchedule
 from fastcore.basics import patch
@@ -96,6 +96,7 @@ class SparseEngine:
                  grow_score_f='gradient_magnitude',     # grow score: function or registered name
                  redistribution_f=None,                 # per-layer share of regrowth; None keeps each layer's count
                  seed:int=None,                         # seed of random scores (default: drawn from torch's RNG)
+                 keep_init:bool=False,                  # reuse initial weights saved in the model (when resuming)
                 ):
         self.model = _as_model(model)
         self.targets = masked_params(self.model)
@@ -107,20 +108,29 @@ class SparseEngine:
         if (dist := _dist()) is not None:       # one seed for all processes: identical random scores everywhere
             s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
             dist.broadcast(s, src=0); self.seed = int(s.item())
-        self.init, self._active, self.last_grown = None, {}, {}
-        if any('init' in score_kwargs(f) for f in self.scores): self.record_init()
+        self._active, self.last_grown, self.uses_init = {}, {}, False
+        if any('init' in score_kwargs(f) for f in self.scores): self.record_init(keep=keep_init)
 
     @property
     def scores(self): return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
 
-    def record_init(self):
-        "Keep a copy of the current weights for scores that ask for `init`"
-        self.init = {t.name: t.param.detach().clone() for t in self.targets}
+    def record_init(self, keep:bool=False):
+        "Keep a copy of the current weights for scores that ask for `init`, as model buffers (`keep`: reuse saved ones)"
+        for t in self.targets:
+            saved = t.module._buffers.get(init_name(t.attr))
+            if not keep or saved is None or saved.shape != t.param.shape:
+                t.module.register_buffer(init_name(t.attr), t.param.detach().clone())
+        self.uses_init = True
+
+    @property
+    def init(self)->dict|None:
+        "Per layer, the initial weights that `init` scores see (grown weights count from 0), or None if none is kept"
+        return {t.name: t.module._buffers[init_name(t.attr)] for t in self.targets} if self.uses_init else None
 
     def _ctx(self, i, t, step, n_update):
         g = torch.Generator(device=t.param.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
         return dict(mask=t.mask, grad=t.param.grad, state=opt_state(self.opt, t.param), name=t.name, module=t.module,
-                    step=step, generator=g, init=None if self.init is None else self.init[t.name])
+                    step=step, generator=g, init=t.module._buffers[init_name(t.attr)] if self.uses_init else None)
 
 # %% ../nbs/04_engine.ipynb #97e6bfa8
 @patch
@@ -153,7 +163,7 @@ def update(self:SparseEngine,
         changed = torch.cat([dropped, grown])
         _fill_at(t.param.data, changed, 0.)
         reset_opt_state(self.opt, t.param, changed)
-        if self.init is not None: _fill_at(self.init[t.name], grown, 0.)
+        if self.uses_init: _fill_at(t.module._buffers[init_name(t.attr)], grown, 0.)
         t.param.data.mul_(t.mask.view(torch.uint8))    # the optimizer step may have written masked positions
         self.last_grown[t.name] = grown
         if new_active is None: self._active.pop(t.name, None)
@@ -227,10 +237,10 @@ class DynamicSparseTraining:
                  resume:bool=False,                 # continue counters saved in the model (see `state`)
                 ):
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
-        self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed)
-        self.model = self.engine.model
-        saved = self.model._buffers.get(STATE_KEY)
+        saved = _as_model(model)._buffers.get(STATE_KEY)
         resume = resume and saved is not None
+        self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed, keep_init=resume)
+        self.model = self.engine.model
         if resume: self.n_steps, self.n_updates, self.engine.seed = (int(x) for x in saved.tolist())
         else: self.n_steps, self.n_updates = 0, 0
         for t in self.engine.targets:       # which weights were ever active during this run (ITOP's exploration)

@@ -12,7 +12,7 @@ from .distributions import _check_sparsity, uniform_sparsity
 
 # %% auto #0
 __all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'SparseTarget', 'mask_name', 'sparsifiable_params',
-           'masked_params', 'is_sparse', 'apply_masks', 'explored_name', 'SparseHooks', 'mask_hooks',
+           'masked_params', 'is_sparse', 'apply_masks', 'explored_name', 'init_name', 'SparseHooks', 'mask_hooks',
            'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
@@ -144,6 +144,10 @@ def explored_name(attr:str)->str:
     "Name of the buffer recording which weights of `attr` were ever active during training"
     return f'{attr}_explored'
 
+def init_name(attr:str)->str:
+    "Name of the buffer keeping the initial values of `attr` for scores that ask for them (e.g. `movement`)"
+    return f'{attr}_init'
+
 def _sync_buffer(module, name, state_dict, key, like=None):
     "A training-state buffer: taken from a checkpoint that has it (created if needed), kept where the checkpoint has none"
     v, cur = state_dict.get(key), module._buffers.get(name)
@@ -162,6 +166,7 @@ def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_k
     for t in masked_params(module):
         wkey = prefix + t.name
         _sync_buffer(t.module, explored_name(t.attr), state_dict, explored_name(wkey), like=t.param)
+        _sync_buffer(t.module, init_name(t.attr), state_dict, init_name(wkey), like=t.param)
         key = mask_name(wkey)
         if key not in state_dict:
             state_dict[key] = t.mask.clone()    # a dense checkpoint: keep this model's mask
@@ -329,6 +334,7 @@ def unsparsify(model)->nn.Module:
     for t in masked_params(model):
         del t.module._buffers[mask_name(t.attr)]
         t.module._buffers.pop(explored_name(t.attr), None)
+        t.module._buffers.pop(init_name(t.attr), None)
     for k in (STATE_KEY, HISTORY_KEY): model._buffers.pop(k, None)
     return model
 
