@@ -7,8 +7,8 @@
 - linear: `nn.Linear(4096, 4096)` at batch 64 as `SparseLinear`, per sparsity.
   Goals (single thread): >= 4x faster than dense at 95% sparsity, >= 12x at 99%.
 - conv: resnet18's 3x3 convolutions (and a strided 1x1) as `SparseConv`, at batch 1 and 64, per sparsity.
-- resnet18: torchvision `resnet18(weights=None)` with ERK masks, exported by `sparse_export` on one 224x224
-  image; whole-model time dense against exported, and how many layers the export converted."""
+- resnet18: torchvision `resnet18(weights=None)` with ERK masks, exported by `sparse_export` on a batch of
+  224x224 images (1 and 64); whole-model time dense against exported, and how many layers it converted."""
 import argparse, json
 from pathlib import Path
 import torch
@@ -24,10 +24,10 @@ def masked_(layer, sparsity):
     with torch.no_grad(): layer.weight.mul_(torch.rand_like(layer.weight) >= sparsity)
     return layer
 
-def compare(dense, sparse, x, repeats):
+def compare(dense, sparse, x, repeats, n=5):
     with torch.no_grad():
         diff = (sparse(x) - dense(x)).abs().max().item()
-        d, s = median_ms(lambda: dense(x), reps=repeats, n=5), median_ms(lambda: sparse(x), reps=repeats, n=5)
+        d, s = median_ms(lambda: dense(x), reps=repeats, n=n), median_ms(lambda: sparse(x), reps=repeats, n=n)
     return dict(dense_ms=d, sparse_ms=s, speedup=d / s, max_abs_diff=diff)
 
 def linear(a):
@@ -55,18 +55,22 @@ def conv(a):
 
 def resnet(a):
     from torchvision.models import resnet18
-    print(f"\nresnet18(weights=None), ERK masks, one 224x224 image, {a.threads} thread(s)")
-    print(f"{'sparsity':>8} {'converted':>9} {'dense ms':>9} {'export ms':>9} {'speed-up':>9} {'max |diff|':>11}")
-    rows, x = [], torch.randn(1, 3, 224, 224)
-    for s in a.conv_sparsities:
-        torch.manual_seed(0)
-        model = resnet18(weights=None).eval()
-        sparsify_model(model, s, erdos_renyi_sparsity, seed=0)
-        fast, report = sparse_export(model, x)
-        r = dict(sparsity=s, converted=int(report.converted.sum()), layers=len(report), **compare(model, fast, x, a.repeats))
-        rows.append(r)
-        print(f"{s:>8.2f} {r['converted']:>4}/{r['layers']:<4} {r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} "
-              f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
+    print(f"\nresnet18(weights=None), ERK masks, 224x224 images, {a.threads} thread(s)")
+    print(f"{'batch':>5} {'sparsity':>8} {'converted':>9} {'dense ms':>9} {'export ms':>9} {'speed-up':>9} {'max |diff|':>11}")
+    rows = []
+    for bs in a.resnet_bs:
+        x = torch.randn(bs, 3, 224, 224)
+        for s in a.conv_sparsities:
+            torch.manual_seed(0)
+            model = resnet18(weights=None).eval()
+            sparsify_model(model, s, erdos_renyi_sparsity, seed=0)
+            fast, report = sparse_export(model, x)
+            big = bs > 8                          # a second a pass: fewer repeats
+            r = dict(bs=bs, sparsity=s, converted=int(report.converted.sum()), layers=len(report),
+                     **compare(model, fast, x, max(3, a.repeats // 5) if big else a.repeats, 1 if big else 5))
+            rows.append(r)
+            print(f"{bs:>5} {s:>8.2f} {r['converted']:>4}/{r['layers']:<4} {r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} "
+                  f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
     return rows
 
 def main():
@@ -75,6 +79,7 @@ def main():
     p.add_argument('--size', type=int, default=4096)
     p.add_argument('--bs', type=int, default=64)
     p.add_argument('--conv-bs', type=int, nargs='+', default=[1, 64])
+    p.add_argument('--resnet-bs', type=int, nargs='+', default=[1, 64])
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--repeats', type=int, default=15)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.5, 0.8, 0.9, 0.95, 0.98, 0.99])

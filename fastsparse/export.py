@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_export.ipynb #708b2ad8
 from __future__ import annotations
-import contextlib, copy, time, statistics, warnings
+import contextlib, copy, math, time, statistics, warnings
 import pandas as pd
 import torch
 from torch import nn
@@ -82,17 +82,29 @@ class SparseConv(_CSRLayer):
         self.pad = list(conv._reversed_padding_repeated_twice)       # what the layer pads, 'same' included
         self.pad_mode = 'constant' if conv.padding_mode == 'zeros' else conv.padding_mode
 
+    block = 512     # columns (batch x positions) multiplied at a time: patches and product stay in cache
+
+    def _patches(self, x, out):
+        "The patches of (padded, batched) `x` as a (in_channels x kernel, batch x positions) matrix: a strided view, copied once"
+        n, c = x.shape[:2]
+        sn, sc, *ss = x.stride()
+        return x.as_strided((c, *self.kernel_size, n, *out),
+                            (sc, *(s * d for s, d in zip(ss, self.dilation)), sn, *(s * st for s, st in zip(ss, self.stride)))
+                           ).reshape(self.shape2d[1], -1)
+
     def forward(self, x):
         unbatched = x.dim() == self.nd + 1
         if unbatched: x = x.unsqueeze(0)
         if any(self.pad): x = F.pad(x, self.pad, mode=self.pad_mode)
-        n, c, *size = x.shape
+        n, size = x.shape[0], x.shape[2:]
         out = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(size, self.kernel_size, self.stride, self.dilation)]
-        sn, sc, *ss = x.stride()
-        # patches as a (in_channels x kernel, batch x positions) matrix: a strided view of x, copied once
-        cols = x.as_strided((c, *self.kernel_size, n, *out),
-                            (sc, *(s * d for s, d in zip(ss, self.dilation)), sn, *(s * st for s, st in zip(ss, self.stride))))
-        y = self.weight @ cols.reshape(self.shape2d[1], -1)            # (out_channels, batch x positions)
+        per = max(1, self.block // math.prod(out))       # samples per block
+        w = self.weight
+        if per >= n: y = w @ self._patches(x, out)       # (out_channels, batch x positions)
+        else:
+            y = x.new_empty(self.out_channels, n * math.prod(out))
+            cols = y.view(self.out_channels, n, -1)
+            for s in range(0, n, per): cols[:, s:s + per] = (w @ self._patches(x[s:s + per], out)).view(self.out_channels, -1, cols.shape[2])
         if self.bias is not None: y += self.bias[:, None]
         y = y.view(self.out_channels, n, *out).movedim(0, 1).contiguous()
         return y[0] if unbatched else y

@@ -23,5 +23,5 @@ def test_speed_smoke():
 
 def test_export_smoke():
     out = bench('export.py', '--size', '512', '--bs', '16', '--repeats', '3', '--sparsities', '0.9', '0.99',
-                '--conv-bs', '1', '--conv-sparsities', '0.99')
+                '--conv-bs', '1', '--conv-sparsities', '0.99', '--resnet-bs', '1')
     assert 'nn.Linear(512, 512)' in out and 'layer4 3x3' in out and 'resnet18' in out

@@ -139,8 +139,10 @@ def test_sparse_conv_matches_dense(nd, cin, cout, data):
     if mode == 'reflect': assume(all(s > 2 for s in size))
     conv = conv_t(cin, cout, k, stride=stride, padding=padding, dilation=dil, padding_mode=mode, bias=data.draw(st.booleans()))
     with torch.no_grad(): conv.weight.mul_(torch.rand_like(conv.weight) < data.draw(st.floats(0., 1.)))
-    x = torch.randn(data.draw(st.integers(1, 3)), cin, *size)
+    x = torch.randn(data.draw(st.integers(1, 5)), cin, *size)
+    sc = SparseConv(conv)
+    sc.block = data.draw(st.sampled_from([1, 5, 64, 512]))      # columns per product: a sample at a time, a few, all
     with torch.no_grad():
-        want, got = conv(x), SparseConv(conv)(x)
+        want, got = conv(x), sc(x)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
