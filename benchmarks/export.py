@@ -24,6 +24,10 @@ def masked_(layer, sparsity):
     with torch.no_grad(): layer.weight.mul_(torch.rand_like(layer.weight) >= sparsity)
     return layer
 
+TIMES = f"{'dense ms':>9} {'sparse ms':>9} {'speed-up':>9} {'max |diff|':>11}"     # the columns every table ends with
+
+def times(r): return f"{r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} {r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}"
+
 def compare(dense, sparse, x, repeats, n=5):
     with torch.no_grad():
         diff = (sparse(x) - dense(x)).abs().max().item()
@@ -32,17 +36,17 @@ def compare(dense, sparse, x, repeats, n=5):
 
 def linear(a):
     print(f"nn.Linear({a.size}, {a.size}), batch {a.bs}, {a.threads} thread(s)  (goals: >= 4x at 0.95, >= 12x at 0.99)")
-    print(f"{'sparsity':>8} {'dense ms':>9} {'CSR ms':>8} {'speed-up':>9} {'max |diff|':>11}")
+    print(f"{'sparsity':>8} {TIMES}")
     rows, x = [], torch.randn(a.bs, a.size)
     for s in a.sparsities:
         lin = masked_(nn.Linear(a.size, a.size), s)
         r = dict(sparsity=s, **compare(lin, SparseLinear(lin), x, a.repeats)); rows.append(r)
-        print(f"{s:>8.2f} {r['dense_ms']:>9.2f} {r['sparse_ms']:>8.2f} {r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
+        print(f"{s:>8.2f} {times(r)}")
     return rows
 
 def conv(a):
     print(f"\nconvolutions as SparseConv, {a.threads} thread(s)")
-    print(f"{'layer':>13} {'batch':>5} {'sparsity':>8} {'dense ms':>9} {'CSR ms':>8} {'speed-up':>9} {'max |diff|':>11}")
+    print(f"{'layer':>13} {'batch':>5} {'sparsity':>8} {TIMES}")
     rows = []
     for name, ci, co, k, st, hw in CONVS:
         for bs in a.conv_bs:
@@ -50,13 +54,13 @@ def conv(a):
             for s in a.conv_sparsities:
                 c = masked_(nn.Conv2d(ci, co, k, stride=st, padding=k // 2, bias=False), s)
                 r = dict(layer=name, bs=bs, sparsity=s, **compare(c, SparseConv(c), x, a.repeats)); rows.append(r)
-                print(f"{name:>13} {bs:>5} {s:>8.2f} {r['dense_ms']:>9.2f} {r['sparse_ms']:>8.2f} {r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
+                print(f"{name:>13} {bs:>5} {s:>8.2f} {times(r)}")
     return rows
 
 def resnet(a):
     from torchvision.models import resnet18
     print(f"\nresnet18(weights=None), ERK masks, 224x224 images, {a.threads} thread(s)")
-    print(f"{'batch':>5} {'sparsity':>8} {'converted':>9} {'dense ms':>9} {'export ms':>9} {'speed-up':>9} {'max |diff|':>11}")
+    print(f"{'batch':>5} {'sparsity':>8} {'converted':>9} {TIMES}")
     rows = []
     for bs in a.resnet_bs:
         x = torch.randn(bs, 3, 224, 224)
@@ -69,8 +73,7 @@ def resnet(a):
             r = dict(bs=bs, sparsity=s, converted=int(report.converted.sum()), layers=len(report),
                      **compare(model, fast, x, max(3, a.repeats // 5) if big else a.repeats, 1 if big else 5))
             rows.append(r)
-            print(f"{bs:>5} {s:>8.2f} {r['converted']:>4}/{r['layers']:<4} {r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} "
-                  f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>11.2e}")
+            print(f"{bs:>5} {s:>8.2f} {r['converted']:>4}/{r['layers']:<4} {times(r)}")
     return rows
 
 def main():

@@ -199,11 +199,10 @@ def _change(self:SparseEngine, t, ctx, n_active, n_drop, n_grow):
     mask = t.mask.view(-1)
     active_idx = self._active_idx(t, n_active)
     drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
-    if n_drop > 0:      # one full-size score at a time: the keep score is gone before the grow score is made
+    if n_drop > 0:      # one full-size score at a time: only the active entries of the keep score outlive this line
         keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1).index_select(0, active_idx)
         local = torch.topk(keep, n_drop, largest=False, sorted=False).indices
         drop_idx = active_idx.index_select(0, local)
-        del keep
     if n_grow > 0:
         grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
         # inactive weights, and the ones just dropped, may be grown

@@ -72,7 +72,7 @@ class SparseLinear(_CSRLayer):
 class SparseConv(_CSRLayer):
     "An `nn.Conv1d`, `nn.Conv2d` or `nn.Conv3d` (`groups=1`) computed as a CSR weight times the input's patches (inference only)"
     def __init__(self, conv:nn.modules.conv._ConvNd):
-        if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or isinstance(conv, nn.modules.conv._ConvTransposeNd):
+        if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):     # transposed convolutions are not among them
             raise TypeError(f"SparseConv takes nn.Conv1d, nn.Conv2d or nn.Conv3d, not {type(conv).__name__}")
         if conv.groups != 1: raise ValueError(f"SparseConv needs groups=1, got groups={conv.groups}: keep this layer dense")
         super().__init__(conv.weight, conv.bias)
