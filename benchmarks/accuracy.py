@@ -10,6 +10,7 @@ accuracy, realised sparsity) goes to benchmarks/results/<data>.csv; `--summary` 
 import argparse, csv, itertools, math, statistics, sys, time, warnings
 from pathlib import Path
 import torch
+from scipy.stats import t as student_t
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated')
 from fastai.basics import Learner, CrossEntropyLossFlat, accuracy
 from fastai.callback.schedule import fit_one_cycle
@@ -42,8 +43,7 @@ def ci95(xs):
     "Mean and half-width of a 95% t-interval"
     n, m = len(xs), statistics.mean(xs)
     if n < 2: return m, float('nan')
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 8: 2.365, 10: 2.262}.get(n, 1.96)
-    return m, t * statistics.stdev(xs) / math.sqrt(n)
+    return m, student_t.ppf(0.975, n - 1) * statistics.stdev(xs) / math.sqrt(n)
 
 def summary(rows):
     groups = {}

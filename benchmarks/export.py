@@ -7,14 +7,20 @@
 - linear: `nn.Linear(4096, 4096)` at batch 64 as `SparseLinear`, per sparsity.
   Goals (single thread): >= 4x faster than dense at 95% sparsity, >= 12x at 99%.
 - conv: resnet18's 3x3 convolutions (and a strided 1x1) as `SparseConv`, at batch 1 and 64, per sparsity.
-- resnet18: torchvision `resnet18(weights=None)` with ERK masks, exported by `sparse_export` on a batch of
-  224x224 images (1 and 64); whole-model time dense against exported, and how many layers it converted."""
-import argparse, json
+- resnet18: torchvision `resnet18(weights=None)` with ERK masks, exported by `sparse_export` with its default,
+  deterministic thresholds (`EXPORT_MIN_SPARSITY`); whole-model time dense against exported on a batch of 224x224
+  images (1 and 64), and how many layers it converted. "Dense" is the same weights without masks or mask hooks
+  (`unsparsify`), so both sides run plain layers except the ones the export converts. `--measure` also reports
+  how many `measure=True` would convert on that batch (timing-dependent, and slow at batch 64).
+
+Timings are medians of `torch.utils.benchmark.Timer` blocks (`benchmarks/_timing.py`)."""
+import argparse, copy, json
 from pathlib import Path
 import torch
 from torch import nn
-from fastsparse import sparsify_model, erdos_renyi_sparsity
-from fastsparse.export import SparseLinear, SparseConv, sparse_export, _median_ms as median_ms   # the export's own timing
+from fastsparse import sparsify_model, erdos_renyi_sparsity, apply_masks, unsparsify
+from fastsparse.export import SparseLinear, SparseConv, sparse_export, EXPORT_MIN_SPARSITY
+from _timing import median_ms                   # benchmarks/_timing.py: the script's directory is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / 'results' / 'export.json'
 CONVS = [('layer2 3x3', 128, 128, 3, 1, 28), ('layer3 3x3', 256, 256, 3, 1, 14), ('layer4 3x3', 512, 512, 3, 1, 7),
@@ -40,7 +46,7 @@ def linear(a):
     rows, x = [], torch.randn(a.bs, a.size)
     for s in a.sparsities:
         lin = masked_(nn.Linear(a.size, a.size), s)
-        r = dict(sparsity=s, **compare(lin, SparseLinear(lin), x, a.repeats)); rows.append(r)
+        r = dict(sparsity=s, bs=a.bs, **compare(lin, SparseLinear(lin), x, a.repeats)); rows.append(r)
         print(f"{s:>8.2f} {times(r)}")
     return rows
 
@@ -59,8 +65,10 @@ def conv(a):
 
 def resnet(a):
     from torchvision.models import resnet18
-    print(f"\nresnet18(weights=None), ERK masks, 224x224 images, {a.threads} thread(s)")
-    print(f"{'batch':>5} {'sparsity':>8} {'converted':>9} {TIMES}")
+    print(f"\nresnet18(weights=None), ERK masks, 224x224 images, {a.threads} thread(s), "
+          f"exported with EXPORT_MIN_SPARSITY={EXPORT_MIN_SPARSITY}")
+    print(f"{'batch':>5} {'sparsity':>8} {'converted':>9} {'measured':>9} {TIMES}" if a.measure else
+          f"{'batch':>5} {'sparsity':>8} {'converted':>9} {TIMES}")
     rows = []
     for bs in a.resnet_bs:
         x = torch.randn(bs, 3, 224, 224)
@@ -68,12 +76,16 @@ def resnet(a):
             torch.manual_seed(0)
             model = resnet18(weights=None).eval()
             sparsify_model(model, s, erdos_renyi_sparsity, seed=0)
-            fast, report = sparse_export(model, x)
-            big = bs > 8                          # a second a pass: fewer repeats
+            fast, report = sparse_export(model)             # from the masks alone: the same layers on every run
+            dense = copy.deepcopy(model); apply_masks(dense)
+            unsparsify(dense)                               # the same weights (zeros kept) as plain layers: no mask hooks
+            big = bs > 8                                    # a second a pass: fewer repeats
             r = dict(bs=bs, sparsity=s, converted=int(report.converted.sum()), layers=len(report),
-                     **compare(model, fast, x, max(3, a.repeats // 5) if big else a.repeats, 1 if big else 5))
+                     **compare(dense, fast, x, max(3, a.repeats // 5) if big else a.repeats, 1 if big else 5))
+            if a.measure: r['measured_converted'] = int(sparse_export(model, x, measure=True)[1].converted.sum())
             rows.append(r)
-            print(f"{bs:>5} {s:>8.2f} {r['converted']:>4}/{r['layers']:<4} {times(r)}")
+            picked = f" {r['measured_converted']:>4}/{r['layers']:<4}" if a.measure else ''
+            print(f"{bs:>5} {s:>8.2f} {r['converted']:>4}/{r['layers']:<4}{picked} {times(r)}")
     return rows
 
 def main():
@@ -87,6 +99,7 @@ def main():
     p.add_argument('--repeats', type=int, default=15)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
     p.add_argument('--conv-sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.99])
+    p.add_argument('--measure', action='store_true', help="resnet18: also count the layers sparse_export(measure=True) converts")
     p.add_argument('--save', action='store_true', help='also write the figures to benchmarks/results/export.json')
     a = p.parse_args()
     torch.set_num_threads(a.threads)

@@ -15,7 +15,7 @@ from .schedules import *
 from .engine import *
 from .stats import *
 from . import distributions, masks, criteria, schedules, engine, stats
-import importlib as _importlib
+import importlib as _importlib, importlib.abc as _abc, sys as _sys
 _CORE = (distributions, masks, criteria, schedules, engine, stats)
 _FASTAI = ('callback', 'data')   # modules that need fastai: imported on first use, so the core stays fastai-free
 
@@ -27,5 +27,23 @@ def __getattr__(name):
         mod = _importlib.import_module(f'{__name__}.{m}')
         if name in mod.__all__: return getattr(mod, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+class _AfterLearner(_abc.MetaPathFinder, _abc.Loader):
+    "Import `fastsparse.callback` (the `learn.sparsify` verbs, fastai adapters) as soon as fastai's `Learner` exists"
+    name = 'fastai.learner'
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name: return None
+        _sys.meta_path.remove(self)              # one time only; the other finders locate the real module
+        spec = next((s for f in _sys.meta_path if hasattr(f, 'find_spec') and (s := f.find_spec(name, path, target))), None)
+        if spec is not None: self.loader, spec.loader = spec.loader, self
+        return spec
+    def create_module(self, spec): return self.loader.create_module(spec)
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.__loader__ = module.__spec__.loader = self.loader
+        _importlib.import_module('fastsparse.callback')   # needs only fastai.learner and fastai.callback.core, both complete here
+
+if 'fastai.learner' in _sys.modules: _importlib.import_module('fastsparse.callback')
+elif not any(isinstance(f, _AfterLearner) for f in _sys.meta_path): _sys.meta_path.insert(0, _AfterLearner())
 
 del __all__

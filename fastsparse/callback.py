@@ -4,13 +4,17 @@
 
 # %% ../nbs/06_callback.ipynb #e6a1c3e0
 from __future__ import annotations
+import torch
 from fastcore.basics import store_attr, patch
+from fastcore.meta import delegates
 from fastai.callback.core import Callback
-from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner, SkipToEpoch, ValueMetric
+from fastai.optimizer import Optimizer, OptimWrapper
+from . import masks, criteria
 from .distributions import uniform_sparsity
 from .masks import sparsify_model, load_sparse, is_sparse
 from .schedules import UpdateSchedule
+from .criteria import get_score
 from .engine import DynamicSparseTraining, SET_presets, SNFS_presets, RigL_presets, PRESETS
 _all_ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS']
 
@@ -18,60 +22,43 @@ _all_ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS']
 __all__ = ['DynamicSparseTrainingCallback', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS']
 
 # %% ../nbs/06_callback.ipynb #f4646102
+@delegates(DynamicSparseTraining, but=['model', 'opt', 'resume'])
 class DynamicSparseTrainingCallback(Callback):
     "Drop and regrow the weights of a sparsified model during training (SET, SNFS, RigL or your own criteria)"
-    order = MixedPrecision.order + 1   # after GradientAccumulation and MixedPrecision: sees real steps, unscaled gradients
+    order = 11          # MixedPrecision.order+1, after GradientAccumulation too: sees real steps and unscaled gradients
     run_valid = False
     def __init__(self,
-                 keep_score_f='weight_magnitude',   # keep score: function `f(param, opt, **ctx)` or registered name
-                 grow_score_f='gradient_magnitude', # grow score: function or registered name
-                 redistribution_f=None,             # per-layer share of regrowth (SNFS); None keeps each layer's count
-                 initial_drop_grow_pct:float=0.3,   # fraction of active weights dropped (and grown) at the first update
-                 stop_pct:float=0.75,               # fraction of training after which masks stay fixed
-                 batches_per_update:int=None,       # optimizer steps between updates; None: once per epoch
-                 drop_schedule='cosine',            # decay of the drop fraction: 'cosine', 'linear', 'constant' or f(initial, t)
-                 start_step:int=0,                  # no update before this many optimizer steps
-                 seed:int=None,                     # seed of random scores (default: drawn from torch's RNG)
-                 log_stats:bool=True,               # add `sparsity` and `explored` columns to fastai's epoch table
+                 batches_per_update:int=None,  # optimizer steps between updates; None: once per epoch
+                 log_stats:bool=True,          # add `sparsity` and `explored` columns to fastai's epoch table
+                 **kwargs,                     # what `DynamicSparseTraining` takes: scores, schedule, seed
                 ):
-        store_attr()
-        UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)  # fail early on bad values
+        store_attr(but='kwargs'); self.dst_kwargs = kwargs
+        DynamicSparseTraining.check_args(batches_per_update=batches_per_update, **kwargs)   # fail now, not at `fit`
 
     def before_fit(self):
-        "Start the driver; continue its saved counters when fastai resumes with `start_epoch`"
+        "Start the driver (continuing its saved counters when fastai resumes with `start_epoch`); nothing in `validate`, `get_preds`, `predict`"
+        if self.learn.lock.locked(): return     # fastai's validation_context: inference only, training state stays as it is
+        twins = [cb for cb in self.learn.cbs if isinstance(cb, DynamicSparseTrainingCallback)]
+        if len(twins) > 1: raise ValueError(f"The Learner has {len(twins)} DynamicSparseTrainingCallbacks: give it once, "
+                                            "either at `Learner(..., cbs=...)` or at `fit(..., cbs=...)`")
         resume = any(isinstance(cb, SkipToEpoch) for cb in self.learn.cbs)
-        self.dst = DynamicSparseTraining(self.learn.model, self.learn.opt, self.keep_score_f, self.grow_score_f,
-            self.redistribution_f, self.initial_drop_grow_pct, self.stop_pct, self.batches_per_update,
-            self.drop_schedule, self.start_step, self.seed, resume=resume)
-        self.learn.dst, self._due = self.dst, False
+        self.learn.dst = DynamicSparseTraining(self.learn.model, self.learn.opt, batches_per_update=self.batches_per_update,
+                                               resume=resume, **self.dst_kwargs)
         if self.log_stats:   # extra columns in the Recorder's table (the Recorder builds its columns after us)
-            self._cols = [ValueMetric(self.dst.sparsity, 'sparsity'), ValueMetric(self.dst.exploration_rate, 'explored')]
-            self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, '_fastsparse', False)] + self._cols
-            for m in self._cols: m._fastsparse = True
+            cols = [ValueMetric(self.dst.sparsity, 'sparsity'), ValueMetric(self.dst.exploration_rate, 'explored')]
+            for m in cols: m._fastsparse = True
+            self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, '_fastsparse', False)] + cols
 
     def after_fit(self):
         "Take the statistics columns out of the `Learner`'s metrics again"
-        if self.log_stats: self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, '_fastsparse', False)]
+        if not self.learn.lock.locked(): self.learn.metrics = [m for m in self.learn.metrics if not getattr(m, '_fastsparse', False)]
 
-    def before_batch(self): self._skipped = False
-    def after_cancel_step(self): self._skipped = True   # an earlier callback skipped the optimizer step (e.g. fp16 overflow)
-
+    def before_batch(self): "Reset the skipped-step flag"; self._skipped = False
+    def after_cancel_step(self): "An earlier callback skipped the optimizer step (e.g. fp16 overflow)"; self._skipped = True
     def after_step(self):
         "After a real optimizer step: keep masked weights at zero, update the topology when due"
-        if self._skipped: return
-        per_epoch = self.batches_per_update is None
-        last = self.iter == self.n_iter - 1
-        update = (self._due or last) if per_epoch else None
-        self.dst.step((self.epoch + (self.iter + 1) / self.n_iter) / self.n_epoch, update)   # training done after this batch
-        if update: self._due = False
-        self._last_stepped = last
-
-    def after_train(self):
-        "Once per epoch: if the epoch's last batch was no optimizer step (gradient accumulation), update at the next one"
-        if self.batches_per_update is None and not getattr(self, '_last_stepped', True): self._due = True
-
-    _docs = dict(before_fit="Start the driver; continue its saved counters when fastai resumes with `start_epoch`",
-                 before_batch="Reset the skipped-step flag", after_cancel_step="Remember that no optimizer step was taken")
+        if not self._skipped: self.dst.step((self.epoch + (self.iter + 1) / self.n_iter) / self.n_epoch, epoch_end=self.iter == self.n_iter - 1)
+    def after_train(self): "The epoch ended (under gradient accumulation its last batch may have taken no step)"; self.dst.end_epoch()
 
 # %% ../nbs/06_callback.ipynb #b69d5f58
 @patch
@@ -94,3 +81,25 @@ def load_sparse(self:Learner,
     path = self.path/self.model_dir/f'{file}.pth'
     if not is_sparse(self.model): load_sparse(self.model, path, strict=strict)
     return self.load(file, with_opt=with_opt, device=device, strict=strict)
+
+# %% ../nbs/06_callback.ipynb #9c04f882
+def _learner_model(o): return o.model if isinstance(o, Learner) else None
+def _optim_wrapper_opt(o): return o.opt if isinstance(o, OptimWrapper) else None
+def _fastai_lacks_momentum(o):
+    "A fastai `Optimizer` keeps momentum only through its `average_grad` step"
+    if not isinstance(o, Optimizer): return None
+    return not any(getattr(getattr(cb, 'func', cb), '__name__', '') == 'average_grad' for cb in o.cbs)
+def _fastai_checkpoint(state):
+    "The model's `state_dict` in a file written by `learn.save` or `save_model` (`{'model': ..., 'opt': ...}`)"
+    if isinstance(state, dict) and isinstance(state.get('model'), dict) and set(state) <= {'model', 'opt'}: return state['model']
+
+def _fastai_safe_globals():
+    "The plain containers fastai stores optimizer state in, for `torch.load(weights_only=True)`"
+    import numpy as np
+    from fastcore.foundation import L
+    npcore = getattr(np, '_core', None) or np.core
+    return [L, npcore.multiarray.scalar, np.dtype, *[getattr(np.dtypes, n) for n in np.dtypes.__all__]]
+
+masks._MODEL_ADAPTERS.append(_learner_model); masks._CHECKPOINT_ADAPTERS.append(_fastai_checkpoint)
+masks._CHECKPOINT_SAFE_GLOBALS.extend(_fastai_safe_globals())
+criteria._OPTIMIZER_ADAPTERS.append(_optim_wrapper_opt); criteria._LACKS_MOMENTUM.append(_fastai_lacks_momentum)

@@ -5,15 +5,17 @@
 # %% ../nbs/08_cli.ipynb #244dc9df
 from __future__ import annotations
 import argparse, sys, time, warnings
+from functools import partial
 from pathlib import Path
 import torch
+from fastcore.docments import docments
 # fastai's import triggers torch's deprecation notice for `torch.jit.script`: noise for a command-line user
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 from fastai.learner import Learner, save_model
 from fastai.metrics import accuracy
 from fastai.losses import CrossEntropyLossFlat
 from fastai.callback.schedule import fit_one_cycle   # adds `Learner.fit_one_cycle`
-from .distributions import uniform_sparsity, erdos_renyi_sparsity, first_layer_dense_uniform
+from .distributions import DISTRIBUTIONS
 from .masks import sparsify_model
 from .engine import PRESETS
 from .callback import DynamicSparseTrainingCallback
@@ -21,42 +23,45 @@ from .stats import sparsity_report
 from .data import digits_dls, digits_mlp, mnist1d_dls, mnist1d_cnn
 
 # %% auto #0
-__all__ = ['DISTRIBUTIONS', 'DATASETS', 'train', 'main']
+__all__ = ['DATASETS', 'train', 'main']
 
 # %% ../nbs/08_cli.ipynb #71dfec23
-DISTRIBUTIONS = {'uniform': uniform_sparsity, 'erk': erdos_renyi_sparsity, 'first-dense': first_layer_dense_uniform}
-DATASETS = {'digits': (digits_dls, digits_mlp, 64), 'mnist1d': (mnist1d_dls, mnist1d_cnn, 100)}
+DATASETS = {'digits': (digits_dls, digits_mlp, 64), 'mnist1d': (mnist1d_dls, mnist1d_cnn, 100)}  # name: (data, model, batch size)
 
-def _parser():
-    p = argparse.ArgumentParser(prog='fastsparse', description='Dynamic sparse training for fastai')
-    sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('train', help='train a sparse model on offline data and print accuracy and sparsity',
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument('--preset', default='RigL', choices=[*PRESETS, 'static', 'dense'], help='dynamic sparse training method')
-    t.add_argument('--sparsity', type=float, default=0.9, help='fraction of the weights set to zero')
-    t.add_argument('--distribution', default='erk', choices=list(DISTRIBUTIONS), help='how sparsity is split across layers')
-    t.add_argument('--data', default='digits', choices=list(DATASETS), help='offline data set (and its model)')
-    t.add_argument('--epochs', type=int, default=20)
-    t.add_argument('--lr', type=float, default=1e-2, help='maximum learning rate of the one-cycle schedule')
-    t.add_argument('--bs', type=int, default=None, help='batch size (default: 64 for digits, 100 for mnist1d)')
-    t.add_argument('--batches-per-update', type=int, default=None, help='optimizer steps between updates (default: once per epoch)')
-    t.add_argument('--seed', type=int, default=0)
-    t.add_argument('--save', type=Path, default=None, help='write the trained model (with masks) to this file')
-    t.add_argument('--no-bar', action='store_true', help='hide the progress bar')
-    return p
+def _choices()->dict:
+    "The names `train`'s `preset`, `distribution` and `data` take (read when asked, so added entries count)"
+    return {'preset': [*PRESETS, 'static', 'dense'], 'distribution': list(DISTRIBUTIONS), 'data': list(DATASETS)}
+
+def _spelt(v, names:list):
+    "The name in `names` that `v` spells in any case, else `v` unchanged"
+    return next((n for n in names if isinstance(v, str) and n.lower() == v.lower()), v)
 
 # %% ../nbs/08_cli.ipynb #f4e06b68
-def train(preset:str='RigL', sparsity:float=0.9, distribution:str='erk', data:str='digits', epochs:int=20,
-          lr:float=1e-2, bs:int=None, batches_per_update:int=None, seed:int=0, save:Path=None, no_bar:bool=False,
-          out=None):
-    "Train a sparse model as `fastsparse train` does; returns the `Learner`"
+def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `static` (a fixed random mask) or `dense`
+          sparsity:float=0.9,            # fraction of the weights set to zero
+          distribution:str='erk',        # how the sparsity is split across layers, a name in `DISTRIBUTIONS`
+          data:str='digits',             # offline data set (with its model), a name in `DATASETS`
+          epochs:int=20,                 # epochs of training
+          lr:float=1e-2,                 # maximum learning rate of the one-cycle schedule
+          bs:int=None,                   # batch size (default: 64 for digits, 100 for mnist1d)
+          batches_per_update:int=None,   # optimizer steps between mask updates (default: once per epoch)
+          seed:int=0,                    # seed of the weights, the masks and the data order
+          save:Path=None,                # write the trained model (with its masks) to this file
+          no_bar:bool=False,             # hide the progress bar and the metrics table
+          out=None,                      # where the report goes (default: `sys.stdout`); Python only, not an option
+         )->Learner:                     # the trained `Learner`
+    "Train a sparse model on offline data and print its accuracy and sparsity"
     out = out or sys.stdout
+    names = _choices()
+    preset, data = _spelt(preset, names['preset']), _spelt(data, names['data'])
+    for k, v in (('preset', preset), ('data', data)):
+        if v not in names[k]: raise ValueError(f"Unknown {k} {v!r}. Known names: {names[k]}")
     torch.manual_seed(seed)
     dls_f, model_f, default_bs = DATASETS[data]
     learn = Learner(dls_f(bs=bs or default_bs, seed=seed), model_f(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     cbs = []
     if preset != 'dense':
-        sparsify_model(learn.model, sparsity, DISTRIBUTIONS[distribution], seed=seed)
+        sparsify_model(learn.model, sparsity, distribution, seed=seed)
         if preset != 'static':
             cbs.append(DynamicSparseTrainingCallback(**PRESETS[preset], batches_per_update=batches_per_update, seed=seed))
     start = time.time()
@@ -80,10 +85,32 @@ def train(preset:str='RigL', sparsity:float=0.9, distribution:str='erk', data:st
         print(f"\nsaved to {save} (load it into a fresh model with `load_sparse(model, '{save}')`)", file=out)
     return learn
 
-def main(argv=None):
-    "Entry point of the `fastsparse` command"
-    args = _parser().parse_args(argv)
-    if args.command == 'train':
-        kw = vars(args); kw.pop('command')
+# %% ../nbs/08_cli.ipynb #46d523ff
+def _add_options(p:argparse.ArgumentParser, f, skip=('out',)):
+    "Add to `p` an option per parameter of `f`: its name with dashes, its type, default and docments comment (as help)"
+    choices = _choices()
+    for k, v in docments(f, full=True, returns=False, eval_str=True).items():
+        if k in skip: continue
+        shown = v.default is not None and v.default is not False
+        kw = dict(default=v.default, help=(v.docment or '').replace('`', '').replace('%', '%%') + (f' (default: {v.default})' if shown else ''))
+        if v.anno is bool: kw['action'] = 'store_true'       # a flag: the parameter defaults to False
+        elif k in choices: kw.update(type=partial(_spelt, names=choices[k]), choices=choices[k])
+        else: kw['type'] = v.anno
+        p.add_argument('--' + k.replace('_', '-'), **kw)
+    return p
+
+def _parser()->argparse.ArgumentParser:
+    "The `fastsparse` command's parser, with the subcommand `train`"
+    p = argparse.ArgumentParser(prog='fastsparse', description='Dynamic sparse training for fastai')
+    sub = p.add_subparsers(dest='command', required=True)
+    _add_options(sub.add_parser('train', help=train.__doc__, description=train.__doc__), train)
+    return p
+
+def main(argv:list=None, # the arguments after `fastsparse` (default: `sys.argv[1:]`)
+        ):
+    "Entry point of the `fastsparse` command: `fastsparse train [options]` calls `train` with the options"
+    p = _parser()
+    kw = vars(p.parse_args(argv))
+    if kw.pop('command') == 'train':
         try: train(**kw)
-        except ValueError as e: _parser().exit(2, f"fastsparse: error: {e}\n")
+        except ValueError as e: p.exit(2, f"fastsparse: error: {e}\n")

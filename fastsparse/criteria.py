@@ -26,12 +26,20 @@ def score_kwargs(f:Callable)->tuple:
     return tuple(p.name for p in ps if p.name in CONTEXT)
 
 # %% ../nbs/02_criteria.ipynb #745c8326
+# filled by framework modules (`fastsparse.callback` adds fastai's): functions `opt -> the optimizer inside a wrapper
+# that holds the state, or None`, and `opt -> True/False when known to keep no momentum, else None`
+_OPTIMIZER_ADAPTERS, _LACKS_MOMENTUM = [], []
+
+def _inner(opt):
+    "The optimizer that holds the state: `opt`, or the one a registered wrapper keeps"
+    for f in _OPTIMIZER_ADAPTERS:
+        if (o := f(opt)) is not None: return o
+    return opt
+
 def opt_state(opt, param)->dict:
-    "The optimizer state of `param`: fastai `Optimizer`, fastai `OptimWrapper` or torch optimizer ({} if none yet)"
+    "The optimizer state of `param`: a torch optimizer, anything with a `state` dict keyed by parameter, or a registered wrapper ({} if none yet)"
     if opt is None: return {}
-    inner = getattr(opt, 'opt', None)
-    if isinstance(inner, torch.optim.Optimizer): opt = inner          # fastai OptimWrapper
-    state = getattr(opt, 'state', None)
+    state = getattr(_inner(opt), 'state', None)
     if state is None: return {}
     return state.get(param, None) or {}
 
@@ -54,14 +62,12 @@ def _state_tensor(opt, param, keys, what, fix, score=None):
                      f"{sorted(st)}): {fix}")
 
 def _lacks_momentum(opt)->bool:
-    "True if `opt` is known to keep no momentum (fastai `SGD(mom=0)`, torch `SGD(momentum=0)`)"
-    inner = getattr(opt, 'opt', None)
-    if isinstance(inner, torch.optim.Optimizer): opt = inner
+    "True if `opt` is known to keep no momentum (torch `SGD(momentum=0)`, or what a registered adapter says)"
+    opt = _inner(opt)
     if isinstance(opt, torch.optim.Optimizer):
         g = opt.param_groups[0]
         return 'betas' not in g and not g.get('momentum', 0)
-    cbs = getattr(opt, 'cbs', None)      # a fastai Optimizer keeps momentum only through its `average_grad` step
-    return cbs is not None and not any(getattr(getattr(cb, 'func', cb), '__name__', '') == 'average_grad' for cb in cbs)
+    return any(f(opt) for f in _LACKS_MOMENTUM)
 
 def momentum(opt, param, score:str=None)->torch.Tensor:
     "The running average of `param`'s gradient kept by `opt`"

@@ -5,10 +5,13 @@
 # %% ../nbs/00_distributions.ipynb #3d04f9bb
 from __future__ import annotations
 import math, numbers
+from functools import partial
+from typing import Callable
 import torch
 
 # %% auto #0
-__all__ = ['uniform_sparsity', 'first_layer_dense_uniform', 'erdos_renyi_sparsity', 'overall_sparsity']
+__all__ = ['DISTRIBUTIONS', 'uniform_sparsity', 'first_layer_dense_uniform', 'erdos_renyi_sparsity', 'overall_sparsity',
+           'get_distribution']
 
 # %% ../nbs/00_distributions.ipynb #cb6e36e4
 def _check_sparsity(s, what='model_sparsity'):
@@ -70,3 +73,17 @@ def overall_sparsity(params:list,      # weights, in model order
     "Sparsity of all `params` together when each gets its own sparsity"
     n = sum(p.numel() for p in params)
     return sum(s * p.numel() for s, p in zip(sparsities, params)) / n if n else 0.
+
+# %% ../nbs/00_distributions.ipynb #06e8df5d
+DISTRIBUTIONS = {'uniform': uniform_sparsity, 'first-dense': first_layer_dense_uniform,
+                 'er': partial(erdos_renyi_sparsity, include_kernel=False), 'erk': erdos_renyi_sparsity}
+
+def get_distribution(f:str|Callable, # a function `(params, model_sparsity) -> sparsities`, or its name in `DISTRIBUTIONS`
+                    )->Callable:      # the distribution function
+    "The sparsity distribution `f`, given as a function or as a name in `DISTRIBUTIONS` (in any case)"
+    if callable(f): return f
+    if isinstance(f, str):
+        for k, v in DISTRIBUTIONS.items():
+            if k.lower() == f.lower(): return v
+    raise ValueError(f"Unknown sparsity distribution {f!r}. Known names: {list(DISTRIBUTIONS)}; "
+                     "or pass a function `f(params, model_sparsity) -> sparsities`.")

@@ -4,16 +4,19 @@
 
 # %% ../nbs/04_engine.ipynb #cea0dfd2
 from __future__ import annotations
-import math
+import inspect, math
+from typing import NamedTuple
 import torch
-from .masks import masked_params, _as_model, STATE_KEY, HISTORY_KEY, explored_name, init_name
+from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name
 from .criteria import get_score, check_score, opt_state, score_kwargs
-from .schedules import UpdateSchedule
+from .schedules import UpdateSchedule, _check_fraction
+from .stats import UpdateLog
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['HISTORY_COLS', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS', 'allocate', 'SparseEngine',
-           'reset_opt_state', 'DynamicSparseTraining', 'DynamicSparseTrainingOptimizerWrapper']
+__all__ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS', 'allocate', 'LayerPlan', 'Change', 'SparseEngine',
+           'reset_opt_state', 'snapshot', 'check_invariants', 'DynamicSparseTraining',
+           'DynamicSparseTrainingOptimizerWrapper']
 
 # %% ../nbs/04_engine.ipynb #8ef2a7b5
 def allocate(total:int,  # whole number to share
@@ -79,19 +82,27 @@ def _fill_at(t, idx, value):
     if t.is_contiguous(): t.view(-1).index_fill_(0, idx, value)
     else: t.index_put_(torch.unravel_index(idx, t.shape), torch.tensor(value, dtype=t.dtype, device=t.device))
 
-def _agree(mask, drop_idx, grow_idx, local, dist):
+class LayerPlan(NamedTuple):
+    "How many weights one update takes from a layer and gives to it"
+    active:int; drop:int; grow:int
+
+class Change(NamedTuple):
+    "Flat indices one update drops and grows in a layer, and where the dropped ones sit among its active indices (None: unknown)"
+    drop:torch.Tensor; grow:torch.Tensor; local:torch.Tensor|None
+
+def _agree(mask, change, dist):
     "Under `torch.distributed`: every process takes rank 0's change of `mask`"
     new = mask.clone().view(-1)
-    new.index_fill_(0, drop_idx, False); new.index_fill_(0, grow_idx, True)
+    new.index_fill_(0, change.drop, False); new.index_fill_(0, change.grow, True)
     b = new.to(torch.uint8); dist.broadcast(b, src=0); new = b.bool()
     old = mask.view(-1)
-    return (old & ~new).nonzero().squeeze(1), (new & ~old).nonzero().squeeze(1), None
+    return Change((old & ~new).nonzero().squeeze(1), (new & ~old).nonzero().squeeze(1), None)
 
 class SparseEngine:
-    "Topology updates of every masked weight of `model`: drop by `keep_score_f`, grow by `grow_score_f`"
+    "Topology updates of every masked weight of `model`: plan how many weights move, select which (keep and grow scores), commit"
     def __init__(self,
-                 model,                                 # a sparsified `nn.Module` (or fastai `Learner`)
-                 opt=None,                              # its optimizer (fastai, fastai `OptimWrapper` or torch)
+                 model,                                 # a sparsified `nn.Module`
+                 opt=None,                              # its optimizer (torch, or fastai's through the callback module)
                  keep_score_f='weight_magnitude',       # keep score: function or registered name
                  grow_score_f='gradient_magnitude',     # grow score: function or registered name
                  redistribution_f=None,                 # per-layer share of regrowth; None keeps each layer's count
@@ -108,7 +119,7 @@ class SparseEngine:
         if (dist := _dist()) is not None:       # one seed for all processes: identical random scores everywhere
             s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
             dist.broadcast(s, src=0); self.seed = int(s.item())
-        self._active, self.last_grown, self.uses_init = {}, {}, False
+        self._active, self.uses_init = {}, False
         if any('init' in score_kwargs(f) for f in self.scores): self.record_init(keep=keep_init)
 
     @property
@@ -134,44 +145,81 @@ class SparseEngine:
 
 # %% ../nbs/04_engine.ipynb #97e6bfa8
 @patch
+def plan(self:SparseEngine,
+         drop_fraction:float, # fraction of each layer's active weights to drop
+         ctxs:list,           # the score context of each layer (what redistribution scores see)
+        )->list:              # one `LayerPlan` per layer
+    "How many weights each layer drops and grows; layers whose weight does not train are left alone"
+    live = [t.param.requires_grad for t in self.targets]
+    active = [int(torch.count_nonzero(t.mask)) for t in self.targets]
+    n_drop = [min(round(drop_fraction * a), a - 1) if l and a > 0 else 0 for a, l in zip(active, live)]
+    if self.redistribution_f is None: n_grow = n_drop
+    else:
+        shares = [check_score(self.redistribution_f, t.param, self.opt, 'redistribution', **c) if l else 0.
+                  for t, c, l in zip(self.targets, ctxs, live)]
+        caps = [t.mask.numel() - a + d if l else 0 for t, a, d, l in zip(self.targets, active, n_drop, live)]
+        n_grow = allocate(sum(n_drop), shares, caps)
+    return [LayerPlan(*x) for x in zip(active, n_drop, n_grow)]
+
+@patch
+def select(self:SparseEngine,
+           t,                # the layer's `SparseTarget`
+           ctx:dict,         # its score context
+           plan:LayerPlan,   # how many of its weights to drop and grow
+          )->Change:
+    "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
+    mask = t.mask.view(-1)
+    active_idx = self._active_idx(t, plan.active)
+    drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
+    if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
+        keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1).index_select(0, active_idx)
+        local = torch.topk(keep, plan.drop, largest=False, sorted=False).indices
+        drop_idx = active_idx.index_select(0, local)
+    if plan.grow > 0:
+        grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
+        # inactive weights, and the ones just dropped, may be grown
+        grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - plan.active + plan.drop, plan.grow, ctx['generator'])
+    return Change(drop_idx, grow_idx, local)
+
+@patch
+@torch.no_grad()
+def commit(self:SparseEngine,
+           t,                # the layer's `SparseTarget`
+           change:Change,    # what `select` chose (or what the processes agreed on)
+           plan:LayerPlan,   # the layer's plan (for its record)
+          )->dict:           # the layer's record: counts, and the flat indices grown (`grown_idx`)
+    "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
+    new_active = None if change.local is None else _replace(self._active_idx(t), change.local, change.grow)
+    m = t.mask.view(-1)
+    regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
+    m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
+    grown, dropped = change.grow, change.drop
+    if regrown.any(): grown, dropped = grown[~regrown], dropped[~m.index_select(0, dropped)]
+    changed = torch.cat([dropped, grown])
+    _fill_at(t.param.data, changed, 0.)
+    reset_opt_state(self.opt, t.param, changed)
+    if self.uses_init: _fill_at(t.module._buffers[init_name(t.attr)], grown, 0.)
+    apply_masks([t])                            # the optimizer step may have written masked positions
+    if new_active is None: self._active.pop(t.name, None)
+    else: self._active[t.name] = (t.mask._version, new_active)
+    return dict(layer=t.name, numel=m.numel(), active_before=plan.active, dropped=len(dropped), grown=len(grown),
+                active_after=plan.active - len(change.drop) + len(change.grow), grown_idx=grown)
+
+@patch
 @torch.no_grad()
 def update(self:SparseEngine,
            drop_fraction:float, # fraction of each layer's active weights to drop
            step:int=0,          # optimizer steps taken so far (passed to scores as `step`)
            n_update:int=0,      # index of this update (seeds random scores)
           )->list:              # one record per layer: counts of active, dropped and grown weights
-    "Drop `drop_fraction` of each layer's active weights and grow as many (or a redistributed share)"
+    "Drop `drop_fraction` of each layer's active weights and grow as many (or a redistributed share): plan, select, commit"
     ctxs = [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
-    active = [int(torch.count_nonzero(t.mask)) for t in self.targets]
-    n_drop = [min(round(drop_fraction * a), a - 1) if a > 0 else 0 for a in active]
-    if self.redistribution_f is None: n_grow = n_drop
-    else:
-        shares = [check_score(self.redistribution_f, t.param, self.opt, 'redistribution', **c) for t, c in zip(self.targets, ctxs)]
-        caps = [t.mask.numel() - a + d for t, a, d in zip(self.targets, active, n_drop)]
-        n_grow = allocate(sum(n_drop), shares, caps)
-    changes = [self._change(t, c, a, d, g) for t, c, a, d, g in zip(self.targets, ctxs, active, n_drop, n_grow)]
-    if (dist := _dist()) is not None: changes = [_agree(t.mask, *ch, dist) for t, ch in zip(self.targets, changes)]
+    plans = self.plan(drop_fraction, ctxs)
+    changes = [self.select(t, c, p) for t, c, p in zip(self.targets, ctxs, plans)]
+    if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(self.targets, changes)]
     # every score succeeded and every change is checked: commit
-    records, self.last_grown = [], {}
-    for t, (drop_idx, grow_idx, local), a in zip(self.targets, changes, active):
-        new_active = None if local is None else _replace(self._active_idx(t), local, grow_idx)
-        m = t.mask.view(-1)
-        regrown = m.index_select(0, grow_idx)   # dropped and grown back in one update: unchanged
-        m.index_fill_(0, drop_idx, False); m.index_fill_(0, grow_idx, True)
-        grown, dropped = grow_idx, drop_idx
-        if regrown.any(): grown, dropped = grow_idx[~regrown], drop_idx[~m.index_select(0, drop_idx)]
-        changed = torch.cat([dropped, grown])
-        _fill_at(t.param.data, changed, 0.)
-        reset_opt_state(self.opt, t.param, changed)
-        if self.uses_init: _fill_at(t.module._buffers[init_name(t.attr)], grown, 0.)
-        t.param.data.mul_(t.mask.view(torch.uint8))    # the optimizer step may have written masked positions
-        self.last_grown[t.name] = grown
-        if new_active is None: self._active.pop(t.name, None)
-        else: self._active[t.name] = (t.mask._version, new_active)
-        records.append(dict(layer=t.name, numel=m.numel(), active_before=a, dropped=len(dropped), grown=len(grown),
-                            active_after=a - len(drop_idx) + len(grow_idx), drop_fraction=drop_fraction,
-                            step=step, update=n_update))
-    return records
+    return [dict(self.commit(t, ch, p), drop_fraction=drop_fraction, step=step, update=n_update)
+            for t, ch, p in zip(self.targets, changes, plans)]
 
 def _replace(idx, local, new):
     "`idx` with its entries at (distinct) positions `local` taken out and `new` put in, in no particular order"
@@ -192,23 +240,6 @@ def _active_idx(self:SparseEngine, t, n_active:int=None):
         self._active[t.name] = (t.mask._version, idx)
     return idx
 
-@patch
-def _change(self:SparseEngine, t, ctx, n_active, n_drop, n_grow):
-    """Flat indices `(drop, grow, local)` of the `n_drop` active weights to drop and the `n_grow` inactive ones to grow,
-    and where the dropped ones sit among the active indices (model unchanged)"""
-    mask = t.mask.view(-1)
-    active_idx = self._active_idx(t, n_active)
-    drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
-    if n_drop > 0:      # one full-size score at a time: only the active entries of the keep score outlive this line
-        keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1).index_select(0, active_idx)
-        local = torch.topk(keep, n_drop, largest=False, sorted=False).indices
-        drop_idx = active_idx.index_select(0, local)
-    if n_grow > 0:
-        grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
-        # inactive weights, and the ones just dropped, may be grown
-        grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - n_active + n_drop, n_grow, ctx['generator'])
-    return drop_idx, grow_idx, local
-
 # %% ../nbs/04_engine.ipynb #dabc4ba1
 @torch.no_grad()
 def reset_opt_state(opt, param, positions:torch.Tensor)->None:
@@ -218,42 +249,87 @@ def reset_opt_state(opt, param, positions:torch.Tensor)->None:
             if positions.dtype == torch.bool: v.masked_fill_(positions, 0)
             else: _fill_at(v, positions, 0)
 
+# %% ../nbs/04_engine.ipynb #07572be4
+def snapshot(model, opt=None)->dict:
+    "Masks, weights and per-weight optimizer state of every masked weight of `model`, for `check_invariants(..., before=)`"
+    return {t.name: (t.mask.clone(), t.param.detach().clone(),
+                     {k: v.clone() for k, v in opt_state(opt, t.param).items() if isinstance(v, torch.Tensor) and v.shape == t.param.shape})
+            for t in masked_params(model)}
+
+def _fail(msg): raise AssertionError(msg)
+
+def check_invariants(model,         # a sparsified `nn.Module`
+                     opt=None,      # its optimizer: check its state too
+                     counts=None,   # active weights expected: one total, a list in model order, or `{name: count}`
+                     before=None,   # a `snapshot` taken just before an update: check what the update did
+                    )->None:
+    "Raise `AssertionError` unless masked weights are exactly 0, counts are as expected, and (with `before`) changed weights and their optimizer state are 0 while kept ones are untouched"
+    ts = masked_params(model)
+    if not ts: _fail("The model has no masks")
+    active = {t.name: int(t.mask.sum()) for t in ts}
+    if isinstance(counts, int):
+        if sum(active.values()) != counts: _fail(f"{sum(active.values())} active weights in all, expected {counts}")
+    elif counts is not None:
+        want = counts if isinstance(counts, dict) else dict(zip(active, counts))
+        if not isinstance(counts, dict) and len(counts) != len(active): _fail(f"{len(counts)} counts for {len(active)} masked weights")
+        wrong = {n: (active[n], c) for n, c in want.items() if active.get(n) != c}
+        if wrong: _fail(f"active counts differ (layer: (found, expected)): {wrong}")
+    for t in ts:
+        n = int(torch.count_nonzero(t.param.detach()[~t.mask]))
+        if n: _fail(f"'{t.name}': {n} masked weights are not exactly 0")
+    if before is None: return
+    for t in ts:
+        m0, w0, st0 = before[t.name]
+        grown, dropped, kept = t.mask & ~m0, m0 & ~t.mask, t.mask & m0
+        w = t.param.detach()
+        if (w[grown] != 0).any(): _fail(f"'{t.name}': grown weights are not 0")
+        if not torch.equal(w[kept], w0[kept]): _fail(f"'{t.name}': kept weights changed")
+        for k, v in opt_state(opt, t.param).items():
+            if not (isinstance(v, torch.Tensor) and v.shape == t.param.shape): continue
+            if (v[grown | dropped] != 0).any(): _fail(f"'{t.name}': optimizer state '{k}' is not 0 where weights were grown or dropped")
+            if k in st0 and not torch.equal(v[kept], st0[k][kept]): _fail(f"'{t.name}': optimizer state '{k}' of kept weights changed")
+
 # %% ../nbs/04_engine.ipynb #2faa3420
 class DynamicSparseTraining:
     "Drives dynamic sparse training in any loop: call `step(pct_train)` after each optimizer step"
     def __init__(self,
-                 model,                             # a sparsified `nn.Module` (or fastai `Learner`)
+                 model,                             # a sparsified `nn.Module`
                  opt=None,                          # its optimizer
                  keep_score_f='weight_magnitude',   # keep score: function or registered name
                  grow_score_f='gradient_magnitude', # grow score: function or registered name
                  redistribution_f=None,             # per-layer share of regrowth (SNFS); None keeps counts
                  initial_drop_grow_pct:float=0.3,   # fraction of active weights dropped (and grown) at first
                  stop_pct:float=0.75,               # fraction of training after which masks stay fixed
-                 batches_per_update:int=100,        # optimizer steps between updates
+                 batches_per_update:int=100,        # optimizer steps between updates; None: once per epoch (mark epoch ends)
                  drop_schedule='cosine',            # decay of the drop fraction: 'cosine', 'linear', 'constant' or f(initial, t)
                  start_step:int=0,                  # no update before this many optimizer steps
                  seed:int=None,                     # seed of random scores (default: drawn from torch's RNG)
-                 resume:bool=False,                 # continue counters saved in the model (see `state`)
+                 resume:bool=False,                 # continue the counters and statistics saved in the model
                 ):
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
         saved = _as_model(model)._buffers.get(STATE_KEY)
         resume = resume and saved is not None
         self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed, keep_init=resume)
-        self.model = self.engine.model
+        self.model, self.log = self.engine.model, UpdateLog(self.engine.model, resume=resume)
         if resume: self.n_steps, self.n_updates, self.engine.seed = (int(x) for x in saved.tolist())
         else: self.n_steps, self.n_updates = 0, 0
-        for t in self.engine.targets:       # which weights were ever active during this run (ITOP's exploration)
-            ex = t.module._buffers.get(explored_name(t.attr))
-            if not resume or ex is None or ex.shape != t.mask.shape: t.module.register_buffer(explored_name(t.attr), t.mask.clone())
-        hist = self.model._buffers.get(HISTORY_KEY)
-        if not resume or hist is None: self.model.register_buffer(HISTORY_KEY, torch.zeros(0, len(HISTORY_COLS), dtype=torch.float64))
-        self.history = _records(self.model._buffers[HISTORY_KEY], [t.name for t in self.engine.targets])
+        self.n_epochs, self._ended, self._end_due = 0, False, False    # epoch ends marked; marked at a step; carried to the next step
         self._save_state()
 
-    @property
-    def explored(self)->dict:
-        "Per masked weight, a bool tensor of the positions active at some point of this run"
-        return {t.name: t.module._buffers[explored_name(t.attr)] for t in self.engine.targets}
+    @staticmethod
+    def check_args(**kwargs):
+        "Check the arguments that need no model (names, scores, schedule), as a callback does before training starts"
+        sig = inspect.signature(DynamicSparseTraining.__init__).parameters
+        unknown = sorted(set(kwargs) - set(sig) - {'self', 'model', 'opt'})
+        if unknown: raise TypeError(f"Unknown arguments {unknown}: DynamicSparseTraining takes {[k for k in sig if k not in ('self', 'model', 'opt')]}")
+        a = {**{k: p.default for k, p in sig.items() if p.default is not p.empty}, **kwargs}
+        UpdateSchedule(a['initial_drop_grow_pct'], a['stop_pct'], a['batches_per_update'], a['drop_schedule'], a['start_step'])
+        get_score(a['keep_score_f']); get_score(a['grow_score_f'])
+        if a['redistribution_f'] is not None: get_score(a['redistribution_f'], 'redistribution')
+
+    opt = property(lambda self: self.engine.opt, lambda self, o: setattr(self.engine, 'opt', o), doc="The optimizer whose state updates reset")
+    history = property(lambda self: self.log.history, doc="The records of every update, one list per update (see `UpdateLog`)")
+    explored = property(lambda self: self.log.explored, doc="Per masked weight, the positions active at some point of this run")
 
     def _save_state(self):
         "Keep the counters in a model buffer, so that every checkpoint of the model carries them"
@@ -262,38 +338,31 @@ class DynamicSparseTraining:
         if buf is None or buf.shape != st.shape: self.model.register_buffer(STATE_KEY, st)
         else: buf.copy_(st)
 
-    @property
-    def opt(self): return self.engine.opt
-    @opt.setter
-    def opt(self, o): self.engine.opt = o
-
     def step(self,
-             pct_train:float,   # position in training, 0 to 1
-             update:bool=None,  # force (True) or skip (False) an update; None follows the schedule
-            )->list|None:       # the update's records, or None when no update was made
+             pct_train:float,       # position in training after this step, 0 to 1
+             update:bool=None,      # force (True) or skip (False) an update; None follows the schedule
+             epoch_end:bool=False,  # this step is the last of an epoch (what `batches_per_update=None` updates after)
+            )->list|None:           # the update's records, or None when no update was made
         "After an optimizer step: count it, keep masked weights at zero, and update the topology when due"
+        pct_train = _check_fraction(pct_train, 'pct_train')
         self.n_steps += 1
-        if update is None: update = self.schedule.is_due(self.n_steps, pct_train)
+        at_end, self._end_due = epoch_end or self._end_due, False
+        if epoch_end: self._ended = True
+        if at_end: self.n_epochs += 1
+        if update is None: update = self.schedule.is_due(self.n_steps, pct_train, at_end)
         records = None
         if update and self.n_steps > self.schedule.start_step and pct_train < self.schedule.stop_pct:
             frac = self.schedule.drop_fraction(pct_train)
-            prev_grown = self.engine.last_grown
-            records = self.engine.update(frac, step=self.n_steps, n_update=self.n_updates)
-            for r, t in zip(records, self.engine.targets):
-                ex = t.module._buffers[explored_name(t.attr)]
-                ex.logical_or_(t.mask)
-                g = prev_grown.get(t.name)    # weights grown at the previous update that are still active
-                r.update(pct_train=pct_train, survived=-1 if g is None else int(t.mask.view(-1)[g].sum()),
-                         explored=int(torch.count_nonzero(ex)))
-            self.history.append(records)
-            hist = self.model._buffers[HISTORY_KEY]
-            self.model.register_buffer(HISTORY_KEY, torch.cat([hist, _rows(records, self.n_updates).to(hist.device)]))
+            records = self.log.record(self.engine.update(frac, step=self.n_steps, n_update=self.n_updates), pct_train)
             self.n_updates += 1
-        else:                               # the optimizer step may have written into masked positions
-            for t in self.engine.targets: t.param.data.mul_(t.mask.view(torch.uint8))
-        for t in self.engine.targets: t.module._masks_fresh = True   # the next forward need not mask again
+        apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
         self._save_state()
         return records
+
+    def end_epoch(self):
+        "An epoch ended: if its last optimizer step was not marked `epoch_end`, a once-per-epoch update follows the next step"
+        if not self._ended: self._end_due = True
+        self._ended = False
 
     def sparsity(self)->float:
         "Fraction of the masked weights that are inactive"
@@ -302,26 +371,7 @@ class DynamicSparseTraining:
 
     def exploration_rate(self)->float:
         "Fraction of the masked weights that were active at some point of this training run (Liu et al., 2021)"
-        ex = self.explored.values()
-        return sum(int(torch.count_nonzero(e)) for e in ex) / sum(e.numel() for e in ex)
-
-# the update statistics kept in the model's `dst_history` buffer, one row per layer and update
-HISTORY_COLS = ('update', 'step', 'pct_train', 'layer', 'numel', 'active_before', 'dropped', 'grown', 'active_after',
-                'drop_fraction', 'survived', 'explored')
-
-def _rows(records, n_update):
-    return torch.tensor([[n_update if c == 'update' else i if c == 'layer' else r[c] for c in HISTORY_COLS]
-                         for i, r in enumerate(records)], dtype=torch.float64)
-
-def _records(hist, names):
-    "The records of every update from a `dst_history` buffer"
-    out = {}
-    for row in hist.tolist():
-        r = dict(zip(HISTORY_COLS, row))
-        r = {k: (v if k in ('pct_train', 'drop_fraction') else int(v)) for k, v in r.items()}
-        r['layer'] = names[r['layer']]
-        out.setdefault(r['update'], []).append(r)
-    return list(out.values())
+        return self.log.exploration_rate()
 
 # %% ../nbs/04_engine.ipynb #047e9e81
 # SET (Mocanu et al., 2018): drop the smallest weights, grow at random, constant fraction 0.3
@@ -337,7 +387,14 @@ SNFS_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_mome
 RigL_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_magnitude', initial_drop_grow_pct=0.3,
                     drop_schedule='cosine', stop_pct=0.75)
 
-PRESETS = {'SET': SET_presets, 'SNFS': SNFS_presets, 'RigL': RigL_presets}   # by name, as the command line takes them
+class _Presets(dict):
+    "Presets by name; a name in another case finds its preset, an unknown name says which exist"
+    def __missing__(self, key):
+        k = next((k for k in self if isinstance(key, str) and k.lower() == key.lower()), None)
+        if k is None: raise KeyError(f"Unknown preset {key!r}: known presets are {list(self)}")
+        return self[k]
+
+PRESETS = _Presets(SET=SET_presets, SNFS=SNFS_presets, RigL=RigL_presets)   # by name, as the command line takes them
 
 # %% ../nbs/04_engine.ipynb #9cd8779e
 class DynamicSparseTrainingOptimizerWrapper:

@@ -4,15 +4,16 @@
 
 # %% ../nbs/09_export.ipynb #708b2ad8
 from __future__ import annotations
-import contextlib, copy, math, time, statistics, warnings
+import contextlib, copy, math, numbers, time, statistics, warnings
+from collections.abc import Mapping
 import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
-from .masks import masked_params, _as_model, unsparsify
+from .masks import masked_params, apply_masks, _as_model, unsparsify
 
 # %% auto #0
-__all__ = ['SparseLinear', 'SparseConv', 'sparse_export']
+__all__ = ['EXPORT_MIN_SPARSITY', 'SparseLinear', 'SparseConv', 'sparse_export']
 
 # %% ../nbs/09_export.ipynb #a05ea38d
 @contextlib.contextmanager
@@ -113,8 +114,14 @@ class SparseConv(_CSRLayer):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'pad={self.pad}, dilation={self.dilation}, density={self.density:.4f}')
 
+# %% ../nbs/09_export.ipynb #22344aaa
+EXPORT_MIN_SPARSITY = {'linear': 0.8,   # nn.Linear
+                       'conv': 0.95}    # nn.Conv1d/2d/3d with groups=1
+
+
 # %% ../nbs/09_export.ipynb #a394454a
 def _median_ms(f, reps=7, n=3):
+    "Median milliseconds per call of `f()` over `reps` blocks of `n` calls, after one warm-up call"
     f()
     ts = []
     for _ in range(reps):
@@ -124,42 +131,85 @@ def _median_ms(f, reps=7, n=3):
     return statistics.median(ts)
 
 def _sparse_kind(module)->tuple:
-    "The sparse layer class for `module`, or None and why not"
-    if type(module) is nn.Linear: return SparseLinear, ''
+    "The sparse layer class and the kind (a key of `EXPORT_MIN_SPARSITY`) for `module`, or None, None and why not"
+    if type(module) is nn.Linear: return SparseLinear, 'linear', ''
     if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-        if module.groups == 1: return SparseConv, ''
-        return None, f'grouped convolution (groups={module.groups}): kept dense'
-    return None, f'{type(module).__name__} has no sparse implementation here: kept dense'
+        if module.groups == 1: return SparseConv, 'conv', ''
+        return None, None, f'grouped convolution (groups={module.groups}): kept dense'
+    return None, None, f'{type(module).__name__} has no sparse implementation here: kept dense'
 
-def sparse_export(model,                # a trained sparse `nn.Module` (or fastai `Learner`); left unchanged
-                  x:torch.Tensor,       # one batch of inputs, as the model will see them at inference
-                  min_speedup:float=1.1, # convert a layer only if it runs at least this much faster
-                 )->tuple:              # `(exported model, report DataFrame)`
-    "A copy of `model` for inference in which masked `nn.Linear` and convolution layers that get faster become `SparseLinear` / `SparseConv`"
-    model = copy.deepcopy(_as_model(model)).eval()
-    targets = [t for t in masked_params(model) if t.attr == 'weight' and _sparse_kind(t.module)[0] is not None]
+def _thresholds(min_sparsity)->dict:
+    "`EXPORT_MIN_SPARSITY` with the overrides in `min_sparsity`, checked"
+    example = "e.g. min_sparsity={'linear': 0.9} (the rest keep EXPORT_MIN_SPARSITY's values)"
+    if min_sparsity is None: return dict(EXPORT_MIN_SPARSITY)
+    if not isinstance(min_sparsity, Mapping):
+        raise ValueError(f"min_sparsity takes a dict from layer kind to sparsity, {example}; got {type(min_sparsity).__name__}")
+    unknown = [k for k in min_sparsity if k not in EXPORT_MIN_SPARSITY]
+    if unknown: raise ValueError(f"min_sparsity has unknown layer kind(s) {unknown}: pass any of {list(EXPORT_MIN_SPARSITY)}, {example}")
+    for k, v in min_sparsity.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1):
+            raise ValueError(f"min_sparsity[{k!r}] must be a fraction of zero weights in [0, 1] (0.95 for 95%), "
+                             f"or None to keep every {k} layer dense; got {v!r}")
+    return {**EXPORT_MIN_SPARSITY, **min_sparsity}
+
+def _layer_inputs(model, targets, x, keep:bool)->dict:
+    "The input of each layer in `targets` that `model(x)` calls, by name (None unless `keep`)"
     inputs = {}
-    def keep_input(m, args, out, name): inputs[name] = args[0].detach()      # returns None: the output is unchanged
-    hooks = [t.module.register_forward_hook(lambda m, a, o, name=t.name: keep_input(m, a, o, name)) for t in targets]
-    with torch.no_grad(): model(x)
-    for h in hooks: h.remove()
+    def record(m, args, out, name): inputs[name] = args[0].detach() if keep else None    # returns None: the output is unchanged
+    hooks = [t.module.register_forward_hook(lambda m, a, o, name=t.name: record(m, a, o, name)) for t in targets]
+    try:
+        with torch.no_grad(): model(x)
+    finally:
+        for h in hooks: h.remove()
+    return inputs
+
+def sparse_export(model,                       # a trained sparse `nn.Module` (or fastai `Learner`); left unchanged
+                  x:torch.Tensor|None=None,    # a batch of inputs: layers its forward pass does not call stay dense; needed to `measure`
+                  min_speedup:float|None=None, # with `measure`: convert a layer only if it runs at least this much faster (1.1 if not given)
+                  *,
+                  min_sparsity:dict|None=None, # thresholds per layer kind that replace `EXPORT_MIN_SPARSITY`'s; None keeps a kind dense
+                  measure:bool=False,          # decide by timing each layer on `x` instead: depends on the machine, its load and threads
+                 )->tuple:                     # `(exported model, report DataFrame)`
+    "A copy of `model` for inference in which masked `nn.Linear` and convolution layers sparse enough to get faster become `SparseLinear` / `SparseConv`"
+    thresholds = _thresholds(min_sparsity)
+    if measure and x is None: raise ValueError("measure=True times each layer on a batch of inputs: pass the batch as x")
+    if measure and min_sparsity is not None:
+        raise ValueError("with measure=True the timings decide and min_sparsity is not used: pass one of them")
+    if min_speedup is not None and not measure:
+        raise ValueError("min_speedup applies only when measuring: pass measure=True (and a batch x) as well, "
+                         "or leave min_speedup out to decide by sparsity (EXPORT_MIN_SPARSITY, min_sparsity)")
+    min_speedup = 1.1 if min_speedup is None else min_speedup
+    model = copy.deepcopy(_as_model(model)).eval()
+    apply_masks(model)                    # masked weights exactly 0, whether or not a forward pass ran since the last step
+    targets = [t for t in masked_params(model) if t.attr == 'weight' and _sparse_kind(t.module)[0] is not None]
+    inputs = None if x is None else _layer_inputs(model, targets, x, keep=measure)
     rows, swap = [], []
     for t in masked_params(model):
-        row = dict(layer=t.name, type=type(t.module).__name__, sparsity=1 - int(t.mask.sum()) / t.mask.numel())
-        kind, why = _sparse_kind(t.module)
-        if t not in targets or t.name not in inputs:
-            rows.append({**row, 'converted': False, 'why': why if kind is None else 'not called by the forward pass: kept dense'}); continue
-        xi, sl = inputs[t.name], kind(t.module)
-        with torch.no_grad():
-            dense_ms, sparse_ms = _median_ms(lambda: t.module(xi)), _median_ms(lambda: sl(xi))
-        speedup = dense_ms / sparse_ms
-        ok = speedup >= min_speedup
-        rows.append({**row, 'dense_ms': dense_ms, 'sparse_ms': sparse_ms, 'speedup': speedup, 'converted': ok,
-                     'why': f'{speedup:.2f}x faster as CSR' if ok else f'CSR would be slower or not worth it ({speedup:.2f}x): kept dense'})
-        if ok: swap.append((t, sl))
+        row = dict(layer=t.name, type=type(t.module).__name__, sparsity=int((~t.mask).sum()) / t.mask.numel())
+        kind_cls, kind, why = _sparse_kind(t.module)
+        if kind_cls is None: ok = False
+        elif t.attr != 'weight': ok, why = False, f'a masked {t.attr}: only weights are stored as CSR, it stays as it is'
+        elif inputs is not None and t.name not in inputs: ok, why = False, 'not called by the forward pass on x: kept dense'
+        elif measure:
+            xi, sl = inputs[t.name], kind_cls(t.module)
+            with torch.no_grad(): dense_ms, sparse_ms = _median_ms(lambda: t.module(xi)), _median_ms(lambda: sl(xi))
+            speedup = dense_ms / sparse_ms
+            ok = speedup >= min_speedup
+            row.update(dense_ms=dense_ms, sparse_ms=sparse_ms, speedup=speedup)
+            why = (f'measured {speedup:.2f}x faster as CSR' if ok else
+                   f'measured {speedup:.2f}x as CSR, below min_speedup={min_speedup:g}: kept dense')
+        elif thresholds[kind] is None: ok, why = False, f'min_sparsity[{kind!r}] is None: kept dense'
+        else:
+            s, limit = row['sparsity'], thresholds[kind]
+            ok, shown = s >= limit, (f'{s:.4g}' if s == limit or round(s, 4) != limit else repr(s))   # 0.79995 is not "0.8 < 0.8"
+            why = f'sparsity {shown} >= {limit:g}, the {kind} threshold' if ok else f'sparsity {shown} < {limit:g}, the {kind} threshold: kept dense'
+        rows.append({**row, 'converted': ok, 'why': why})
+        if ok: swap.append((t, kind_cls))
     unsparsify(model)                     # weights keep their zeros; masks and hooks are not needed at inference
-    for t, sl in swap:
-        parent_name, _, child = t.name[:-len('.weight')].rpartition('.')
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, sl)
-    return model, pd.DataFrame(rows)
+    for t, kind_cls in swap:
+        path = t.name.rpartition('.')[0]          # the layer's name in the model, '' if the model is the layer
+        if not path: model = kind_cls(t.module); continue
+        parent_name, _, child = path.rpartition('.')
+        setattr(model.get_submodule(parent_name), child, kind_cls(t.module))
+    timing = ['dense_ms', 'sparse_ms', 'speedup'] if measure else []
+    return model, pd.DataFrame(rows, columns=['layer', 'type', 'sparsity', *timing, 'converted', 'why'])

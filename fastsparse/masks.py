@@ -4,16 +4,17 @@
 
 # %% ../nbs/01_masks.ipynb #9f22ab0f
 from __future__ import annotations
-import fnmatch, functools, math
+import fnmatch, functools, itertools, math, os, pickle
+from collections import OrderedDict
 from typing import Callable, NamedTuple
 import torch
 from torch import nn
-from .distributions import _check_sparsity, uniform_sparsity
+from .distributions import _check_sparsity, uniform_sparsity, get_distribution
 
 # %% auto #0
-__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'SparseTarget', 'mask_name', 'sparsifiable_params',
-           'masked_params', 'is_sparse', 'apply_masks', 'explored_name', 'init_name', 'SparseHooks', 'mask_hooks',
-           'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
+__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'SparseTarget', 'mask_name',
+           'sparsifiable_params', 'masked_params', 'is_sparse', 'apply_masks', 'explored_name', 'init_name',
+           'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -45,11 +46,17 @@ def mask_name(attr:str)->str:
     return f'{attr}_mask'
 
 # %% ../nbs/01_masks.ipynb #2a61285a
+_MODEL_ADAPTERS = []   # functions `obj -> nn.Module | None`, tried in order on whatever is not a module (e.g. a fastai `Learner`)
+
 def _as_model(model)->nn.Module:
-    "The `nn.Module` in `model` (a module, a fastai `Learner`, or either wrapped in `DistributedDataParallel`)"
-    if not isinstance(model, nn.Module): model = getattr(model, 'model', model)
+    "The `nn.Module` in `model`: a module, or the one a function in `_MODEL_ADAPTERS` finds; DDP and DataParallel unwrapped"
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected an nn.Module or a fastai Learner, got {type(model).__name__}")
+        for f in _MODEL_ADAPTERS:
+            if (m := f(model)) is not None: model = m; break
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected an nn.Module (or DistributedDataParallel/DataParallel around one), got {type(model).__name__}. "
+                        "Another container needs a function `obj -> nn.Module | None` in `fastsparse.masks._MODEL_ADAPTERS` "
+                        "(importing `fastsparse.callback` adds one for fastai's `Learner`).")
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
     return model
 
@@ -119,24 +126,57 @@ def is_sparse(model)->bool:
     return len(masked_params(model)) > 0
 
 # %% ../nbs/01_masks.ipynb #fd769870
-@torch.no_grad()
-def apply_masks(model)->None:
-    "Set every masked weight of `model` to exactly zero"
-    for t in masked_params(model): t.param.data.mul_(t.mask.view(torch.uint8))   # a uint8 view multiplies ~3x faster than bool
+_FRESH = '_fastsparse_fresh'   # in a module's `__dict__`: `{attr: promise}` for its weights masked with `fresh=True`
+_PROMISE = object()            # part of every promise: a copied or unpickled model holds another object, so promises stay behind
+
+def _promise(t):
+    "Record that `t` is masked and that nothing writes it before the next forward reads it"
+    t.module.__dict__.setdefault(_FRESH, {})[t.attr] = (_PROMISE, t.module._parameters[t.attr]._version)
+
+def _kept(t)->bool:
+    "Whether `t` was promised clean and no in-place torch op wrote it since; the promise is used up"
+    marks = t.module.__dict__.get(_FRESH)
+    p = marks.pop(t.attr, None) if marks else None
+    return p is not None and p[0] is _PROMISE and p[1] == t.module._parameters[t.attr]._version
+
+def _as_targets(x)->list:
+    "`x` as `SparseTarget`s: one, a list or tuple of them, or every masked weight of a model"
+    if isinstance(x, SparseTarget): return [x]
+    if isinstance(x, (list, tuple)):
+        if not all(isinstance(t, SparseTarget) for t in x):
+            raise TypeError("Expected a model or a list of `SparseTarget`s (as `masked_params` gives them)")
+        return x
+    return masked_params(x)
+
+def apply_masks(model_or_targets,  # a model (every masked weight), a `SparseTarget` or a list of them
+                fresh:bool=False,  # promise that nothing writes these weights before the next forward reads them
+               )->None:
+    "Multiply weights by their masks: masked weights become exactly 0. With `fresh`, the next forward skips them"
+    for t in _as_targets(model_or_targets):
+        m = t.module
+        mask = m._buffers.get(mask_name(t.attr))
+        if mask is None: raise ValueError(f"'{t.name}' has no mask")
+        m._parameters[t.attr].data.mul_(mask.view(torch.uint8))   # `.data`: outside autograd; a uint8 view multiplies ~3x faster than bool
+        if fresh: _promise(t)
 
 # %% ../nbs/01_masks.ipynb #01d8876c
-def _enforce(module, args, targets=()):
-    "Forward-pre-hook: multiply each weight in `targets` (pairs of submodule path and name) by its mask"
-    if module.__dict__.pop('_masks_fresh', False): return   # masks were applied right after the last optimizer step
-    with torch.no_grad():
-        for path, attr in targets:
-            m = module.get_submodule(path) if path else module
-            m._parameters[attr].data.mul_(m._buffers[mask_name(attr)].view(torch.uint8))
+def _enforce(module, args, targets=(), reader=False):
+    "Forward-pre-hook: mask `targets`, except those promised clean (`apply_masks(..., fresh=True)`) and not written since"
+    dirty = [t for t in targets if not _kept(t)]
+    if dirty: apply_masks(dirty)
+    if reader:   # `module` reads them itself, or lets submodules skip their forward: clean until its forward ends
+        for t in targets: _promise(t)
 
-def _save_pre_hook(module, prefix, keep_vars, attrs=()):
-    "Before a `state_dict` is taken: masked weights are saved as exact zeros"
-    with torch.no_grad():
-        for attr in attrs: module._parameters[attr].data.mul_(module._buffers[mask_name(attr)].view(torch.uint8))
+def _end_read(module, args, output, targets=()):
+    "Forward hook of a reader (it runs even when the forward fails): the promises its pre-hook made end with its forward"
+    for t in targets:
+        marks = t.module.__dict__.get(_FRESH)
+        if marks: marks.pop(t.attr, None)
+
+def _is_ours(h, f)->bool:
+    "Whether hook `h` is `f`, through torch's and `functools.partial`'s wrappers"
+    h = getattr(h, 'hook', h)
+    return getattr(h, 'func', h) is f
 
 STATE_KEY, HISTORY_KEY = 'dst_state', 'dst_history'   # root-model buffers: training counters, update statistics
 
@@ -148,103 +188,189 @@ def init_name(attr:str)->str:
     "Name of the buffer keeping the initial values of `attr` for scores that ask for them (e.g. `movement`)"
     return f'{attr}_init'
 
-def _sync_buffer(module, name, state_dict, key, like=None):
-    "A training-state buffer: taken from a checkpoint that has it (created if needed), kept where the checkpoint has none"
-    v, cur = state_dict.get(key), module._buffers.get(name)
-    if isinstance(v, torch.Tensor):
-        if like is not None and v.shape != like.shape:
-            raise ValueError(f"Checkpoint buffer '{key}' has shape {tuple(v.shape)}, but the weight has shape "
-                             f"{tuple(like.shape)}: build the same architecture as the saved model")
-        if cur is None or cur.shape != v.shape or cur.dtype != v.dtype:
-            dev = like.device if like is not None else (cur.device if cur is not None else v.device)
-            module.register_buffer(name, v.detach().clone().to(dev))
-    elif cur is not None: state_dict[key] = cur.clone()
-
-def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-    "Before loading: check every mask in `state_dict`, and keep the current mask where a dense checkpoint has none"
-    for name in (STATE_KEY, HISTORY_KEY): _sync_buffer(module, name, state_dict, prefix + name)
-    for t in masked_params(module):
-        wkey = prefix + t.name
-        _sync_buffer(t.module, explored_name(t.attr), state_dict, explored_name(wkey), like=t.param)
-        _sync_buffer(t.module, init_name(t.attr), state_dict, init_name(wkey), like=t.param)
-        key = mask_name(wkey)
-        if key not in state_dict:
-            state_dict[key] = t.mask.clone()    # a dense checkpoint: keep this model's mask
-            continue
-        m = state_dict[key]
-        if not isinstance(m, torch.Tensor) or m.shape != t.mask.shape:
-            raise ValueError(f"Checkpoint mask '{key}' has shape {getattr(m, 'shape', type(m).__name__)}, "
-                             f"but '{wkey}' has shape {tuple(t.param.shape)}: the checkpoint was saved from "
-                             "a different architecture. Build the same model as the one that was saved.")
-        if m.dtype != torch.bool:
-            if ((m != 0) & (m != 1)).any():
-                raise ValueError(f"Checkpoint mask '{key}' holds values other than 0 and 1")
-            state_dict[key] = m.bool()
-
-def _load_post_hook(module, incompatible_keys):
-    "After loading: weights obey the (possibly new) masks"
-    apply_masks(module)
-
-def _is_ours(h, f): return getattr(h, 'func', h) is f
-
 # %% ../nbs/01_masks.ipynb #c63390ad
 class SparseHooks:
-    "The forward-pre-hooks that enforce the masks of a model; `remove()` takes them off"
+    "The hooks that enforce the masks of a model; `remove()` takes them off"
     def __init__(self, handles:list, model:nn.Module): self.handles, self.model = list(handles), model
     def remove(self):
         "Stop enforcing masks at each forward (the masks stay in the model and its `state_dict`)"
         for h in self.handles: h.remove()
         self.handles = []
+        for m in self.model.modules(): m.__dict__.pop(_FRESH, None)   # promises hold only while hooks use them
     def __len__(self): return len(self.handles)
     def __enter__(self): return self
     def __exit__(self, *args): self.remove()
     def __repr__(self): return f'{type(self).__name__}({len(self.handles)} hooks on {len(masked_params(self.model))} masked weights)'
 
 # %% ../nbs/01_masks.ipynb #78037418
-def _targets_by_module(targets):
-    "Group `targets` by owning module, keeping model order"
-    by = {}
-    for t in targets: by.setdefault(id(t.module), (t.module, []))[1].append(t.attr)
-    return list(by.values())
+DIRECT_READERS = [nn.MultiheadAttention, nn.TransformerEncoderLayer]   # module types that read their submodules' weights without calling them
 
-def _fastpath_parents(model, targets):
-    "`(parent, path, attrs)` for attention blocks that a transformer layer may call without their forward"
-    masked = {id(m): attrs for m, attrs in _targets_by_module(targets)}
+def _targets_by_module(targets):
+    "`(module, its targets)` for each module owning some of `targets`, in model order"
+    by = {}
+    for t in targets: by.setdefault(id(t.module), (t.module, []))[1].append(t)
+    return [(m, tuple(ts)) for m, ts in by.values()]
+
+def _readers_of(model, targets)->list:
+    "`(module, targets, reader)` for every module that may read a masked weight: its owner, a module it is tied into, and each `DIRECT_READERS` above them"
+    by_id, kinds = {id(t.param): t for t in targets}, tuple(DIRECT_READERS)
     out = []
-    for parent in model.modules():
-        if not isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)): continue
-        for path, child in parent.named_children():
-            if isinstance(child, nn.MultiheadAttention) and id(child) in masked:
-                out.append((parent, path, masked[id(child)]))
+    for m in model.modules():
+        reader = isinstance(m, kinds)
+        ps = m.parameters() if reader else m._parameters.values()   # a reader may read every weight below it
+        ts = tuple(by_id[id(p)] for p in ps if p is not None and id(p) in by_id)
+        if ts: out.append((m, ts, reader and any(t.module is not m for t in ts)))
     return out
 
 def mask_hooks(model)->SparseHooks:
-    "Add forward-pre-hooks that enforce the existing masks of `model` at every forward"
+    "Add hooks that apply the masks of `model` before every forward that reads a masked weight"
     model = _as_model(model)
     targets = masked_params(model)
     if not targets: raise ValueError("The model has no masks: call `sparsify_model` first")
     remove_mask_hooks(model)
-    handles = [m.register_forward_pre_hook(functools.partial(_enforce, targets=tuple(('', a) for a in attrs)))
-               for m, attrs in _targets_by_module(targets)]
-    # inference fast paths of nn.TransformerEncoderLayer read self_attn's weights without calling its forward
-    handles += [parent.register_forward_pre_hook(functools.partial(_enforce, targets=tuple((path, a) for a in attrs)))
-                for parent, path, attrs in _fastpath_parents(model, targets)]
+    handles = []
+    for m, ts, reader in _readers_of(model, targets):
+        handles.append(m.register_forward_pre_hook(functools.partial(_enforce, targets=ts, reader=reader)))
+        if reader: handles.append(m.register_forward_hook(functools.partial(_end_read, targets=ts), always_call=True))
     return SparseHooks(handles, model)
 
 def remove_mask_hooks(model)->None:
-    "Remove every mask-enforcing forward-pre-hook from `model`"
+    "Remove every mask-enforcing hook from `model`"
     for m in _as_model(model).modules():
-        for k in [k for k, h in m._forward_pre_hooks.items() if _is_ours(h, _enforce)]:
-            del m._forward_pre_hooks[k]
+        for hooks, f in ((m._forward_pre_hooks, _enforce), (m._forward_hooks, _end_read)):
+            for k in [k for k, h in hooks.items() if _is_ours(h, f)]:
+                del hooks[k]; m._forward_hooks_always_called.pop(k, None)
+        m.__dict__.pop(_FRESH, None)   # promises hold only while hooks use them
+
+# %% ../nbs/01_masks.ipynb #334eabfd
+def _save_pre_hook(module, prefix, keep_vars, targets=()):
+    "Before a `state_dict` is taken: masked weights are saved as exact zeros"
+    apply_masks(targets)
+
+def _load_post_hook(module, incompatible_keys, targets=()):
+    "After loading: weights obey the (possibly new) masks"
+    apply_masks(targets)
+
+def _entries(model, prefix=''):
+    "What `load_state_dict` copies into: `{key: (module, name, tensor)}`, keys of extra state, prefixes of modules that load their own way"
+    entries, extra, own = {}, set(), []
+    for mname, m in model.named_modules(remove_duplicate=False):
+        pre = prefix + (f'{mname}.' if mname else '')
+        for n, t in itertools.chain(m._parameters.items(), m._buffers.items()):
+            if t is not None and n not in m._non_persistent_buffers_set: entries[pre + n] = (m, n, t)
+        if type(m).get_extra_state is not nn.Module.get_extra_state: extra.add(pre + '_extra_state')
+        if type(m)._load_from_state_dict is not nn.Module._load_from_state_dict and not isinstance(m, nn.modules.batchnorm._NormBase):
+            own.append(pre)   # its own loading code may rename or reshape: left to it
+    return entries, extra, tuple(own)
+
+def _names(keys, n=4)->str:
+    keys = list(keys)
+    return ', '.join(f"'{k}'" for k in keys[:n]) + (f' and {len(keys) - n} more' if len(keys) > n else '')
+
+def _plan_load(model, sd, prefix='', strict=None, adopt=False):
+    """Check all of `sd` (keys under `prefix`) against `model` before anything is copied, and raise one `ValueError` naming
+    every problem. Returns `(updates, buffers, new)`: entries to set in `sd` (masks as bool, what a dense checkpoint lacks from
+    the model), buffers to (re)register first, and with `adopt` the `(SparseTarget, mask)` the checkpoint's masks create.
+    `strict=None` (inside `load_state_dict`, which does not tell): missing and unexpected keys are left to torch."""
+    entries, extra, own = _entries(model, prefix)
+    def theirs(k): return bool(own) and k.startswith(own)
+    masks = {prefix + t.name: t for t in masked_params(model)}                    # weight key -> target
+    keys = [k for k in sd if isinstance(k, str) and k.startswith(prefix)]
+    ckpt_masks = {k[:-5]: k for k in keys if k.endswith('_mask') and (k not in entries or k[:-5] in masks)}
+    if adopt and not ckpt_masks:
+        odd = [k for k, v in sd.items() if not torch.overrides.is_tensor_like(v)]
+        raise ValueError("The checkpoint has no masks: load it with `load_state_dict`, then call `sparsify_model`" + (
+            f" (its entries {_names(odd)} are not tensors: another format needs a function in "
+            "`fastsparse.masks._CHECKPOINT_ADAPTERS`)" if odd else ''))
+    P = {k: [] for k in ('shape', 'lacks', 'dense', 'values', 'type', 'missing', 'unexpected')}
+    updates, buffers, new, done = {}, [], [], set()
+    final = {w: (t.module, t.attr, t.param) for w, t in masks.items()}              # weight key -> what is masked after loading
+    for w, k in ckpt_masks.items():
+        done.add(k)
+        e = entries.get(w)
+        if w not in masks and (e is None or e[1] not in e[0]._parameters): P['lacks'].append(w); continue
+        if w not in masks and not adopt: P['dense'].append(w); continue
+        m, n, p = (masks[w].module, masks[w].attr, masks[w].param) if w in masks else e
+        v = sd[k]
+        if not torch.overrides.is_tensor_like(v): P['type'].append(k); continue
+        if v.shape != p.shape: P['shape'].append((k, v.shape, p.shape)); continue
+        if v.dtype != torch.bool:
+            if ((v != 0) & (v != 1)).any(): P['values'].append(k); continue
+            updates[k] = v = v.bool()
+        if w not in masks: new.append((SparseTarget(w[len(prefix):], m, n), v)); final[w] = (m, n, p)
+    for w, t in masks.items():
+        if w not in ckpt_masks: updates[mask_name(w)] = t.mask.clone(); done.add(mask_name(w))   # a dense checkpoint: keep the model's mask
+    def sync(module, name, key, like=None):
+        "A training-state buffer: the checkpoint's if it has one (registered anew if its shape differs), else the model's"
+        done.add(key)
+        v, cur = sd.get(key), module._buffers.get(name)
+        if v is None:
+            if cur is not None: updates[key] = cur.clone()
+        elif not torch.overrides.is_tensor_like(v): P['type'].append(key)
+        elif like is not None and v.shape != like.shape: P['shape'].append((key, v.shape, like.shape))
+        elif cur is None or cur.shape != v.shape or cur.dtype != v.dtype:
+            buffers.append((module, name, v.detach().to(like.device if like is not None else (cur.device if cur is not None else v.device), copy=True)))
+    for name in (STATE_KEY, HISTORY_KEY): sync(model, name, prefix + name)
+    for w, (m, n, p) in final.items():
+        for f in (explored_name, init_name): sync(m, f(n), f(w), like=p)
+    meta = getattr(sd, '_metadata', None) or {}
+    for key, (m, n, t) in entries.items():
+        if key in done or theirs(key): continue
+        if key not in sd:
+            if not (n == 'num_batches_tracked' and isinstance(m, nn.modules.batchnorm._NormBase)   # torch fills it in for old checkpoints
+                    and (meta.get(key[:-len(n) - 1], {}).get('version') or 0) < 2): P['missing'].append(key)
+            continue
+        v = sd[key]
+        if not torch.overrides.is_tensor_like(v): P['type'].append(key); continue
+        if nn.parameter.is_lazy(t) or (t.dim() == 0 and tuple(v.shape) == (1,)): continue   # as torch: lazy weights take any shape
+        if v.shape != t.shape: P['shape'].append((key, v.shape, t.shape))
+    P['type'] += [k for k in sd if not isinstance(k, str)]
+    P['unexpected'] = [k for k in keys if k not in entries and k not in extra and k not in done and not theirs(k)]
+    if not strict:   # a partial load (or torch checks the keys later); but a model without masks must get some
+        P['dense'], P['missing'], P['unexpected'] = [], [], []
+        if not (adopt and not new): P['lacks'] = []
+    if any(P.values()): raise ValueError(_load_error(model, P, prefix))
+    return updates, buffers, new
+
+def _load_error(model, P, prefix)->str:
+    "One message for every problem `_plan_load` found, and what to do about them"
+    says = []
+    if P['shape']: says.append('shapes differ: ' + '; '.join(f"'{k}' is {tuple(a)} in the checkpoint but {tuple(b)} in the model"
+                                                          for k, a, b in P['shape'][:4]) + (f" and {len(P['shape']) - 4} more" if len(P['shape']) > 4 else ''))
+    if P['lacks']: says.append(f"the checkpoint has masks for {_names(P['lacks'])}, which this model lacks")
+    if P['dense']: says.append(f"the checkpoint has masks for {_names(P['dense'])}, which this model keeps dense")
+    if P['values']: says.append(f"the masks {_names(P['values'])} hold values other than 0 and 1")
+    if P['type']: says.append(f"{_names(P['type'])} are not tensors (or not str keys)")
+    if P['missing']: says.append(f"the checkpoint lacks {_names(P['missing'])}")
+    if P['unexpected']: says.append(f"this model has no {_names(P['unexpected'])}")
+    todo = []
+    if P['unexpected'] and all(k.startswith(prefix + 'module.') for k in P['unexpected']):
+        todo.append("The keys start with 'module.': the checkpoint was saved from a DistributedDataParallel/DataParallel wrapper; "
+                    "strip that prefix (`torch.nn.modules.utils.consume_prefix_in_state_dict_if_present`).")
+    elif P['shape'] or P['lacks'] or P['unexpected'] or P['missing']:
+        todo.append("Build the same architecture as the saved model" + ("." if P['shape'] or P['lacks'] else
+                    "; to load only the entries both have, pass `strict=False`."))
+    if P['dense']: todo.append("Sparsify this model as the saved one was, or `unsparsify` it and `load_sparse` the checkpoint to take its masks.")
+    if P['values']: todo.append("A mask holds only 0 and 1 (or False and True).")
+    if P['type']: todo.append("`state` must be a model's `state_dict`: another format needs a function in `fastsparse.masks._CHECKPOINT_ADAPTERS`.")
+    where = f"{type(model).__name__}" + (f" at '{prefix[:-1]}'" if prefix else '')
+    return (f"This checkpoint does not fit {where}" + (" (nothing was changed)" if not prefix else '') + ":\n  - "
+            + "\n  - ".join(says) + "\n" + " ".join(todo))
+
+def _load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    "Before loading: check every tensor and mask of `state_dict`; keep the model's masks where a dense checkpoint has none"
+    updates, buffers, _ = _plan_load(module, state_dict, prefix)
+    for m, name, t in buffers: m.register_buffer(name, t)
+    state_dict.update(updates)
 
 # %% ../nbs/01_masks.ipynb #d4b1b759
 def _checkpoint_hooks(targets, model):
-    "Hooks that keep checkpoints exact: zeros saved at masked positions, masks checked and applied on load"
-    for m, attrs in _targets_by_module(targets):
-        m.register_state_dict_pre_hook(functools.partial(_save_pre_hook, attrs=tuple(attrs)))
+    "Hooks that keep checkpoints exact: masked weights saved as zeros; on load, everything checked first and masks applied after"
+    for m, ts in _targets_by_module(targets):
+        m.register_state_dict_pre_hook(functools.partial(_save_pre_hook, targets=ts))
         m.register_load_state_dict_pre_hook(_load_pre_hook)
-        m.register_load_state_dict_post_hook(_load_post_hook)
-    # the root checks every mask before any weight is copied, so a bad checkpoint changes nothing
+        m.register_load_state_dict_post_hook(functools.partial(_load_post_hook, targets=ts))
+    # the root checks the whole checkpoint before anything is copied, so a bad checkpoint changes nothing
     if not any(_is_ours(h, _load_pre_hook) for h in model._load_state_dict_pre_hooks.values()):
         model.register_load_state_dict_pre_hook(_load_pre_hook)
 
@@ -274,7 +400,7 @@ def n_keep(numel:int, sparsity:float)->int:
 # %% ../nbs/01_masks.ipynb #405df1b3
 def sparsify_model(model,                         # an `nn.Module` or a fastai `Learner`
                    model_sparsity:float=0.9,      # fraction of the sparsified weights set to zero
-                   sparse_f:Callable=uniform_sparsity, # `(params, model_sparsity) -> sparsities`
+                   sparse_f:Callable|str=uniform_sparsity, # `(params, model_sparsity) -> sparsities`, or its name in `DISTRIBUTIONS`
                    enforce_masks:bool=True,       # add forward-pre-hooks that apply masks at every forward
                    include:list=None,             # names or glob patterns of weights to sparsify (default: all)
                    exclude:list=None,             # names or glob patterns of weights to leave dense
@@ -286,6 +412,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
     "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights"
     model = _as_model(model)
     model_sparsity = _check_sparsity(model_sparsity)
+    sparse_f = get_distribution(sparse_f)
     if is_sparse(model):
         raise ValueError("The model is already sparsified. Call `unsparsify(model)` first to start again "
                          "with new masks, or `mask_hooks(model)` to re-enable removed hooks.")
@@ -339,47 +466,58 @@ def unsparsify(model)->nn.Module:
     return model
 
 # %% ../nbs/01_masks.ipynb #cb90d03d
+_CHECKPOINT_ADAPTERS = []      # functions `loaded object -> state_dict | None`, tried in order (e.g. for fastai's `{'model', 'opt'}`)
+_CHECKPOINT_SAFE_GLOBALS = []  # classes `torch.load(weights_only=True)` may rebuild when `load_sparse` reads a file (e.g. fastai's `L`)
+
 def _unwrap_checkpoint(state)->dict:
-    "The model's `state_dict` inside `state` (a path, a `state_dict`, or fastai's `{'model', 'opt'}`)"
+    "The `state_dict` in `state`: one, a path or file `torch.load(weights_only=True)` reads, or what a `_CHECKPOINT_ADAPTERS` function finds"
+    if isinstance(state, (str, os.PathLike)) or hasattr(state, 'read'):
+        try:
+            with torch.serialization.safe_globals(list(_CHECKPOINT_SAFE_GLOBALS)): state = torch.load(state, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f"{e}\n\n`load_sparse` reads files with `weights_only=True`: a format holding other classes needs "
+                "them in `fastsparse.masks._CHECKPOINT_SAFE_GLOBALS` (importing `fastsparse.callback` adds fastai's)") from e
+    for f in _CHECKPOINT_ADAPTERS:
+        if (sd := f(state)) is not None: state = sd; break
     if not isinstance(state, dict):
-        # weights only, plus the plain containers fastai stores optimizer state in
-        import numpy as np
-        from fastcore.foundation import L
-        npcore = getattr(np, '_core', None) or np.core
-        allowed = [L, npcore.multiarray.scalar, np.dtype, *[getattr(np.dtypes, n) for n in np.dtypes.__all__]]
-        with torch.serialization.safe_globals(allowed): state = torch.load(state, map_location='cpu', weights_only=True)
-    if 'model' in state and isinstance(state['model'], dict) and set(state) <= {'model', 'opt'}: state = state['model']
+        raise TypeError(f"Expected a state_dict, got {type(state).__name__}: another format needs a function "
+                        "`obj -> state_dict | None` in `fastsparse.masks._CHECKPOINT_ADAPTERS`")
     return state
 
+_HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_forward_hooks_always_called', '_state_dict_pre_hooks',
+               '_load_state_dict_pre_hooks', '_load_state_dict_post_hooks')
+
+def _snapshot(model):
+    "A function that puts `model` back as it is now: the values of its tensors, and which tensors and hooks it holds"
+    held, values, seen = [], [], set()
+    for m in model.modules():
+        held += [(d, d.copy()) for d in (getattr(m, n) for n in ('_parameters', '_buffers', '_non_persistent_buffers_set') + _HOOK_DICTS)]
+        for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+            if t is None or id(t) in seen or nn.parameter.is_lazy(t): continue
+            seen.add(id(t)); values.append((t, t.detach().to('cpu', copy=True)))
+    def restore():
+        for d, saved in held: d.clear(); d.update(saved)
+        for t, v in values: t.data.copy_(v)
+    return restore
+
 def load_sparse(model,                   # an `nn.Module` or a fastai `Learner`, sparse or not yet
-                state,                   # a `state_dict`, or a file written by `torch.save`/`save_model`/`learn.save`
+                state,                   # a `state_dict`, a file `torch.save` wrote, or another format `_CHECKPOINT_ADAPTERS` reads
                 enforce_masks:bool=True, # add mask-enforcing hooks (when the model was not sparse yet)
-                strict:bool=True,        # passed to `load_state_dict`
+                strict:bool=True,        # the checkpoint must have exactly the model's keys (as in `load_state_dict`)
                )->SparseHooks:
-    "Load a sparse checkpoint into `model`, creating its masks from the checkpoint if it has none yet"
+    "Load a checkpoint into `model`, all or nothing, creating its masks from the checkpoint if it has none yet"
     model = _as_model(model)
     sd = _unwrap_checkpoint(state)
-    if is_sparse(model):
-        model.load_state_dict(sd, strict=strict)
-        return SparseHooks([], model)
-    mods = dict(model.named_modules())
-    targets = []
-    for key, m in sd.items():
-        if not key.endswith('_mask') or not isinstance(m, torch.Tensor): continue
-        mname, _, bname = key.rpartition('.')
-        attr = bname[:-len('_mask')]
-        mod = mods.get(mname)
-        p = None if mod is None else mod._parameters.get(attr)
-        if p is None: continue
-        if p.shape != m.shape:
-            raise ValueError(f"Checkpoint mask '{key}' has shape {tuple(m.shape)} but '{key[:-5]}' has shape "
-                             f"{tuple(p.shape)}: build the same architecture as the saved model")
-        targets.append((SparseTarget(f'{mname}.{attr}' if mname else attr, mod, attr), m))
-    if not targets: raise ValueError("The checkpoint has no masks: load it with `load_state_dict`, then sparsify")
-    for t, m in targets: t.module.register_buffer(mask_name(t.attr), m.bool().to(t.param.device).clone())
-    _checkpoint_hooks([t for t, _ in targets], model)
-    try: model.load_state_dict(sd, strict=strict)
-    except Exception:
-        unsparsify(model); raise
-    apply_masks(model)
-    return mask_hooks(model) if enforce_masks else SparseHooks([], model)
+    adopt = not is_sparse(model)
+    updates, buffers, new = _plan_load(model, sd, strict=strict, adopt=adopt)   # everything is checked before anything changes
+    full = OrderedDict(sd); full.update(updates)
+    if hasattr(sd, '_metadata'): full._metadata = sd._metadata
+    restore = _snapshot(model)
+    try:
+        for t, m in new: t.module.register_buffer(mask_name(t.attr), m.to(device=t.param.device, dtype=torch.bool, copy=True))
+        for m, name, t in buffers: m.register_buffer(name, t)
+        if new: _checkpoint_hooks([t for t, _ in new], model)
+        model.load_state_dict(full, strict=strict)
+        return mask_hooks(model) if adopt and enforce_masks else SparseHooks([], model)
+    except BaseException:
+        restore(); raise

@@ -50,11 +50,11 @@ def drop_fraction(pct_train:float,                 # position in training, 0 to 
 
 # %% ../nbs/03_schedules.ipynb #3619ce7d
 class UpdateSchedule:
-    "When topology updates happen and how much they change: every `batches_per_update` optimizer steps until `stop_pct`"
+    "When topology updates happen and how much they change: every `batches_per_update` optimizer steps (or once per epoch) until `stop_pct`"
     def __init__(self,
                  initial_drop_grow_pct:float=0.3, # fraction of each layer's active weights dropped (and grown) at first
                  stop_pct:float=0.75,             # fraction of training after which masks stay fixed
-                 batches_per_update:int=100,      # optimizer steps between updates
+                 batches_per_update:int=100,      # optimizer steps between updates; None: after the last step of each epoch
                  drop_schedule='cosine',          # decay of the drop fraction: name in `DROP_SCHEDULES` or `f(initial, t)`
                  start_step:int=0,                # no update before this many optimizer steps
                 ):
@@ -68,16 +68,25 @@ class UpdateSchedule:
         self.drop_schedule = drop_schedule
         get_drop_schedule(drop_schedule)
 
-    def is_due(self, step:int, pct_train:float)->bool:
-        "Whether optimizer step number `step` (counting from 1) is followed by an update"
-        return (self.batches_per_update is not None and step > self.start_step and step % self.batches_per_update == 0
-                and pct_train < self.stop_pct)
+    @property
+    def per_epoch(self)->bool:
+        "Whether updates follow epochs (`batches_per_update=None`) rather than a step count"
+        return self.batches_per_update is None
+
+    def is_due(self,
+               step:int,              # optimizer steps taken so far, this one included (counting from 1)
+               pct_train:float,       # position in training after this step, 0 to 1
+               epoch_end:bool=False,  # this step is the last of an epoch
+              )->bool:
+        "Whether optimizer step number `step` is followed by an update"
+        every = epoch_end if self.per_epoch else step % self.batches_per_update == 0
+        return bool(every) and step > self.start_step and pct_train < self.stop_pct
 
     def drop_fraction(self, pct_train:float)->float:
         "Fraction of active weights an update at `pct_train` drops and regrows"
         return drop_fraction(pct_train, self.initial_drop_grow_pct, self.stop_pct, self.drop_schedule)
 
     def __repr__(self):
-        every = 'once per epoch' if self.batches_per_update is None else f'every {self.batches_per_update} steps'
+        every = 'once per epoch' if self.per_epoch else f'every {self.batches_per_update} steps'
         return (f'{type(self).__name__}({every}, drop {self.initial_drop_grow_pct} with {self.drop_schedule!r} '
                 f'decay, until {self.stop_pct:.0%} of training)')

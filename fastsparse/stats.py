@@ -8,13 +8,12 @@ import math
 import pandas as pd
 import torch
 from torch import nn
-from .masks import masked_params, _as_model
+from .masks import masked_params, _as_model, HISTORY_KEY, explored_name
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
-from .engine import HISTORY_COLS
 
 # %% auto #0
-__all__ = ['SparsityReport', 'sparsity_report', 'update_table', 'count_flops', 'training_flops', 'inference_flops',
-           'plot_densities', 'plot_updates', 'plot_schedule', 'plot_input_connectivity']
+__all__ = ['HISTORY_COLS', 'SparsityReport', 'sparsity_report', 'UpdateLog', 'update_table', 'count_flops', 'training_flops',
+           'inference_flops', 'plot_densities', 'plot_updates', 'plot_schedule', 'plot_input_connectivity']
 
 # %% ../nbs/05_stats.ipynb #e04292fa
 class SparsityReport:
@@ -53,11 +52,80 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
                               sparse_layers_sparsity=1 - sparse_active / sparse_total if sparse_total else 0.)])
     return SparsityReport(mtab, layers)
 
+# %% ../nbs/05_stats.ipynb #86377832
+# the update statistics kept in the model's `dst_history` buffer, one row per layer and update
+HISTORY_COLS = ('update', 'step', 'pct_train', 'layer', 'numel', 'active_before', 'dropped', 'grown', 'active_after',
+                'drop_fraction', 'survived', 'explored')
+
+def _rows(records, n_update):
+    return torch.tensor([[n_update if c == 'update' else i if c == 'layer' else r[c] for c in HISTORY_COLS]
+                         for i, r in enumerate(records)], dtype=torch.float64)
+
+def _records(hist, names):
+    "The records of every update from a `dst_history` buffer"
+    out = {}
+    for row in hist.tolist():
+        r = dict(zip(HISTORY_COLS, row))
+        r = {k: (v if k in ('pct_train', 'drop_fraction') else int(v)) for k, v in r.items()}
+        r['layer'] = names[r['layer']]
+        out.setdefault(r['update'], []).append(r)
+    return list(out.values())
+
+class UpdateLog:
+    "What the updates of a training run did (history, survival, exploration), kept in model buffers so that checkpoints carry it"
+    def __init__(self,
+                 model,              # a sparsified `nn.Module`
+                 resume:bool=False,  # continue the log saved in the model instead of starting a new one
+                ):
+        self.model = _as_model(model)
+        self.targets = masked_params(self.model)
+        for t in self.targets:       # which weights were ever active during this run (ITOP's exploration)
+            ex = t.module._buffers.get(explored_name(t.attr))
+            if not resume or ex is None or ex.shape != t.mask.shape: t.module.register_buffer(explored_name(t.attr), t.mask.clone())
+        hist = self.model._buffers.get(HISTORY_KEY)
+        if not resume or hist is None: self.model.register_buffer(HISTORY_KEY, torch.zeros(0, len(HISTORY_COLS), dtype=torch.float64))
+        self.history = _records(self.model._buffers[HISTORY_KEY], [t.name for t in self.targets])
+        self.last_grown = {}         # per layer, the flat indices grown at the latest update
+
+    @property
+    def explored(self)->dict:
+        "Per masked weight, a bool tensor of the positions active at some point of this run"
+        return {t.name: t.module._buffers[explored_name(t.attr)] for t in self.targets}
+
+    def record(self,
+               records:list,       # one record per layer from `SparseEngine.update`, in model order
+               pct_train:float,    # position in training of this update
+              )->list:             # the records, with `pct_train`, `survived` and `explored` added
+        "Add one update to the log: survival of the weights grown at the previous update, exploration, history"
+        prev, self.last_grown = self.last_grown, {}
+        for r, t in zip(records, self.targets):
+            ex = t.module._buffers[explored_name(t.attr)]
+            ex.logical_or_(t.mask)
+            g = prev.get(t.name)    # weights grown at the previous update that are still active
+            r.update(pct_train=pct_train, survived=-1 if g is None else int(t.mask.view(-1)[g].sum()),
+                     explored=int(torch.count_nonzero(ex)))
+            self.last_grown[t.name] = r.pop('grown_idx')
+        self.history.append(records)
+        hist = self.model._buffers[HISTORY_KEY]
+        self.model.register_buffer(HISTORY_KEY, torch.cat([hist, _rows(records, len(self.history) - 1).to(hist.device)]))
+        return records
+
+    def exploration_rate(self)->float:
+        "Fraction of the masked weights that were active at some point of this training run (Liu et al., 2021)"
+        ex = self.explored.values()
+        return sum(int(torch.count_nonzero(e)) for e in ex) / sum(e.numel() for e in ex)
+
 # %% ../nbs/05_stats.ipynb #4fc34adf
-def update_table(dst)->pd.DataFrame:
-    "One row per layer and update of `dst` (a `DynamicSparseTraining`, or a `Learner` trained with the callback)"
-    dst = getattr(dst, 'dst', dst)
-    df = pd.DataFrame([r for u in dst.history for r in u], columns=list(HISTORY_COLS))
+def update_table(x)->pd.DataFrame:
+    "One row per layer and update: from a model's saved log, a `DynamicSparseTraining`, an `UpdateLog`, or a `Learner` trained with the callback"
+    x = getattr(x, 'dst', x)            # a fastai Learner keeps its driver as `learn.dst`
+    log = x if isinstance(x, UpdateLog) else getattr(x, 'log', None)
+    if log is not None: history = log.history
+    else:
+        model = _as_model(x)
+        hist = model._buffers.get(HISTORY_KEY)
+        history = [] if hist is None else _records(hist, [t.name for t in masked_params(model)])
+    df = pd.DataFrame([r for u in history for r in u], columns=list(HISTORY_COLS))
     if len(df): df['explored_pct'] = df.explored / df.numel
     return df
 
@@ -183,12 +251,13 @@ def plot_updates(dst, ax=None):
     ax2.set_ylabel('exploration rate (grey line)')
     return ax
 
-def plot_schedule(schedule, n_steps:int, ax=None):
+def plot_schedule(schedule, n_steps:int, steps_per_epoch:int=None, ax=None):
     "The drop fraction of `schedule` (an `UpdateSchedule`) over `n_steps` optimizer steps, with its updates marked"
+    if schedule.per_epoch and not steps_per_epoch: raise ValueError("This schedule updates once per epoch: pass `steps_per_epoch`")
     ax = ax or plt.subplots(figsize=(6, 2.6))[1]
     xs = range(1, n_steps + 1)
     ax.plot(xs, [schedule.drop_fraction(s / n_steps) for s in xs], label='drop fraction')
-    ups = [s for s in xs if schedule.is_due(s, s / n_steps)]
+    ups = [s for s in xs if schedule.is_due(s, s / n_steps, epoch_end=bool(steps_per_epoch) and s % steps_per_epoch == 0)]
     ax.plot(ups, [schedule.drop_fraction(s / n_steps) for s in ups], 'o', label='updates')
     ax.set_xlabel('optimizer step'); ax.set_ylabel('drop fraction'); ax.legend()
     return ax

@@ -6,15 +6,25 @@ Usage: python tests/run_nb.py NOTEBOOK [--flags slow]"""
 import os, sys, re, json
 from pathlib import Path
 
-def _directives(src):
-    out = {}
-    for line in src.splitlines():
-        s = line.strip()
-        if not s.startswith('#|'): break
-        body = s[2:].strip()
-        k, _, v = body.partition(':') if ':' in body else (body, '', '')
-        for key in (k.split() if not v else [k]): out[key.strip()] = v.strip()
-    return out
+try: from nbdev.process import extract_directives       # nbdev's own parser of `#| ...` cell directives
+except Exception:               # nbdev 2 does not import with the newest fastcore: the same result, without it
+    def extract_directives(cell, remove=False):
+        "A cell's leading `#|` directives as nbdev reads them, e.g. `{'eval:': ['false'], 'slow': []}` (never edits the cell)"
+        out = {}
+        for line in cell.source.splitlines():
+            if not re.match(r'\s*#\s*\|', line):
+                if line.strip(): break
+                continue
+            s = re.sub(r'^\s*#\s*\|', '', line).strip()
+            words = (s[:-1] if s.endswith(':') else s).replace(':', ': ').split()
+            if words: out[words[0]] = words[1:]
+        return out
+
+def skipped(cell, flags)->bool:
+    "True if tests skip `cell` (as nbdev's `test_nb` does): not code, `#| eval: false`, or marked with one of `flags`"
+    if cell.cell_type != 'code': return True
+    d = extract_directives(cell, remove=False)
+    return (d.get('eval:') or [''])[0].lower() == 'false' or bool(set(flags) & d.keys())
 
 def run_plain(path, flags):
     "Run the notebook's cells with execnb's shell, honouring `eval: false` and test flags"
@@ -22,6 +32,7 @@ def run_plain(path, flags):
     cfg = (Path(__file__).resolve().parents[1]/'settings.ini').read_text()
     tst_flags = set(re.search(r'^tst_flags\s*=\s*(.*)$', cfg, re.M).group(1).split()) - set(flags)
     nb = json.loads(Path(path).read_text())
+    from fastcore.basics import AttrDict
     try: import nbdev.showdoc
     except Exception:            # nbdev 2 does not import here: `show_doc` only renders docs, so stand in for it
         import types
@@ -32,11 +43,9 @@ def run_plain(path, flags):
     shell = CaptureShell(str(path))
     os.chdir(Path(path).parent)
     for cell in nb['cells']:
-        if cell['cell_type'] != 'code': continue
-        src = ''.join(cell['source'])
-        d = _directives(src)
-        if d.get('eval', '').lower() == 'false' or tst_flags & d.keys(): continue
-        shell.run(src)
+        cell = AttrDict(cell, source=''.join(cell['source']))
+        if skipped(cell, tst_flags): continue
+        shell.run(cell.source)
         if shell.exc: raise shell.exc
     return True
 

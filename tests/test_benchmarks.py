@@ -1,6 +1,9 @@
 "The benchmark scripts run end to end (short settings); their figures come from full runs, not from tests."
 import csv, subprocess, sys
+import pytest
 from pathlib import Path
+
+pytestmark = pytest.mark.slow     # long: `pytest -m slow` (run by .ci/run)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow     # long: `pytest -m slow` (run by .ci/run)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 def launch(script, *args, n=2):

@@ -34,3 +34,18 @@ def test_lazy_fastai_names():
     assert r.returncode == 0 and 'DynamicSparseTrainingCallback digits_dls' in r.stdout, r.stderr[-3000:]
     r = subprocess.run([sys.executable, '-c', 'import fastsparse as s; s.nope'], capture_output=True, text=True)
     assert "has no attribute 'nope'" in r.stderr
+
+@pytest.mark.parametrize('order', ['fastai first', 'fastsparse first'])
+def test_learner_verbs_with_import_fastsparse(order):
+    "`import fastsparse` gives `learn.sparsify` and `learn.load_sparse`, whichever of fastai and fastsparse comes first"
+    imports = ['from fastai.basics import *', 'import fastsparse as sparse']
+    if order == 'fastsparse first': imports.reverse()
+    code = '\n'.join(imports) + """
+from fastsparse.data import digits_dls, digits_mlp
+learn = Learner(digits_dls(), digits_mlp(), loss_func=CrossEntropyLossFlat())
+learn.sparsify(0.9, sparse_f='erk', seed=0)
+assert sparse.is_sparse(learn) and callable(Learner.load_sparse)
+print(sparse.sparsity_report(learn).model.sparse_layers_sparsity[0])
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().startswith('0.9'), r.stderr[-3000:]

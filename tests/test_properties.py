@@ -6,7 +6,8 @@ from torch import nn
 from hypothesis import given, settings, strategies as st, HealthCheck, assume
 
 from fastsparse import (sparsify_model, masked_params, uniform_sparsity, erdos_renyi_sparsity, load_sparse,
-                        SparseEngine, opt_state, n_keep, overall_sparsity, first_layer_dense_uniform)
+                        SparseEngine, opt_state, n_keep, overall_sparsity, first_layer_dense_uniform,
+                        snapshot, check_invariants)
 
 SETTINGS = dict(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -89,37 +90,30 @@ def _args(m):
        st.sampled_from(['weight_magnitude', 'random_score', 'taylor_score']),
        st.sampled_from(['gradient_magnitude', 'random_score', 'gradient_momentum']),
        st.sampled_from([None, 'momentum_redistribution', 'variance_redistribution']),
-       st.sampled_from(['adam', 'sgd', 'adamw']), st.integers(0, 2**31))
-def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed):
+       st.sampled_from(['adam', 'sgd', 'adamw']), st.integers(0, 2**31), st.data())
+def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed, data):
     model, xshape = spec
     assume(_try_sparsify(model, s, uniform_sparsity, seed=seed) is not None)
     if redist == 'variance_redistribution': assume(optname != 'sgd')
+    frozen = [data.draw(st.booleans()) for _ in model]          # layers whose weight does not train are left alone
+    for m, f in zip(model, frozen): m.weight.requires_grad_(not f)
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = {'adam': lambda p: torch.optim.Adam(p, lr=1e-2), 'sgd': lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
-           'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2)}[optname](model.parameters())
+           'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2)}[optname](params)
     torch.manual_seed(seed)
     for _ in range(2):
         model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
     model(torch.randn(*xshape)).pow(2).mean().backward()
     before = [int(t.mask.sum()) for t in masked_params(model)]
-    old_masks = [t.mask.clone() for t in masked_params(model)]
-    old_w = [t.param.detach().clone() for t in masked_params(model)]
-    old_state = [{k: v.clone() for k, v in opt_state(opt, t.param).items() if torch.is_tensor(v) and v.shape == t.param.shape}
-                 for t in masked_params(model)]
+    snap = snapshot(model, opt)
     records = SparseEngine(model, opt, keep, grow, redist, seed=seed).update(frac)
     after = [int(t.mask.sum()) for t in masked_params(model)]
-    assert sum(after) == sum(before)
-    if redist is None: assert after == before
-    for t, om, ow, ost, r in zip(masked_params(model), old_masks, old_w, old_state, records):
-        assert 0 < int(t.mask.sum()) <= t.mask.numel()
-        assert (t.param[~t.mask] == 0).all()
-        grown, kept = t.mask & ~om, t.mask & om
-        assert (t.param[grown] == 0).all()
-        assert torch.equal(t.param[kept], ow[kept])
-        for k, v in opt_state(opt, t.param).items():
-            if k in ost:
-                assert (v[grown] == 0).all()
-                assert torch.equal(v[kept], ost[k][kept])
-        assert r['grown'] == int(grown.sum()) and r['dropped'] == int((om & ~t.mask).sum())
+    check_invariants(model, opt, counts=before if redist is None else sum(before), before=snap)
+    for t, f, r, b, a in zip(masked_params(model), frozen, records, before, after):
+        assert 0 < a <= t.mask.numel()
+        if f: assert torch.equal(t.mask, snap[t.name][0]) and a == b
+        grown, dropped = t.mask & ~snap[t.name][0], snap[t.name][0] & ~t.mask
+        assert r['grown'] == int(grown.sum()) and r['dropped'] == int(dropped.sum()) and r['active_after'] == a
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.data())

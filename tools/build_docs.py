@@ -11,7 +11,7 @@ import argparse, json, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 from execnb.nbio import read_nb, write_nb
 from nbdev.processors import FilterDefaults
-from nbdev.process import NBProcessor
+from nbdev.process import NBProcessor, extract_directives, first_code_ln
 from nbdev.config import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,14 +20,13 @@ def page_name(nb:Path)->str:
     "Page of notebook `nb`: its name without the number prefix, as nbdev names pages"
     return re.sub(r'^\d+[a-z]?_', '', nb.stem)
 
-def _directives(src):
-    d, body = {}, []
-    lines = src.splitlines()
-    i = 0
-    while i < len(lines) and lines[i].strip().startswith('#|'):
-        k, _, v = lines[i].strip()[2:].strip().partition(':')
-        d[k.strip()] = v.strip(); i += 1
-    return d, '\n'.join(lines[i:])
+def _directives(c)->tuple:
+    "Cell `c`'s directives as nbdev reads them (`{'include:': ['false'], ...}`) and its source without them"
+    lines = c.source.splitlines(True)
+    n = first_code_ln(lines)
+    return extract_directives(c, remove=False), '' if n is None else ''.join(lines[n:])
+
+def _off(d:dict, k:str)->bool: return (d.get(f'{k}:') or [''])[0].lower() == 'false'   # e.g. `#| echo: false`
 
 def _links(text, host):
     "Links to the hosted docs and to notebooks become links between the site's pages; Quarto link attributes go"
@@ -46,8 +45,8 @@ def process(nb_path:Path, out_dir:Path, host:str)->tuple:
     cells = [dict(cell_type='markdown', metadata={}, source=f"# {title}\n\n" + (f"> {fm['description']}\n" if fm.get('description') else ''))]
     for c in nb.cells:
         if c.cell_type == 'raw': continue                     # front matter
-        d, body = _directives(c.source)
-        if d.get('include', '').lower() == 'false': continue
+        d, body = _directives(c)
+        if _off(d, 'include'): continue
         if c.cell_type == 'markdown':
             if body.strip(): cells.append(dict(cell_type='markdown', metadata={}, source=_links(body, host)))
             continue
@@ -58,7 +57,7 @@ def process(nb_path:Path, out_dir:Path, host:str)->tuple:
                 md = o['data']['text/markdown']
                 o['data'] = {**o['data'], 'text/markdown': _links(md if isinstance(md, str) else ''.join(md), host)}
             outputs.append(o)
-        meta = {'tags': ['remove_input']} if d.get('echo', '').lower() == 'false' or not body.strip() else {}
+        meta = {'tags': ['remove_input']} if _off(d, 'echo') or not body.strip() else {}
         if not body.strip() and not outputs: continue
         cells.append(dict(cell_type='code', metadata=meta, source=body, outputs=outputs, execution_count=None))
     name = page_name(nb_path)

@@ -9,23 +9,13 @@ from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT/'tests'))
+from run_nb import skipped       # the cells the tests run (nbdev's reading of `#|` directives) are the ones run here
 _BAR = re.compile(r'\|[█-]+\| *[0-9.]+% \[')   # a bare progress bar line
-
-def _directives(src):
-    out = {}
-    for line in src.splitlines():
-        s = line.strip()
-        if not s.startswith('#|'): break
-        k, _, v = s[2:].strip().partition(':') if ':' in s else (s[2:].strip(), '', '')
-        out[k.strip()] = v.strip()
-    return out
 
 def run(path, skip_slow=False):
     nb = read_nb(path)
-    def skip(cell):
-        if cell.cell_type != 'code': return True
-        d = _directives(cell.source)
-        return d.get('eval', '').lower() == 'false' or (skip_slow and 'slow' in d)
+    def skip(cell): return skipped(cell, ['slow'] if skip_slow else [])
     os.environ['IN_TEST'] = '1'
     shell = CaptureShell(path)
     # fastai's import triggers torch's deprecation notice for `torch.jit.script`: not worth showing in docs
