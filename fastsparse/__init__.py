@@ -14,9 +14,10 @@ from .criteria import *
 from .schedules import *
 from .engine import *
 from .stats import *
-from . import distributions, masks, criteria, schedules, engine, stats
+from .compute import *
+from . import distributions, masks, criteria, schedules, engine, stats, compute
 import importlib as _importlib, importlib.abc as _abc, sys as _sys
-_CORE = (distributions, masks, criteria, schedules, engine, stats)
+_CORE = (distributions, masks, criteria, schedules, engine, stats, compute)
 _FASTAI = ('callback', 'data')   # modules that need fastai: imported on first use, so the core stays fastai-free
 
 def __getattr__(name):

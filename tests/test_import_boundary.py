@@ -3,7 +3,7 @@ import subprocess, sys
 import pytest
 
 CORE = ['fastsparse', 'fastsparse.distributions', 'fastsparse.masks', 'fastsparse.criteria', 'fastsparse.export',
-        'fastsparse.schedules', 'fastsparse.engine', 'fastsparse.stats']
+        'fastsparse.schedules', 'fastsparse.engine', 'fastsparse.stats', 'fastsparse.compute']
 
 @pytest.mark.parametrize('mod', CORE)
 def test_core_imports_no_fastai(mod):
