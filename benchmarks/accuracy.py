@@ -14,7 +14,8 @@ from scipy.stats import t as student_t
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated')
 from fastai.basics import Learner, CrossEntropyLossFlat, accuracy
 from fastai.callback.schedule import fit_one_cycle
-from fastsparse import sparsify_model, uniform_sparsity, erdos_renyi_sparsity, sparsity_report, DynamicSparseTrainingCallback, PRESETS
+from fastsparse import (sparsify_model, uniform_sparsity, erdos_renyi_sparsity, sparsity_report, DynamicSparseTrainingCallback, PRESETS,
+                        masked_params, check_invariants)
 from fastsparse.data import digits_dls, digits_mlp, mnist1d_dls, mnist1d_cnn
 
 ROOT = Path(__file__).resolve().parent
@@ -30,11 +31,14 @@ def run(data, method, dist, sparsity, seed, epochs, lr, bpu):
     cbs = []
     if method != 'dense':
         sparsify_model(learn.model, sparsity, DISTS[dist], seed=seed)
+        budget = [int(t.mask.sum()) for t in masked_params(learn.model)]
         if method != 'static': cbs.append(DynamicSparseTrainingCallback(**PRESETS[method], batches_per_update=bpu, seed=seed, log_stats=False))
     t = time.time()
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(epochs, lr, cbs=cbs)
         acc = float(learn.validate()[1])
+    if method != 'dense':   # exact budgets (per layer, or in all where SNFS moves weights between layers), masked weights at 0
+        check_invariants(learn.model, counts=sum(budget) if PRESETS.get(method, {}).get('redistribution_f') else budget)
     realised = float(sparsity_report(learn.model).model.sparse_layers_sparsity[0]) if method != 'dense' else 0.
     return dict(data=data, method=method, distribution=dist if method != 'dense' else '-', sparsity=sparsity if method != 'dense' else 0.,
                 seed=seed, epochs=epochs, accuracy=acc, realised_sparsity=realised, seconds=round(time.time() - t, 2))

@@ -4,7 +4,6 @@
 
 # %% ../nbs/06_callback.ipynb #e6a1c3e0
 from __future__ import annotations
-import torch
 from fastcore.basics import store_attr, patch
 from fastcore.meta import delegates
 from fastai.callback.core import Callback
@@ -13,8 +12,6 @@ from fastai.optimizer import Optimizer, OptimWrapper
 from . import masks, criteria
 from .distributions import uniform_sparsity
 from .masks import sparsify_model, load_sparse, is_sparse
-from .schedules import UpdateSchedule
-from .criteria import get_score
 from .engine import DynamicSparseTraining, SET_presets, SNFS_presets, RigL_presets, PRESETS
 _all_ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS']
 
@@ -64,7 +61,7 @@ class DynamicSparseTrainingCallback(Callback):
 @patch
 def sparsify(self:Learner,
              model_sparsity:float=0.9,            # fraction of the sparsified weights set to zero
-             sparse_f=uniform_sparsity,           # `(params, model_sparsity) -> sparsities`
+             sparse_f=uniform_sparsity,           # `(params, model_sparsity) -> sparsities`, or a name ('erk', 'uniform', ...)
              **kwargs,                            # passed to `sparsify_model`
             ):
     "Sparsify `self.model` with `sparsify_model`; returns the mask hooks"

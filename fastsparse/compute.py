@@ -8,7 +8,6 @@ import hashlib, os, warnings
 from typing import NamedTuple
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 # %% auto #0
 __all__ = ['KERNELS_CPP', 'kernels', 'CSRLayout', 'sparse_linear', 'SparseTrainLinear']

@@ -41,7 +41,6 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
     total = sum(p.numel() for p in params)
     sparse_total = sum(p.numel() for p in params if id(p) in masked_ids)
     nonzero = sum(int((p.detach() != 0).sum()) for p in params)
-    sparse_nz = int(layers.nonzero.sum()) if len(layers) else 0
     sparse_active = int(layers.active.sum()) if len(layers) else 0
     if erk and len(ts):
         overall = 1 - int(layers.active.sum()) / sparse_total
