@@ -115,7 +115,7 @@ def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed, dat
         grown, dropped = t.mask & ~snap[t.name][0], snap[t.name][0] & ~t.mask
         assert r['grown'] == int(grown.sum()) and r['dropped'] == int(dropped.sum()) and r['active_after'] == a
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.data())
 def test_sparse_conv_matches_dense(nd, cin, cout, data):
     "SparseConv gives the convolution's output for any geometry: kernel, stride, dilation, padding (and its mode), bias"
