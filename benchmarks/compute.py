@@ -1,29 +1,39 @@
-"""Sparse compute in training: one full step (forward, backward, Adam step) of a layer, as a ratio of the dense step.
+"""Sparse compute in training, as ratios to dense measured in one run (medians over repeats).
 
-    python benchmarks/compute.py                          # nn.Linear(4096, 4096), batch 64, 1 thread, 90/95/98%
-    python benchmarks/compute.py --threads 2
-    python benchmarks/compute.py --save                   # also write benchmarks/results/compute.json
+    python benchmarks/compute.py layer [--threads 1 2]   # nn.Linear(4096, 4096), batch 64: one step (forward, backward, Adam)
+    python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
+    python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
+    python benchmarks/compute.py memory                  # its training state at 95%: weights, gradients, Adam state, masks
+    python benchmarks/compute.py all --save              # everything, written to benchmarks/results/compute.json
 
-Each figure is the median over `--repeats` of a ratio measured in one run: dense and the other step are
-timed back to back, then divided. Variants:
+Each ratio is measured in one run: the dense step (or epoch) and the other are timed back to back,
+then divided; a figure is the median of those ratios over `--repeats`. Variants of the layer:
 - masked: fastsparse's masked layer (a dense weight times its mask, mask hooks, masks applied after the step);
-- torch CSR: the active values as the parameter, turned into a `torch.sparse_csr_tensor` each forward
-  and multiplied with `torch.sparse.mm` (stock torch);
-- fastsparse sparse: `SparseTrainLinear` (compressed rows, fastsparse's kernels, Adam on the values).
-Goals (issue 13, 1 thread): <= 0.35 at 90%, <= 0.12 at 95%, <= 0.06 at 98%."""
-import argparse, json, statistics, sys
+- torch CSR: the active values as the parameter, made into a `torch.sparse_csr_tensor` at each forward and
+  multiplied with `torch.sparse.mm` (stock torch);
+- fastsparse sparse: `sparsify_model(..., compute='sparse')` (compressed rows, fastsparse's kernels, Adam on the values);
+- sparselab: `sparselab.SparseLinear`, when the package is importable (a peer, installed in a scratch
+  environment only: `python -m venv --system-site-packages /tmp/slenv && /tmp/slenv/bin/pip install sparselab==0.2.2`,
+  then run this script with `/tmp/slenv/bin/python`).
+Goals (issue 13): layer at 1 thread <= 0.35 / 0.12 / 0.06 at 90 / 95 / 98%, and no worse at 2 threads;
+MLP epoch <= 0.4; one update <= 0.5 of a dense step; training state <= 0.3 of dense."""
+import argparse, copy, json, statistics, sys, time
 from pathlib import Path
 import torch, warnings
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
 from torch import nn
 from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_ms
-from fastsparse import sparsify_model, apply_masks
-from fastsparse.compute import SparseTrainLinear, kernels
+from fastsparse import sparsify_model, apply_masks, masked_params, DynamicSparseTraining, RigL_presets
+from fastsparse.compute import kernels
 
 RESULTS = Path(__file__).resolve().parent / 'results' / 'compute.json'
+try: import sparselab
+except ImportError: sparselab = None
 
+# ---------------------------------------------------------------- one layer
 def stepper(forward, params, x, t):
     "One training step of a layer: forward, MSE loss, backward, Adam step, zero_grad"
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -40,49 +50,179 @@ def variants(size, bs, sparsity, seed=0):
     masked = nn.Linear(size, size); sparsify_model(masked, sparsity, seed=seed)
     ms = stepper(masked, masked.parameters(), x, t)
     out['masked'] = lambda: ms(lambda: apply_masks(masked, fresh=True))
-    mask = masked.weight_mask
-    twin = SparseTrainLinear.from_linear(masked, mask)
-    out['fastsparse sparse'] = stepper(twin, twin.parameters(), x, t)
-    L = twin.layout
-    vals, bias = nn.Parameter(twin.values.detach().clone()), nn.Parameter(masked.bias.detach().clone())
+    sp = nn.Linear(size, size); sparsify_model(sp, sparsity, seed=seed, compute='sparse')
+    out['fastsparse sparse'] = stepper(sp, sp.parameters(), x, t)
+    L = sp.weight_layout
+    vals, bias = nn.Parameter(sp.weight_values.detach().clone()), nn.Parameter(sp.bias.detach().clone())
     ptr, col = L.ptr, L.idx.long()
     def torch_csr(xb):
         w = torch.sparse_csr_tensor(ptr, col, vals, (size, size))
         return torch.sparse.mm(w, xb.t()).t() + bias
     out['torch CSR'] = stepper(torch_csr, [vals, bias], x, t)
+    if sparselab is not None:
+        sl = sparselab.SparseLinear(size, size, sparsity=sparsity)
+        out['sparselab'] = stepper(sl, sl.parameters(), x, t)
     return out
 
-def run(a):
-    torch.set_num_threads(a.threads)
-    print(f"nn.Linear({a.size}, {a.size}), batch {a.bs}, {a.threads} thread(s), kernels: {kernels().name}; "
-          "one step (forward, backward, Adam) / the dense step, median of paired runs")
-    names = ['masked', 'torch CSR', 'fastsparse sparse']
-    print(f"{'sparsity':>8} {'dense ms':>9} " + ' '.join(f'{n:>18}' for n in names))
+def layer(a):
     rows = []
-    for s in a.sparsities:
-        v = variants(a.size, a.bs, s)
-        for f in v.values(): f(); f()              # warm up: optimizer state, caches
-        ratios, dense_ms = {n: [] for n in names}, []
+    for th in a.threads:
+        torch.set_num_threads(th)
+        print(f"nn.Linear({a.size}, {a.size}), batch {a.bs}, {th} thread(s), kernels: {kernels().name}; "
+              "one step (forward, backward, Adam) / the dense step, median of paired runs")
+        names = ['masked', 'torch CSR', 'fastsparse sparse'] + (['sparselab'] if sparselab is not None else [])
+        print(f"{'sparsity':>8} {'dense ms':>9} " + ' '.join(f'{n:>18}' for n in names))
+        for s in a.sparsities:
+            v = variants(a.size, a.bs, s)
+            for f in v.values(): f(); f()              # warm up: optimizer state, caches
+            ratios, dense_ms = {n: [] for n in names}, []
+            for _ in range(a.repeats):
+                for n in names:
+                    d = median_ms(v['dense'], reps=1, n=a.n); o = median_ms(v[n], reps=1, n=a.n)
+                    ratios[n].append(o / d); dense_ms.append(d)
+            r = dict(sparsity=s, threads=th, dense_ms=statistics.median(dense_ms), **{n: statistics.median(ratios[n]) for n in names})
+            rows.append(r)
+            print(f"{s:>8.2f} {r['dense_ms']:>9.2f} " + ' '.join(f"{r[n]:>17.3f}x" for n in names))
+    return dict(size=a.size, bs=a.bs, rows=rows)
+
+# ---------------------------------------------------------------- the MLP, in fastai
+def digits784(bs=64, seed=42):
+    "scikit-learn's digits scaled up to 28x28 (784 inputs, as MNIST's), split 80/20: offline data of the MLP's shape"
+    from sklearn.datasets import load_digits
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from torch.utils.data import TensorDataset
+    import random
+    X, y = load_digits(return_X_y=True)
+    X = F.interpolate(torch.tensor(X, dtype=torch.float32).view(-1, 1, 8, 8) / 16., size=(28, 28), mode='bilinear').view(-1, 784)
+    y = torch.tensor(y)
+    idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed)); n_val = len(X) // 5
+    random.seed(seed)
+    return DataLoaders(DataLoader(TensorDataset(X[idx[n_val:]], y[idx[n_val:]]), bs=bs, shuffle=True, drop_last=True),
+                       DataLoader(TensorDataset(X[idx[:n_val]], y[idx[:n_val]]), bs=256))
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(784, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+
+def learner(mode, seed=0, sparsity=0.95):
+    from fastai.basics import Learner, CrossEntropyLossFlat, accuracy
+    learn = Learner(digits784(seed=seed), mlp(seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    if mode != 'dense': learn.sparsify(sparsity, 'erk', seed=seed, compute=mode)
+    return learn
+
+def _fit(learn, epochs, mode, one_cycle=False, **kw):
+    from fastsparse import DynamicSparseTrainingCallback
+    cbs = [] if mode == 'dense' else [DynamicSparseTrainingCallback(seed=0, **{**RigL_presets, **kw})]
+    with learn.no_bar(), learn.no_logging():
+        (learn.fit_one_cycle if one_cycle else learn.fit)(epochs, 1e-3, cbs=cbs)
+
+def mlp_bench(a):
+    torch.set_num_threads(a.threads[0])
+    ls = {m: learner(m) for m in ('dense', 'masked', 'sparse')}
+    for m, l in ls.items(): _fit(l, 1, m, batches_per_update=10)        # warm up
+    print(f"MLP 784-4096-4096-10, RigL at 95% ERK (one update in each epoch, batches_per_update=10), batch 64, "
+          f"{len(ls['dense'].dls.train)} steps per epoch, {a.threads[0]} thread(s): one fastai epoch / the dense epoch")
+    ratios, dense_s = {'masked': [], 'sparse': []}, []
+    for _ in range(a.repeats):
+        for m in ('masked', 'sparse'):
+            t0 = time.perf_counter(); _fit(ls['dense'], 1, 'dense'); d = time.perf_counter() - t0
+            t0 = time.perf_counter(); _fit(ls[m], 1, m, batches_per_update=10); s = time.perf_counter() - t0
+            ratios[m].append(s / d); dense_s.append(d)
+            assert ls[m].dst.n_updates == 1
+    speed = dict(dense_s=statistics.median(dense_s), **{m: statistics.median(r) for m, r in ratios.items()})
+    print(f"  dense epoch {speed['dense_s']:.2f} s; masked {speed['masked']:.3f}x, sparse {speed['sparse']:.3f}x")
+    acc = {'masked': [], 'sparse': []}
+    for seed in range(a.seeds):
+        for m in acc:
+            l = learner(m, seed=seed); _fit(l, a.epochs, m, one_cycle=True, batches_per_update=10)
+            acc[m].append(float(l.validate()[1]))
+    print(f"  accuracy after {a.epochs} epochs (fit_one_cycle, RigL every 10 steps), seeds 0-{a.seeds - 1}: "
+          + '; '.join(f"{m} {' '.join(f'{x:.4f}' for x in v)}" for m, v in acc.items()))
+    return dict(speed, accuracy=acc, epochs=a.epochs, threads=a.threads[0])
+
+# ---------------------------------------------------------------- one update
+def _model_step(model, opt, x, y, dst=None):
+    def step():
+        F.cross_entropy(model(x), y).backward(); opt.step()
+        if dst is not None: dst.step(0.1, update=False)
+        opt.zero_grad(set_to_none=False)
+    return step
+
+def update_bench(a):
+    torch.set_num_threads(a.threads[0])
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
+    dense = mlp(); dopt = torch.optim.Adam(dense.parameters(), lr=1e-3)
+    dense_step = _model_step(dense, dopt, x, y)
+    out = {}
+    print(f"One RigL update (drop fraction 0.3) over all layers of the MLP at 95% ERK, batch 64, {a.threads[0]} thread(s), "
+          "after a backward pass: / one dense step, and / one step of the same mode")
+    for mode in ('masked', 'sparse'):
+        m = mlp(); sparsify_model(m, 0.95, 'erk', seed=0, compute=mode)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        dst = DynamicSparseTraining(m, opt, seed=0, **RigL_presets)
+        step = _model_step(m, opt, x, y, dst)
+        for f in (dense_step, step): f(); f()
+        def upd():                                   # the backward pass the update reads, then the update
+            F.cross_entropy(m(x), y).backward(); opt.step()
+            t0 = time.perf_counter(); dst.step(0.1, update=True); dt = time.perf_counter() - t0
+            opt.zero_grad(set_to_none=False)
+            return dt * 1e3
+        upd()
+        r_dense, r_step = [], []
         for _ in range(a.repeats):
-            for n in names:
-                d = median_ms(v['dense'], reps=1, n=a.n); o = median_ms(v[n], reps=1, n=a.n)
-                ratios[n].append(o / d); dense_ms.append(d)
-        r = dict(sparsity=s, threads=a.threads, dense_ms=statistics.median(dense_ms), **{n: statistics.median(ratios[n]) for n in names})
-        rows.append(r)
-        print(f"{s:>8.2f} {r['dense_ms']:>9.2f} " + ' '.join(f"{r[n]:>17.3f}x" for n in names))
-    return rows
+            d = median_ms(dense_step, reps=1, n=a.n); s = median_ms(step, reps=1, n=a.n)
+            u = statistics.median(upd() for _ in range(a.n))
+            r_dense.append(u / d); r_step.append(u / s)
+        out[mode] = dict(update_per_dense_step=statistics.median(r_dense), update_per_step=statistics.median(r_step))
+        print(f"  {mode:>6}: {out[mode]['update_per_dense_step']:.3f}x a dense step, {out[mode]['update_per_step']:.2f}x a {mode} step")
+    return out
+
+# ---------------------------------------------------------------- memory
+def _bytes(ts): return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+def state_bytes(model, opt):
+    "Bytes of what training keeps between steps: parameters, gradients, optimizer state, buffers (masks), sparse layouts"
+    from fastsparse.compute import _LAYOUT
+    params = list(model.parameters())
+    layouts = [t for m in model.modules() if _LAYOUT in m.__dict__ for t in m.__dict__[_LAYOUT][2][2:]]
+    return dict(weights=_bytes(params), grads=_bytes(p.grad for p in params),
+                opt_state=_bytes(v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0),
+                masks_and_buffers=_bytes(model.buffers()), layouts=_bytes(layouts))
+
+def memory_bench(a):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
+    out = {}
+    for mode in ('dense', 'masked', 'sparse'):
+        m = mlp()
+        if mode != 'dense': sparsify_model(m, 0.95, 'erk', seed=0, compute=mode)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        F.cross_entropy(m(x), y).backward(); opt.step()
+        out[mode] = state_bytes(m, opt)
+    total = {k: sum(v.values()) for k, v in out.items()}
+    print("Training state of the MLP at 95% ERK (weights, gradients, Adam state, masks and other buffers, sparse layouts), "
+          "after one step: MB and ratio to dense")
+    for k, v in out.items():
+        print(f"  {k:>6}: {total[k] / 2**20:8.1f} MB  {total[k] / total['dense']:.3f}x  " + ', '.join(f'{n} {b / 2**20:.1f}' for n, b in v.items()))
+    return dict(bytes=out, ratio={k: total[k] / total['dense'] for k in out})
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'mlp', 'update', 'memory', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--threads', type=int, nargs='+', default=[1])
     p.add_argument('--repeats', type=int, default=7); p.add_argument('--n', type=int, default=3)
+    p.add_argument('--epochs', type=int, default=8); p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--save', action='store_true')
     a = p.parse_args()
-    rows = []
-    for th in a.threads:
-        rows += run(argparse.Namespace(**{**vars(a), 'threads': th}))
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
+    runs = {'layer': layer, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench}
+    for k in (runs if a.what == 'all' else [a.what]):
+        saved[k] = runs[k](a)
     if a.save:
-        RESULTS.write_text(json.dumps(dict(size=a.size, bs=a.bs, rows=rows), indent=1) + '\n')
+        RESULTS.write_text(json.dumps(saved, indent=1) + '\n')
         print(f'wrote {RESULTS}')

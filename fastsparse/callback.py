@@ -54,7 +54,8 @@ class DynamicSparseTrainingCallback(Callback):
     def after_cancel_step(self): "An earlier callback skipped the optimizer step (e.g. fp16 overflow)"; self._skipped = True
     def after_step(self):
         "After a real optimizer step: keep masked weights at zero, update the topology when due"
-        if not self._skipped: self.dst.step((self.epoch + (self.iter + 1) / self.n_iter) / self.n_epoch, epoch_end=self.iter == self.n_iter - 1)
+        if self._skipped: self.dst.step_skipped()
+        else: self.dst.step((self.epoch + (self.iter + 1) / self.n_iter) / self.n_epoch, epoch_end=self.iter == self.n_iter - 1)
     def after_train(self): "The epoch ended (under gradient accumulation its last batch may have taken no step)"; self.dst.end_epoch()
 
 # %% ../nbs/06_callback.ipynb #b69d5f58
@@ -65,7 +66,9 @@ def sparsify(self:Learner,
              **kwargs,                            # passed to `sparsify_model`
             ):
     "Sparsify `self.model` with `sparsify_model`; returns the mask hooks"
-    return sparsify_model(self.model, model_sparsity, sparse_f, **kwargs)
+    hooks = sparsify_model(self.model, model_sparsity, sparse_f, **kwargs)
+    if kwargs.get('compute', 'masked') != 'masked': self.opt = None   # it trained other parameters: `fit` makes a new one
+    return hooks
 
 @patch
 def load_sparse(self:Learner,

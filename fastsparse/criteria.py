@@ -39,6 +39,15 @@ def _inner(opt):
 def opt_state(opt, param)->dict:
     "The optimizer state of `param`: a torch optimizer, anything with a `state` dict keyed by parameter, or a registered wrapper ({} if none yet)"
     if opt is None: return {}
+    sv = getattr(param, '_fastsparse_values', None)
+    if sv is not None:   # the dense view of a weight in sparse compute: its active values' state, scattered to the weight's shape
+        cached = getattr(param, '_fastsparse_state', None)
+        if cached is None:
+            values, layout = sv
+            cached = {k: layout.to_dense(v) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
+                      for k, v in opt_state(opt, values).items()}
+            param._fastsparse_state = cached
+        return cached
     state = getattr(_inner(opt), 'state', None)
     if state is None: return {}
     return state.get(param, None) or {}

@@ -8,7 +8,8 @@ import inspect, math
 from typing import NamedTuple
 import torch
 from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name
-from .criteria import get_score, check_score, opt_state, score_kwargs
+from .criteria import get_score, check_score, opt_state, score_kwargs, gradient_momentum, _inner
+from .compute import CSRLayout
 from .schedules import UpdateSchedule, _check_fraction
 from .stats import UpdateLog
 from fastcore.basics import patch
@@ -121,6 +122,16 @@ class SparseEngine:
             dist.broadcast(s, src=0); self.seed = int(s.item())
         self._active, self.uses_init = {}, False
         if any('init' in score_kwargs(f) for f in self.scores): self.record_init(keep=keep_init)
+        self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
+        self._wants_state = any('state' in score_kwargs(f) for f in self.scores)
+        if self.sparse:
+            if self.grow_score_f is gradient_momentum:
+                raise ValueError(f"`gradient_momentum` grows by the momentum of inactive weights, which sparse compute does not keep "
+                                 f"({', '.join(t.name for t in self.sparse[:3])}...): train SNFS with `compute='masked'`, "
+                                 "or `set_compute(model, 'masked')`")
+            wants_grad = any('grad' in score_kwargs(f) for f in self.scores)
+            for t in self.sparse: t.module.record_grad(wants_grad)    # the dense gradient is made on update steps only
+        if opt is not None and self.sparse: _check_opt(opt, self.sparse)
 
     @property
     def scores(self): return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
@@ -139,23 +150,46 @@ class SparseEngine:
         return {t.name: t.module._buffers[init_name(t.attr)] for t in self.targets} if self.uses_init else None
 
     def _ctx(self, i, t, step, n_update):
-        g = torch.Generator(device=t.param.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
-        return dict(mask=t.mask, grad=t.param.grad, state=opt_state(self.opt, t.param), name=t.name, module=t.module,
+        "What the scores of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
+        w = t.param
+        g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
+        grad = t.module.weight_grad() if t.sparse else w.grad
+        if t.sparse and grad is not None and (dist := _dist()) is not None:   # as DDP averages the gradient of a masked weight
+            dist.all_reduce(grad); grad /= dist.get_world_size()
+        state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
+        return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
                     step=step, generator=g, init=t.module._buffers[init_name(t.attr)] if self.uses_init else None)
+
+def _opt_params(opt)->list|None:
+    "The parameters `opt` trains, if it says (torch optimizers, fastai's and wrappers registered in `criteria`)"
+    groups = getattr(_inner(opt), 'param_groups', None)
+    if groups is None: return None
+    try: return [p for g in groups for p in (g['params'] if isinstance(g, dict) else g)]
+    except (TypeError, KeyError): return None
+
+def _check_opt(opt, targets):
+    "Raise if `opt` does not train the values of weights in sparse compute (it was made before they switched)"
+    ps = _opt_params(opt)
+    if ps is None: return
+    ids = {id(p) for p in ps}
+    lost = [t.name for t in targets if t.trainable.requires_grad and id(t.trainable) not in ids]
+    if lost: raise ValueError(f"The optimizer does not train {lost[:3]}{'...' if len(lost) > 3 else ''}: it was made before these "
+                              "weights switched compute (`set_compute`, `sparsify_model(..., compute=)`). Make the optimizer "
+                              "after sparsifying (in fastai, `learn.create_opt()`).")
 
 # %% ../nbs/04_engine.ipynb #97e6bfa8
 @patch
 def plan(self:SparseEngine,
          drop_fraction:float, # fraction of each layer's active weights to drop
-         ctxs:list,           # the score context of each layer (what redistribution scores see)
+         ctxs:list=None,      # the score context of each layer (what redistribution scores see; only they need it)
         )->list:              # one `LayerPlan` per layer
     "How many weights each layer drops and grows; layers whose weight does not train are left alone"
-    live = [t.param.requires_grad for t in self.targets]
+    live = [t.trainable.requires_grad for t in self.targets]
     active = [int(torch.count_nonzero(t.mask)) for t in self.targets]
     n_drop = [min(round(drop_fraction * a), a - 1) if l and a > 0 else 0 for a, l in zip(active, live)]
     if self.redistribution_f is None: n_grow = n_drop
     else:
-        shares = [check_score(self.redistribution_f, t.param, self.opt, 'redistribution', **c) if l else 0.
+        shares = [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **c) if l else 0.
                   for t, c, l in zip(self.targets, ctxs, live)]
         caps = [t.mask.numel() - a + d if l else 0 for t, a, d, l in zip(self.targets, active, n_drop, live)]
         n_grow = allocate(sum(n_drop), shares, caps)
@@ -172,11 +206,11 @@ def select(self:SparseEngine,
     active_idx = self._active_idx(t, plan.active)
     drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
-        keep = check_score(self.keep_score_f, t.param, self.opt, **ctx).view(-1).index_select(0, active_idx)
+        keep = check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
         local = torch.topk(keep, plan.drop, largest=False, sorted=False).indices
         drop_idx = active_idx.index_select(0, local)
     if plan.grow > 0:
-        grow = check_score(self.grow_score_f, t.param, self.opt, **ctx).view(-1)
+        grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
         # inactive weights, and the ones just dropped, may be grown
         grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - plan.active + plan.drop, plan.grow, ctx['generator'])
     return Change(drop_idx, grow_idx, local)
@@ -190,14 +224,17 @@ def commit(self:SparseEngine,
           )->dict:           # the layer's record: counts, and the flat indices grown (`grown_idx`)
     "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
     new_active = None if change.local is None else _replace(self._active_idx(t), change.local, change.grow)
+    old_flat = t.module.weight_layout.flat() if t.sparse else None
     m = t.mask.view(-1)
     regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
     m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
     grown, dropped = change.grow, change.drop
     if regrown.any(): grown, dropped = grown[~regrown], dropped[~m.index_select(0, dropped)]
-    changed = torch.cat([dropped, grown])
-    _fill_at(t.param.data, changed, 0.)
-    reset_opt_state(self.opt, t.param, changed)
+    if t.sparse: _remap(self.opt, t, old_flat, dropped, grown)
+    else:
+        changed = torch.cat([dropped, grown])
+        _fill_at(t.param.data, changed, 0.)
+        reset_opt_state(self.opt, t.param, changed)
     if self.uses_init: _fill_at(t.module._buffers[init_name(t.attr)], grown, 0.)
     apply_masks([t])                            # the optimizer step may have written masked positions
     if new_active is None: self._active.pop(t.name, None)
@@ -213,13 +250,44 @@ def update(self:SparseEngine,
            n_update:int=0,      # index of this update (seeds random scores)
           )->list:              # one record per layer: counts of active, dropped and grown weights
     "Drop `drop_fraction` of each layer's active weights and grow as many (or a redistributed share): plan, select, commit"
-    ctxs = [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
+    # with a redistribution score the plan sees every layer's context; else each is made, used and let go in turn
+    # (in sparse compute a context holds dense views: one layer's at a time)
+    ctxs = None if self.redistribution_f is None else [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
     plans = self.plan(drop_fraction, ctxs)
-    changes = [self.select(t, c, p) for t, c, p in zip(self.targets, ctxs, plans)]
+    changes = []
+    for i, (t, p) in enumerate(zip(self.targets, plans)):
+        c = self._ctx(i, t, step, n_update) if ctxs is None else ctxs[i]
+        changes.append(self.select(t, c, p))
+        if ctxs is not None: ctxs[i] = None
+        del c
     if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(self.targets, changes)]
     # every score succeeded and every change is checked: commit
     return [dict(self.commit(t, ch, p), drop_fraction=drop_fraction, step=step, update=n_update)
             for t, ch, p in zip(self.targets, changes, plans)]
+
+def _remap(opt, t, old, dropped, grown):
+    """Sparse compute: rebuild the layout of `t` after its mask changed, and move its values, their gradient and every
+    optimizer-state tensor shaped like them to the new positions: kept weights keep theirs, grown ones start at 0"""
+    new = torch.cat([old[~torch.isin(old, dropped)], grown]).sort().values if len(dropped) + len(grown) else old
+    t.module._set_layout(CSRLayout.from_flat(new, *t.mask.shape))
+    pos = torch.searchsorted(new, old)
+    kept = (pos < len(new)) & (new.index_select(0, pos.clamp(max=max(len(new) - 1, 0))) == old) if len(new) else torch.zeros_like(old, dtype=torch.bool)
+    src = kept.nonzero().squeeze(1); dst = pos.index_select(0, src)
+    def moved(v):
+        out = v.new_zeros(len(new)); out.index_copy_(0, dst, v.index_select(0, src))
+        return out
+    v = t.trainable
+    same = len(new) == v.numel()      # then in place: the optimizer (and DDP) keep their tensors
+    st = opt_state(opt, v)
+    for k, s in list(st.items()):
+        if isinstance(s, torch.Tensor) and s.shape == v.shape:
+            if same: s.copy_(moved(s))
+            else: st[k] = moved(s)
+    g = None if v.grad is None else moved(v.grad)
+    if same:
+        v.data.copy_(moved(v.data))
+        if g is not None: v.grad.copy_(g)
+    else: v.grad = None; v.data = moved(v.data); v.grad = g
 
 def _replace(idx, local, new):
     "`idx` with its entries at (distinct) positions `local` taken out and `new` put in, in no particular order"
@@ -277,6 +345,13 @@ def check_invariants(model,         # a sparsified `nn.Module`
     for t in ts:
         n = int(torch.count_nonzero(t.param.detach()[~t.mask]))
         if n: _fail(f"'{t.name}': {n} masked weights are not exactly 0")
+        if t.sparse:   # the values and their layout describe the mask exactly
+            L, v = t.module.weight_layout, t.trainable
+            if v.numel() != int(t.mask.sum()): _fail(f"'{t.name}': {v.numel()} active values for {int(t.mask.sum())} active weights")
+            if not torch.equal(L.flat(), t.mask.view(-1).nonzero().squeeze(1)): _fail(f"'{t.name}': the layout differs from the mask")
+            for k, s in opt_state(opt, v).items():
+                if isinstance(s, torch.Tensor) and s.dim() == 1 and s.numel() > 1 and s.shape != v.shape:
+                    _fail(f"'{t.name}': optimizer state '{k}' has {s.numel()} entries for {v.numel()} active values")
     if before is None: return
     for t in ts:
         m0, w0, st0 = before[t.name]
@@ -355,9 +430,14 @@ class DynamicSparseTraining:
             frac = self.schedule.drop_fraction(pct_train)
             records = self.log.record(self.engine.update(frac, step=self.n_steps, n_update=self.n_updates), pct_train)
             self.n_updates += 1
+        for t in self.engine.sparse: t.module.clear_record()   # the next step's backward passes start a new record
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
         self._save_state()
         return records
+
+    def step_skipped(self):
+        "The optimizer step was skipped and its gradients are dropped (e.g. fp16 overflow): so is what its backward passes recorded"
+        for t in self.engine.sparse: t.module.clear_record()
 
     def end_epoch(self):
         "An epoch ended: if its last optimizer step was not marked `epoch_end`, a once-per-epoch update follows the next step"

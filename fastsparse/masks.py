@@ -12,9 +12,10 @@ from torch import nn
 from .distributions import _check_sparsity, uniform_sparsity, get_distribution
 
 # %% auto #0
-__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'SparseTarget', 'mask_name',
-           'sparsifiable_params', 'masked_params', 'is_sparse', 'apply_masks', 'explored_name', 'init_name',
-           'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
+__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget',
+           'mask_name', 'values_name', 'sparsifiable_params', 'masked_params', 'is_sparse', 'apply_masks',
+           'explored_name', 'init_name', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model',
+           'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -37,13 +38,28 @@ class SparseTarget(NamedTuple):
     "A weight that has (or will get) a mask: fully qualified `name`, owning `module` and attribute `attr`"
     name:str; module:nn.Module; attr:str
     @property
-    def param(self)->nn.Parameter: return self.module._parameters[self.attr]
+    def sparse(self)->bool:
+        "Whether the weight trains in sparse compute: its active values are the parameter (see `set_compute`)"
+        return values_name(self.attr) in self.module._parameters
+    @property
+    def param(self)->torch.Tensor:
+        "The weight: its parameter, or in sparse compute a dense view made from its active values"
+        p = self.module._parameters.get(self.attr)
+        return p if p is not None or not self.sparse else self.module.dense_weight()
+    @property
+    def trainable(self)->nn.Parameter:
+        "The parameter the optimizer trains: the weight, or in sparse compute its active values"
+        return self.module._parameters[values_name(self.attr) if self.sparse else self.attr]
     @property
     def mask(self)->torch.Tensor|None: return self.module._buffers.get(mask_name(self.attr))
 
 def mask_name(attr:str)->str:
     "Name of the mask buffer of weight `attr`"
     return f'{attr}_mask'
+
+def values_name(attr:str)->str:
+    "Name of the parameter holding the active values of weight `attr` in sparse compute"
+    return f'{attr}_values'
 
 # %% ../nbs/01_masks.ipynb #2a61285a
 _MODEL_ADAPTERS = []   # functions `obj -> nn.Module | None`, tried in order on whatever is not a module (e.g. a fastai `Learner`)
@@ -117,7 +133,7 @@ def masked_params(model)->list:
             if b is None or b.dtype != torch.bool or not bname.endswith('_mask'): continue
             attr = bname[:-len('_mask')]
             p = m._parameters.get(attr)
-            if p is not None and p.shape == b.shape:
+            if (p.shape == b.shape) if p is not None else values_name(attr) in m._parameters:
                 out.append(SparseTarget(f'{mname}.{attr}' if mname else attr, m, attr))
     return out
 
@@ -156,6 +172,7 @@ def apply_masks(model_or_targets,  # a model (every masked weight), a `SparseTar
         m = t.module
         mask = m._buffers.get(mask_name(t.attr))
         if mask is None: raise ValueError(f"'{t.name}' has no mask")
+        if t.sparse: continue    # sparse compute holds the active weights only: nothing to mask
         m._parameters[t.attr].data.mul_(mask.view(torch.uint8))   # `.data`: outside autograd; a uint8 view multiplies ~3x faster than bool
         if fresh: _promise(t)
 
@@ -204,6 +221,7 @@ class SparseHooks:
 
 # %% ../nbs/01_masks.ipynb #78037418
 DIRECT_READERS = [nn.MultiheadAttention, nn.TransformerEncoderLayer]   # module types that read their submodules' weights without calling them
+COMPUTE_MODES = ('masked', 'sparse')   # how a masked weight computes: dense times its mask, or its active values alone (`set_compute`)
 
 def _targets_by_module(targets):
     "`(module, its targets)` for each module owning some of `targets`, in model order"
@@ -227,6 +245,7 @@ def mask_hooks(model)->SparseHooks:
     model = _as_model(model)
     targets = masked_params(model)
     if not targets: raise ValueError("The model has no masks: call `sparsify_model` first")
+    targets = [t for t in targets if not t.sparse]    # a weight in sparse compute is masked by its layout: no hook
     remove_mask_hooks(model)
     handles = []
     for m, ts, reader in _readers_of(model, targets):
@@ -257,7 +276,11 @@ def _entries(model, prefix=''):
     for mname, m in model.named_modules(remove_duplicate=False):
         pre = prefix + (f'{mname}.' if mname else '')
         for n, t in itertools.chain(m._parameters.items(), m._buffers.items()):
-            if t is not None and n not in m._non_persistent_buffers_set: entries[pre + n] = (m, n, t)
+            if t is None or n in m._non_persistent_buffers_set: continue
+            w = n[:-len('_values')]
+            if n == values_name(w) and w not in m._parameters and mask_name(w) in m._buffers:   # sparse compute: saved as the dense weight
+                n, t = w, m._buffers[mask_name(w)]                                           # (what is checked is its shape)
+            entries[pre + n] = (m, n, t)
         if type(m).get_extra_state is not nn.Module.get_extra_state: extra.add(pre + '_extra_state')
         if type(m)._load_from_state_dict is not nn.Module._load_from_state_dict and not isinstance(m, nn.modules.batchnorm._NormBase):
             own.append(pre)   # its own loading code may rename or reshape: left to it
@@ -408,10 +431,12 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
                    embeddings:bool=False,         # also sparsify `nn.Embedding` weights
                    types:dict=None,               # extra `{ModuleType: [weight names] or f(module)}`
                    seed:int=None,                 # seed of the random initial masks (default: torch's RNG)
+                   compute:str='masked',          # 'sparse': layers that can train their active weights only (see `set_compute`)
                   )->SparseHooks:                 # call `.remove()` to stop enforcing masks
     "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights"
     model = _as_model(model)
     model_sparsity = _check_sparsity(model_sparsity)
+    if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     sparse_f = get_distribution(sparse_f)
     if is_sparse(model):
         raise ValueError("The model is already sparsified. Call `unsparsify(model)` first to start again "
@@ -447,12 +472,18 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
         t.module.register_buffer(mask_name(t.attr), m.to(t.param.device))
     apply_masks(model)
     _checkpoint_hooks(targets, model)
+    if compute != 'masked':
+        from fastsparse.compute import set_compute
+        set_compute(model, compute)
     return mask_hooks(model) if enforce_masks else SparseHooks([], model)
 
 # %% ../nbs/01_masks.ipynb #bd411b18
 def unsparsify(model)->nn.Module:
     "Remove masks and every fastsparse hook from `model`, leaving a dense model (masked weights stay 0)"
     model = _as_model(model)
+    if any(t.sparse for t in masked_params(model)):
+        from fastsparse.compute import set_compute
+        set_compute(model, 'masked')
     remove_mask_hooks(model)
     for m in model.modules():
         for hooks, f in ((m._state_dict_pre_hooks, _save_pre_hook), (m._load_state_dict_pre_hooks, _load_pre_hook),
@@ -497,7 +528,9 @@ def _snapshot(model):
             seen.add(id(t)); values.append((t, t.detach().to('cpu', copy=True)))
     def restore():
         for d, saved in held: d.clear(); d.update(saved)
-        for t, v in values: t.data.copy_(v)
+        for t, v in values:
+            if t.shape == v.shape: t.data.copy_(v)
+            else: t.data = v.to(t.device)         # the active values of a layer in sparse compute, loaded with another mask
     return restore
 
 def load_sparse(model,                   # an `nn.Module` or a fastai `Learner`, sparse or not yet

@@ -29,7 +29,7 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
     "Tables of total, active and non-zero weights, for the whole model and for each masked weight"
     model = _as_model(model)
     ts = masked_params(model)
-    masked_ids = {id(t.param) for t in ts}
+    dense = {id(t.trainable): t.param for t in ts}   # in sparse compute the parameter holds the active values: count the weight
     rows = []
     for t in ts:
         p = t.param.detach()
@@ -37,9 +37,9 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
         a = int(t.mask.sum())
         rows.append(dict(layer=t.name, shape=tuple(p.shape), total=n, active=a, nonzero=nz, sparsity=1 - a / n))
     layers = pd.DataFrame(rows, columns=['layer', 'shape', 'total', 'active', 'nonzero', 'sparsity'])
-    params = list({id(p): p for p in model.parameters()}.values())
+    params = [dense.get(id(p), p) for p in {id(p): p for p in model.parameters()}.values()]
     total = sum(p.numel() for p in params)
-    sparse_total = sum(p.numel() for p in params if id(p) in masked_ids)
+    sparse_total = sum(t.mask.numel() for t in ts)
     nonzero = sum(int((p.detach() != 0).sum()) for p in params)
     sparse_active = int(layers.active.sum()) if len(layers) else 0
     if erk and len(ts):

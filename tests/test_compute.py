@@ -1,12 +1,20 @@
-"Sparse compute gives the masked dense layer's outputs and gradients, for any shape, density and batch (hypothesis)."
+"""Sparse compute gives what masked compute gives: the product and its gradients for any shape, density and batch,
+and whole training runs with topology updates (same losses, same masks, any optimizer), checkpoints in either mode (hypothesis)."""
+import copy, io, pickle
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
-from hypothesis import given, settings, strategies as st, HealthCheck
-from fastsparse.compute import SparseTrainLinear, kernels, _TorchKernels
+from hypothesis import given, settings, strategies as st, HealthCheck, event
+from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets,
+                        snapshot, check_invariants, unsparsify, load_sparse, opt_state)
+from fastsparse.compute import CSRLayout, sparse_linear, dense_grad, _TorchKernels
 import fastsparse.compute as compute
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])   # no timing: a busy machine must not fail it
+# no timing: a busy machine must not fail them; derandomized: the same examples on every run
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+@settings(max_examples=60, **SETTINGS)
 @given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 140), st.floats(0., 1.), st.booleans(),
        st.sampled_from(['cpp', 'torch']), st.integers(0, 2**31))
 def test_sparse_linear_matches_masked_dense(rows, cols, batch, density, bias, which, seed):
@@ -15,17 +23,131 @@ def test_sparse_linear_matches_masked_dense(rows, cols, batch, density, bias, wh
     b = torch.randn(rows, generator=g) if bias else None
     x = torch.randn(batch, cols, generator=g, requires_grad=True)
     gy = torch.randn(batch, rows, generator=g)
+    L, v, rec = CSRLayout.from_mask(m), w[m].requires_grad_(), []
     saved = compute._KERNELS
     compute._KERNELS = _TorchKernels if which == 'torch' else (saved if saved is not None and saved is not _TorchKernels else None)
     try:
-        layer = SparseTrainLinear(w, m, b)
-        y = layer(x); y.backward(gy)
+        y = sparse_linear(x, v, L, b, rec); y.backward(gy)
     finally: compute._KERNELS = saved
-    gx, gv = x.grad.clone(), layer.values.grad
-    x.grad = None
+    gx = x.grad.clone(); x.grad = None
     wd = (w * m).requires_grad_()
     ref = F.linear(x, wd, b); ref.backward(gy)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gx, x.grad, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(gv, wd.grad[m], rtol=1e-4, atol=1e-3)
-    assert torch.equal(layer.dense_weight(), w * m)
+    torch.testing.assert_close(v.grad, wd.grad[m], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(dense_grad(rec), wd.grad, rtol=1e-4, atol=1e-3)
+    assert torch.equal(L.to_dense(v.detach()), w * m) and torch.equal(L.flat(), m.view(-1).nonzero().squeeze(1))
+
+OPTS = {'adam': lambda p: torch.optim.Adam(p, lr=1e-2), 'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+        'sgd': lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3)}
+
+def _mlp(sizes, seed):
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(sizes, sizes[1:]): layers += [nn.Linear(a, b), nn.Tanh()]   # tanh: no dead units, so no tied zero gradients
+    return nn.Sequential(*layers[:-1])
+
+def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumulate=1):
+    model = _mlp(sizes, seed)
+    sparsify_model(model, sparsity, 'erk', seed=seed, compute=compute_mode)
+    opt = OPTS[opt_name](model.parameters())
+    dst = DynamicSparseTraining(model, opt, batches_per_update=3, seed=seed, **preset)
+    g = torch.Generator().manual_seed(seed + 1)
+    losses, counts = [], [int(t.mask.sum()) for t in masked_params(model)]
+    for i in range(steps):
+        for _ in range(accumulate):
+            x, y = torch.randn(12, sizes[0], generator=g), torch.randn(12, sizes[-1], generator=g)
+            loss = F.mse_loss(model(x), y); loss.backward(); losses.append(loss.item())
+        opt.step()
+        before = snapshot(model, opt)
+        if dst.step((i + 1) / steps) is not None: check_invariants(model, opt, counts, before)   # grown at 0 with 0 state, kept untouched
+        opt.zero_grad()
+    check_invariants(model, opt, counts)
+    return model, opt, losses, dst
+
+@settings(max_examples=40, **SETTINGS)
+@given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.9), st.sampled_from(list(OPTS)),
+       st.sampled_from(['RigL', 'SET']), st.integers(1, 2), st.integers(0, 1000))
+def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, seed):
+    preset = {'RigL': RigL_presets, 'SET': SET_presets}[preset]
+    try: ref = _train('masked', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
+    except ValueError as e:
+        assert 'keep no weight' in str(e); event('a layer would keep no weight'); return
+    out = _train('sparse', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
+    assert all(t.sparse for t in masked_params(out[0]))
+    assert out[3].n_updates == ref[3].n_updates >= 2
+    torch.testing.assert_close(out[2], ref[2], rtol=1e-4, atol=1e-5)                   # the same losses, step after step
+    for a, b in zip(masked_params(ref[0]), masked_params(out[0])):
+        assert torch.equal(a.mask, b.mask), a.name                                      # the same masks after every update
+        torch.testing.assert_close(b.param, a.param.detach(), rtol=1e-3, atol=1e-5)
+        for k, v in opt_state(ref[1], a.param).items():   # the same optimizer state for the active weights (masked compute
+            if isinstance(v, torch.Tensor) and v.shape == a.param.shape:   # also keeps some for inactive ones, zeroed when grown)
+                torch.testing.assert_close(opt_state(out[1], b.param)[k][a.mask], v[a.mask], rtol=1e-3, atol=1e-6)
+    sd_ref, sd = ref[0].state_dict(), out[0].state_dict()
+    assert list(sd) == list(sd_ref) and all(sd[k].shape == sd_ref[k].shape for k in sd)   # same checkpoint, either mode
+
+def _sparse_model(seed=0):
+    m = _mlp([10, 16, 3], seed); sparsify_model(m, 0.7, seed=seed, compute='sparse'); return m
+
+def test_checkpoints_move_between_modes():
+    a = _sparse_model()
+    with torch.no_grad(): a[0].weight_values.add_(1.)
+    masked = _mlp([10, 16, 3], 5); sparsify_model(masked, 0.7, seed=5)
+    masked.load_state_dict(a.state_dict())                                   # sparse -> masked
+    assert torch.equal(masked[0].weight, a[0].weight) and torch.equal(masked[0].weight_mask, a[0].weight_mask)
+    b = _mlp([10, 16, 3], 7); sparsify_model(b, 0.5, seed=7, compute='sparse')   # another mask and count: layout and values follow
+    b.load_state_dict(masked.state_dict())                                   # masked -> sparse
+    check_invariants(b)
+    assert torch.equal(b[0].weight, a[0].weight) and b[0].weight_values.numel() == int(a[0].weight_mask.sum())
+    x = torch.randn(4, 10)
+    assert torch.allclose(b(x), masked(x), atol=1e-5)
+    c = _mlp([10, 16, 3], 1); load_sparse(c, a.state_dict()); assert torch.equal(c[0].weight, a[0].weight)   # into a dense model
+    dense = _mlp([10, 16, 3], 1); dense.load_state_dict({k: v for k, v in a.state_dict().items() if not k.endswith('_mask')}, strict=False)
+    assert torch.equal(dense[0].weight, a[0].weight)
+
+def test_bad_checkpoint_changes_nothing():
+    a = _sparse_model(); before = copy.deepcopy(a.state_dict())
+    sd = a.state_dict(); sd['0.weight'] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match='shapes differ'): a.load_state_dict(sd)
+    sd = a.state_dict(); del sd['0.weight']
+    with pytest.raises(RuntimeError, match='Missing key.*0.weight'): a.load_state_dict(sd)
+    for k, v in a.state_dict().items(): assert torch.equal(v, before[k]), k
+    check_invariants(a)
+
+def test_pickle_copy_and_switching_back():
+    a = _sparse_model(); x = torch.randn(5, 10)
+    for b in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        assert type(b[0]) is type(a[0]) and torch.equal(b(x), a(x)) and b[0].weight_values is not a[0].weight_values
+    y = a(x)
+    assert set_compute(a, 'masked') == {}
+    assert type(a[0]) is nn.Linear and not any(t.sparse for t in masked_params(a))
+    assert torch.allclose(a(x), y, atol=1e-6)
+    set_compute(a, 'sparse'); assert torch.allclose(a(x), y, atol=1e-6)
+    unsparsify(a); assert type(a[0]) is nn.Linear and torch.allclose(a(x), y, atol=1e-6)
+
+def test_what_stays_masked_and_clear_errors():
+    m = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(8, 3))
+    sparsify_model(m, 0.5, seed=0)
+    assert set(set_compute(m, 'sparse')) == {'0.weight'}                     # convolutions stay masked so far, and say why
+    att = nn.MultiheadAttention(8, 2); sparsify_model(att, 0.5, seed=0)
+    assert 'out_proj.weight' in set_compute(att, 'sparse')                    # read directly by its attention module
+    with pytest.raises(ValueError, match='Unknown compute'): sparsify_model(nn.Linear(3, 3), 0.5, compute='csr')
+    with pytest.raises(ValueError, match='Unknown compute'): set_compute(m, 'dense')
+    with pytest.raises(AttributeError, match='weight_values'): m[2].weight = nn.Parameter(torch.zeros(3, 8))
+    s = _sparse_model()
+    opt = torch.optim.Adam(_mlp([10, 16, 3], 0).parameters())
+    with pytest.raises(ValueError, match='does not train'): DynamicSparseTraining(s, opt)
+    with pytest.raises(ValueError, match="compute='masked'"):
+        DynamicSparseTraining(s, torch.optim.Adam(s.parameters()), grow_score_f='gradient_momentum')
+
+def test_redistribution_changes_counts_and_remaps_state():
+    m = _mlp([10, 30, 30, 3], 0); sparsify_model(m, 0.8, seed=0, compute='sparse')
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    dst = DynamicSparseTraining(m, opt, batches_per_update=2, redistribution_f='variance_redistribution', seed=0)
+    total = sum(int(t.mask.sum()) for t in masked_params(m))
+    for i in range(8):
+        F.mse_loss(m(torch.randn(8, 10)), torch.randn(8, 3)).backward(); opt.step()
+        before = snapshot(m, opt)
+        if dst.step((i + 1) / 8): check_invariants(m, opt, total, before)
+        opt.zero_grad()
+    check_invariants(m, opt, total)
