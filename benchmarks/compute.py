@@ -107,6 +107,7 @@ def mlp(seed=0):
 
 def learner(mode, seed=0, sparsity=0.95):
     from fastai.basics import Learner, CrossEntropyLossFlat, accuracy
+    import fastai.callback.progress, fastai.callback.schedule   # noqa: F401  (learn.no_bar, no_logging, fit_one_cycle)
     learn = Learner(digits784(seed=seed), mlp(seed), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     if mode != 'dense': learn.sparsify(sparsity, 'erk', seed=seed, compute=mode)
     return learn

@@ -99,6 +99,87 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
   }
   return g;
 }
+
+// the transposed structure of compressed rows, by counting (no sort): column pointers, row of each entry, its index in `values`
+std::vector<torch::Tensor> transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols) {
+  const int64_t rows = ptr.size(0) - 1, nnz = idx.size(0);
+  auto tptr = torch::zeros({cols + 1}, ptr.options());
+  auto tidx = torch::empty({nnz}, idx.options()); auto perm = torch::empty({nnz}, ptr.options());
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
+  int64_t* tp = tptr.data_ptr<int64_t>(); int32_t* ti = tidx.data_ptr<int32_t>(); int64_t* pm = perm.data_ptr<int64_t>();
+  for (int64_t k = 0; k < nnz; ++k) ++tp[ci[k] + 1];
+  for (int64_t c = 0; c < cols; ++c) tp[c + 1] += tp[c];
+  std::vector<int64_t> next(tp, tp + cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = p[r]; k < p[r + 1]; ++k) { const int64_t at = next[ci[k]]++; ti[at] = (int32_t)r; pm[at] = k; }
+  return {tptr, tidx, perm};
+}
+
+// the compressed rows after a topology update: the old entries (optr, oidx) still set in `mask`, merged in column order
+// with `grown` (flat indices, none of them old entries); and for each old entry its new position, or -1 if it was dropped.
+// Reads the mask at the old entries only, never the whole of it.
+std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown) {
+  const int64_t rows = optr.size(0) - 1, cols = mask.size(1), G = grown.size(0);
+  const bool* m = mask.data_ptr<bool>(); const int64_t* op = optr.data_ptr<int64_t>(); const int32_t* oi = oidx.data_ptr<int32_t>();
+  const int64_t* g = grown.data_ptr<int64_t>();
+  std::vector<int64_t> gp(rows + 1, 0);
+  for (int64_t i = 0; i < G; ++i) ++gp[g[i] / cols + 1];
+  for (int64_t r = 0; r < rows; ++r) gp[r + 1] += gp[r];
+  std::vector<int32_t> gc(G); std::vector<int64_t> nx(gp.begin(), gp.end() - 1);
+  for (int64_t i = 0; i < G; ++i) gc[nx[g[i] / cols]++] = (int32_t)(g[i] % cols);
+  auto ptr = torch::zeros({rows + 1}, optr.options()); int64_t* p = ptr.data_ptr<int64_t>();
+  #pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::sort(gc.begin() + gp[r], gc.begin() + gp[r + 1]);
+    int64_t kept = 0;
+    for (int64_t j = op[r]; j < op[r + 1]; ++j) kept += m[r * cols + oi[j]];
+    p[r + 1] = kept + gp[r + 1] - gp[r];
+  }
+  for (int64_t r = 0; r < rows; ++r) p[r + 1] += p[r];
+  auto idx = torch::empty({p[rows]}, oidx.options()); auto where = torch::full({oidx.size(0)}, -1, optr.options());
+  int32_t* ci = idx.data_ptr<int32_t>(); int64_t* w = where.data_ptr<int64_t>();
+  #pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t k = p[r], j = op[r], q = gp[r];
+    const int64_t je = op[r + 1], qe = gp[r + 1];
+    while (j < je || q < qe) {
+      if (j < je && !m[r * cols + oi[j]]) { ++j; continue; }                // dropped
+      if (q >= qe || (j < je && oi[j] < gc[q])) { w[j] = k; ci[k++] = oi[j++]; }
+      else ci[k++] = gc[q++];
+    }
+  }
+  return {ptr, idx, where};
+}
+
+// the flat indices where `scores` >= tau and `mask` is false, ascending: one pass, no bool tensor
+torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
+  const int64_t n = scores.numel(); const float* s = scores.data_ptr<float>(); const bool* m = mask.data_ptr<bool>();
+  const float t = (float)tau;
+  const int nt = omp_get_max_threads(); const int64_t chunk = (n + nt - 1) / nt;
+  std::vector<std::vector<int64_t>> parts(nt);
+  #pragma omp parallel num_threads(nt)
+  {
+    const int id = omp_get_thread_num(); const int64_t b = id * chunk, e = std::min(n, b + chunk);
+    auto& out = parts[id];
+    for (int64_t i = b; i < e; ++i) if (s[i] >= t && !m[i]) out.push_back(i);
+  }
+  int64_t total = 0; for (auto& v : parts) total += v.size();
+  auto res = torch::empty({total}, scores.options().dtype(torch::kInt64)); int64_t* r = res.data_ptr<int64_t>();
+  for (auto& v : parts) { std::copy(v.begin(), v.end(), r); r += v.size(); }
+  return res;
+}
+
+// the dense (rows x cols) matrix holding `val` at the positions of compressed rows (ptr, idx)
+torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, int64_t cols) {
+  const int64_t rows = ptr.size(0) - 1;
+  auto out = torch::zeros({rows, cols}, val.options());
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
+  const float* v = val.data_ptr<float>(); float* o = out.data_ptr<float>();
+  #pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = p[r]; k < p[r + 1]; ++k) o[r * cols + ci[k]] = v[k];
+  return out;
+}
 """  # the C++ source of the kernels, compiled by `kernels()` on first use
 
 class _TorchKernels:
@@ -109,6 +190,31 @@ class _TorchKernels:
         v = val.index_select(0, perm) if perm.numel() else val
         a = torch.sparse_csr_tensor(ptr, idx.long(), v, (rows, x.shape[0]), check_invariants=False)
         return torch.sparse.mm(a, x)
+    @staticmethod
+    def transpose(ptr, idx, cols):
+        rows = ptr.numel() - 1
+        r = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff(), output_size=idx.numel())
+        c = idx.long()
+        perm = torch.argsort(c * rows + r)            # column-major order of the same entries
+        tptr = torch.zeros(cols + 1, dtype=torch.int64, device=ptr.device); tptr[1:] = torch.bincount(c, minlength=cols).cumsum(0)
+        return tptr, r.index_select(0, perm).int(), perm
+    @staticmethod
+    def relayout(mask, optr, oidx, grown):
+        rows, cols = mask.shape
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        ptr = torch.zeros(rows + 1, dtype=torch.int64, device=mask.device); ptr[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
+        r = torch.repeat_interleave(torch.arange(rows, device=optr.device), optr.diff(), output_size=oidx.numel())
+        old = r * cols + oidx.long()
+        pos = torch.searchsorted(flat, old).clamp(max=max(len(flat) - 1, 0))
+        hit = flat.index_select(0, pos) == old if len(flat) else torch.zeros_like(old, dtype=torch.bool)
+        return ptr, (flat % cols).int(), torch.where(hit, pos, -1)
+    @staticmethod
+    def above(scores, mask, tau): return ((scores >= tau) & ~mask).nonzero().squeeze(1)
+    @staticmethod
+    def densify(ptr, idx, val, cols):
+        rows = ptr.numel() - 1
+        r = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff(), output_size=idx.numel())
+        return val.new_zeros(rows * cols).index_copy_(0, r * cols + idx.long(), val).view(rows, cols)
     @staticmethod
     def sddmm(ptr, idx, gy, x):
         s = torch.sparse_csr_tensor(ptr, idx.long(), gy.new_zeros(idx.numel()), (gy.shape[0], x.shape[0]), check_invariants=False)
@@ -127,7 +233,7 @@ def kernels():
         tag = hashlib.sha1((KERNELS_CPP + cpu + torch.__version__).encode()).hexdigest()[:10]   # -march=native: one build per CPU
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            _KERNELS = load_inline(f'fastsparse_kernels_{tag}', cpp_sources=KERNELS_CPP, functions=['spmm', 'sddmm'],
+            _KERNELS = load_inline(f'fastsparse_kernels_{tag}', cpp_sources=KERNELS_CPP, functions=['spmm', 'sddmm', 'transpose', 'relayout', 'above', 'densify'],
                                    extra_cflags=['-O3', '-march=native', '-fopenmp'], extra_ldflags=['-fopenmp'])
         _KERNELS.name = 'cpp'
     except Exception as e:
@@ -149,18 +255,22 @@ class CSRLayout(NamedTuple):
     @classmethod
     def from_flat(cls, flat:torch.Tensor, rows:int, cols:int)->CSRLayout:
         "The layout of the active weights at ascending flat (row-major) indices `flat` of a `(rows, cols)` matrix"
-        r, c = flat // cols, flat % cols
-        dev = flat.device
-        ptr = torch.zeros(rows + 1, dtype=torch.int64, device=dev); ptr[1:] = torch.bincount(r, minlength=rows).cumsum(0)
-        perm = torch.argsort(c * rows + r)            # column-major order of the same entries
-        tptr = torch.zeros(cols + 1, dtype=torch.int64, device=dev); tptr[1:] = torch.bincount(c, minlength=cols).cumsum(0)
-        return cls(rows, cols, ptr, c.int(), tptr, r.index_select(0, perm).int(), perm)
+        ptr = torch.zeros(rows + 1, dtype=torch.int64, device=flat.device)
+        ptr[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
+        idx = (flat % cols).int()
+        return cls(rows, cols, ptr, idx, *kernels().transpose(ptr, idx, cols))
 
     @classmethod
     def from_mask(cls, mask:torch.Tensor)->CSRLayout:
         "The layout of a 2-d bool `mask` (row-major order of its True entries is the order of `values`)"
         if mask.dim() != 2 or mask.dtype != torch.bool: raise ValueError(f"Expected a 2-d bool mask, got {mask.dim()}-d {mask.dtype}")
         return cls.from_flat(mask.reshape(-1).nonzero().squeeze(1), *mask.shape)
+
+    @classmethod
+    def after(cls, old:CSRLayout, mask:torch.Tensor, grown:torch.Tensor)->tuple:
+        "The layout of `mask` after an update that grew `grown` (flat indices), and for each entry of `old` its position in it (-1 where `mask` dropped it)"
+        ptr, idx, where = kernels().relayout(mask.contiguous(), old.ptr, old.idx, grown.contiguous())
+        return cls(old.rows, old.cols, ptr, idx, *kernels().transpose(ptr, idx, old.cols)), where
 
     @property
     def nnz(self)->int: return self.idx.numel()
@@ -172,7 +282,10 @@ class CSRLayout(NamedTuple):
 
     def to_dense(self, values:torch.Tensor)->torch.Tensor:
         "The dense `(rows, cols)` matrix holding `values` at this layout's positions (differentiable in `values`)"
-        return values.new_zeros(self.rows * self.cols).index_copy(0, self.flat(), values).view(self.rows, self.cols)
+        if values.requires_grad and torch.is_grad_enabled():
+            return values.new_zeros(self.rows * self.cols).index_copy(0, self.flat(), values).view(self.rows, self.cols)
+        if values.dtype != torch.float32 or values.device.type != 'cpu': return _TorchKernels.densify(self.ptr, self.idx, values, self.cols)
+        return kernels().densify(self.ptr, self.idx, values.contiguous(), self.cols)
 
 # %% ../nbs/13_compute.ipynb #5587860a
 _NO_PERM = torch.empty(0, dtype=torch.int64)

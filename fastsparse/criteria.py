@@ -10,7 +10,7 @@ import torch
 
 # %% auto #0
 __all__ = ['CONTEXT', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'score_kwargs', 'opt_state', 'momentum',
-           'second_moment', 'register_score', 'register_redistribution', 'get_score', 'weight_magnitude',
+           'second_moment', 'register_score', 'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude',
            'random_score', 'movement', 'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum',
            'momentum_redistribution', 'variance_redistribution', 'check_score']
 
@@ -95,6 +95,12 @@ def register_score(f:Callable)->Callable:
     "Make keep/grow score `f` available by its name"
     SCORES[f.__name__] = f; return f
 
+def elementwise(f:Callable)->Callable:
+    """Mark score `f` as elementwise: a weight's score depends only on its own entries of `param`, `grad`, `state` and
+    `init`. Such a score can be computed on any subset of the weights: the engine computes the keep scores of a layer in
+    sparse compute on its active values only, without a dense view"""
+    f.elementwise = True; return f
+
 def register_redistribution(f:Callable)->Callable:
     "Make redistribution score `f` available by its name"
     REDISTRIBUTIONS[f.__name__] = f; return f
@@ -109,6 +115,7 @@ def get_score(f, kind:str='score')->Callable:
 
 # %% ../nbs/02_criteria.ipynb #04947bb2
 @register_score
+@elementwise
 def weight_magnitude(param, opt=None):
     "$|w|$: large weights are kept (SET, SNFS, RigL)"
     return param.detach().float().abs()
@@ -121,6 +128,7 @@ def random_score(param, opt=None, generator=None):
 
 # %% ../nbs/02_criteria.ipynb #c8b3575f
 @register_score
+@elementwise
 def movement(param, opt=None, init=None):
     "$|w - w_0|$: weights that moved far from their initial value are kept"
     if init is None: raise ValueError("`movement` needs the initial weights (`init`), which fastsparse records when a score asks for them")
@@ -128,6 +136,7 @@ def movement(param, opt=None, init=None):
 
 # %% ../nbs/02_criteria.ipynb #76214e49
 @register_score
+@elementwise
 def taylor_score(param, opt=None, grad=None):
     "$|w \\cdot g|$: first-order estimate of the loss change if the weight were removed"
     g = grad if grad is not None else param.grad
@@ -136,6 +145,7 @@ def taylor_score(param, opt=None, grad=None):
 
 # %% ../nbs/02_criteria.ipynb #db390f2b
 @register_score
+@elementwise
 def magnitude_variance(param, opt, eps:float=1e-8):
     "$|w| / \\sqrt{v}$: large weights whose gradient varies little are kept (needs Adam's second moment $v$)"
     v = second_moment(opt, param, 'magnitude_variance')
@@ -143,6 +153,7 @@ def magnitude_variance(param, opt, eps:float=1e-8):
 
 # %% ../nbs/02_criteria.ipynb #d8441638
 @register_score
+@elementwise
 def gradient_magnitude(param, opt=None, grad=None):
     "$|g|$ of the dense gradient: grow where the loss would fall fastest (RigL)"
     g = grad if grad is not None else param.grad
@@ -151,6 +162,7 @@ def gradient_magnitude(param, opt=None, grad=None):
 
 # %% ../nbs/02_criteria.ipynb #992e922e
 @register_score
+@elementwise
 def gradient_momentum(param, opt):
     "$|m|$, the magnitude of the gradient's running average kept by the optimizer (SNFS)"
     return momentum(opt, param, 'gradient_momentum').detach().float().abs()
@@ -173,7 +185,7 @@ def check_score(f:Callable, param, opt=None, kind:str='score', **ctx):
     f = get_score(f, kind)
     name = getattr(f, '__name__', repr(f))
     layer = ctx.get('name', 'this weight')
-    ctx.setdefault('state', opt_state(opt, param))
+    if 'state' not in ctx: ctx['state'] = opt_state(opt, param)
     if 'grad' not in ctx: ctx['grad'] = param.grad
     try: res = f(param, opt, **{k: ctx.get(k) for k in score_kwargs(f)})
     except Exception as e: raise type(e)(f"Score `{name}` failed on '{layer}': {e}") from e

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name
 from .criteria import get_score, check_score, opt_state, score_kwargs, gradient_momentum, _inner
-from .compute import CSRLayout
+from .compute import CSRLayout, kernels
 from .schedules import UpdateSchedule, _check_fraction
 from .stats import UpdateLog
 from fastcore.basics import patch
@@ -63,7 +63,8 @@ def _top_where(scores,           # flat scores
                extra,            # ...except at these flat indices (positions where `mask` is True)
                n_allowed:int,    # how many positions may be chosen
                k:int,            # how many to choose
-               generator=None):
+               generator=None,
+               fast:bool=False): # use fastsparse's kernel (float32 CPU scores, as in sparse compute)
     "Flat indices of the `k` largest `scores` where `mask` is False or at `extra`; exact, reads most scores once and adds one bool tensor"
     if n_allowed < 1 << 16 or 4 * k > n_allowed:
         return _topk_at(scores, _allowed(mask, extra).nonzero().squeeze(1), k)
@@ -73,8 +74,9 @@ def _top_where(scores,           # flat scores
     f = k / n_allowed
     n_above = min(sample.numel(), max(1, math.ceil((1.5 * f + 6 * math.sqrt(f / max(sample.numel(), 1))) * sample.numel())))
     tau = torch.topk(sample, n_above, sorted=False).values.min()
-    idx = (scores >= tau).nonzero().squeeze(1)
-    idx = torch.cat([idx[~mask.index_select(0, idx)], extra[scores.index_select(0, extra) >= tau]])  # `extra`: masked positions
+    if fast: above = kernels().above(scores, mask, float(tau))            # one pass: fastsparse's kernel
+    else: above = (scores >= tau).nonzero().squeeze(1); above = above[~mask.index_select(0, above)]
+    idx = torch.cat([above, extra[scores.index_select(0, extra) >= tau]])  # `extra`: masked positions
     if len(idx) < k: idx = _allowed(mask, extra).nonzero().squeeze(1)     # unlucky sample: every allowed position
     return _topk_at(scores, idx, k)
 
@@ -160,6 +162,13 @@ class SparseEngine:
         return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
                     step=step, generator=g, init=t.module._buffers[init_name(t.attr)] if self.uses_init else None)
 
+def _at(ctx, idx, values):
+    "The context `ctx` of a layer in sparse compute, restricted to the flat indices `idx` (its active weights, in `values`' order)"
+    pick = lambda x: None if x is None else x.reshape(-1).index_select(0, idx)
+    out = dict(ctx, mask=torch.ones_like(values, dtype=torch.bool), grad=pick(ctx['grad']), init=pick(ctx['init']), weight=values)
+    del out['state']                  # `check_score` gives the values' own state
+    return out
+
 def _opt_params(opt)->list|None:
     "The parameters `opt` trains, if it says (torch optimizers, fastai's and wrappers registered in `criteria`)"
     groups = getattr(_inner(opt), 'param_groups', None)
@@ -185,7 +194,7 @@ def plan(self:SparseEngine,
         )->list:              # one `LayerPlan` per layer
     "How many weights each layer drops and grows; layers whose weight does not train are left alone"
     live = [t.trainable.requires_grad for t in self.targets]
-    active = [int(torch.count_nonzero(t.mask)) for t in self.targets]
+    active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in self.targets]
     n_drop = [min(round(drop_fraction * a), a - 1) if l and a > 0 else 0 for a, l in zip(active, live)]
     if self.redistribution_f is None: n_grow = n_drop
     else:
@@ -206,13 +215,16 @@ def select(self:SparseEngine,
     active_idx = self._active_idx(t, plan.active)
     drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
-        keep = check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
+        if t.sparse and getattr(self.keep_score_f, 'elementwise', False):   # on the active values: no dense score
+            keep = check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable))
+        else: keep = check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
         local = torch.topk(keep, plan.drop, largest=False, sorted=False).indices
         drop_idx = active_idx.index_select(0, local)
     if plan.grow > 0:
         grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
         # inactive weights, and the ones just dropped, may be grown
-        grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - plan.active + plan.drop, plan.grow, ctx['generator'])
+        fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
+        grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - plan.active + plan.drop, plan.grow, ctx['generator'], fast)
     return Change(drop_idx, grow_idx, local)
 
 @patch
@@ -224,13 +236,13 @@ def commit(self:SparseEngine,
           )->dict:           # the layer's record: counts, and the flat indices grown (`grown_idx`)
     "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
     new_active = None if change.local is None else _replace(self._active_idx(t), change.local, change.grow)
-    old_flat = t.module.weight_layout.flat() if t.sparse else None
+    old_layout = t.module.weight_layout if t.sparse else None
     m = t.mask.view(-1)
     regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
     m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
     grown, dropped = change.grow, change.drop
     if regrown.any(): grown, dropped = grown[~regrown], dropped[~m.index_select(0, dropped)]
-    if t.sparse: _remap(self.opt, t, old_flat, dropped, grown)
+    if t.sparse: _remap(self.opt, t, old_layout, grown)
     else:
         changed = torch.cat([dropped, grown])
         _fill_at(t.param.data, changed, 0.)
@@ -265,19 +277,19 @@ def update(self:SparseEngine,
     return [dict(self.commit(t, ch, p), drop_fraction=drop_fraction, step=step, update=n_update)
             for t, ch, p in zip(self.targets, changes, plans)]
 
-def _remap(opt, t, old, dropped, grown):
-    """Sparse compute: rebuild the layout of `t` after its mask changed, and move its values, their gradient and every
-    optimizer-state tensor shaped like them to the new positions: kept weights keep theirs, grown ones start at 0"""
-    new = torch.cat([old[~torch.isin(old, dropped)], grown]).sort().values if len(dropped) + len(grown) else old
-    t.module._set_layout(CSRLayout.from_flat(new, *t.mask.shape))
-    pos = torch.searchsorted(new, old)
-    kept = (pos < len(new)) & (new.index_select(0, pos.clamp(max=max(len(new) - 1, 0))) == old) if len(new) else torch.zeros_like(old, dtype=torch.bool)
-    src = kept.nonzero().squeeze(1); dst = pos.index_select(0, src)
+def _remap(opt, t, old, grown):
+    """Sparse compute: rebuild the layout of `t` after its mask changed (`old`: the layout before), and move its values,
+    their gradient and every optimizer-state tensor shaped like them to the new positions: kept weights keep theirs,
+    grown ones start at 0"""
+    layout, where = CSRLayout.after(old, t.mask, grown)
+    t.module._set_layout(layout)
+    src = (where >= 0).nonzero().squeeze(1); dst = where.index_select(0, src)
+    n_new = layout.nnz
     def moved(v):
-        out = v.new_zeros(len(new)); out.index_copy_(0, dst, v.index_select(0, src))
+        out = v.new_zeros(n_new); out.index_copy_(0, dst, v.index_select(0, src))
         return out
     v = t.trainable
-    same = len(new) == v.numel()      # then in place: the optimizer (and DDP) keep their tensors
+    same = n_new == v.numel()         # then in place: the optimizer (and DDP) keep their tensors
     st = opt_state(opt, v)
     for k, s in list(st.items()):
         if isinstance(s, torch.Tensor) and s.shape == v.shape:
@@ -302,6 +314,7 @@ def _replace(idx, local, new):
 @patch
 def _active_idx(self:SparseEngine, t, n_active:int=None):
     "Flat indices of the active weights of `t`, cached until its mask changes (or holds other than `n_active`)"
+    if t.sparse: return t.module.weight_layout.flat()     # in sparse compute the layout has them, in order
     v, idx = self._active.get(t.name, (None, None))
     if v != t.mask._version or idx is None or (n_active is not None and len(idx) != n_active):
         idx = t.mask.view(-1).nonzero().squeeze(1)

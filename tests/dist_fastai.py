@@ -1,4 +1,4 @@
-"""fastai Learner with DynamicSparseTrainingCallback on several processes (launched by test_distributed.py).
+"""fastai Learner with DynamicSparseTrainingCallback on several processes (launched by test_distributed.py), in masked or sparse compute.
 
 Each process has its own shuffling of the data and its own random seed; the model is wrapped in
 DistributedDataParallel (what fastai's `distrib_ctx` does on GPUs), so gradients are averaged."""
@@ -12,19 +12,19 @@ from fastai.callback.all import *
 from fastsparse import sparsify_model, DynamicSparseTrainingCallback, PRESETS, masked_params, erdos_renyi_sparsity
 from fastsparse.data import digits_dls, digits_mlp
 
-def main(preset, out):
+def main(preset, out, compute='masked'):
     dist.init_process_group('gloo')
     rank = dist.get_rank()
     torch.manual_seed(rank)
     model = digits_mlp()
-    sparsify_model(model, 0.9, erdos_renyi_sparsity)
+    sparsify_model(model, 0.9, erdos_renyi_sparsity, compute=compute)
     learn = Learner(digits_dls(seed=rank), DDP(model), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                     opt_func=partial(SGD, mom=0.9))
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(3, 1e-2, cbs=DynamicSparseTrainingCallback(**PRESETS[preset], batches_per_update=4))
     torch.save({'state': model.state_dict(), 'updates': len(learn.dst.history),
-                'budget': [int(t.mask.sum()) for t in masked_params(model)]}, Path(out)/f'rank{rank}.pt')
+                'budget': [int(t.mask.sum()) for t in masked_params(model)], 'compute': [t.sparse for t in masked_params(model)]}, Path(out)/f'rank{rank}.pt')
     learn.save(Path(out).resolve()/'learn')          # fastai writes the checkpoint on rank 0 only
     dist.barrier(); dist.destroy_process_group()   # leave together: gloo aborts a process torn down mid-exchange
 
-if __name__ == '__main__': main(sys.argv[1], sys.argv[2])
+if __name__ == '__main__': main(*sys.argv[1:])

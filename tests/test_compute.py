@@ -151,3 +151,66 @@ def test_redistribution_changes_counts_and_remaps_state():
         if dst.step((i + 1) / 8): check_invariants(m, opt, total, before)
         opt.zero_grad()
     check_invariants(m, opt, total)
+
+def test_resume_from_a_checkpoint_continues_exactly():
+    "A run saved half-way (model and optimizer) and resumed in a fresh model matches the run that went on"
+    def loop(model, opt, dst, steps, g):
+        out = []
+        for i in steps:
+            loss = F.mse_loss(model(torch.randn(8, 10, generator=g)), torch.randn(8, 3, generator=g))
+            loss.backward(); opt.step(); dst.step((i + 1) / 16); opt.zero_grad(); out.append(loss.item())
+        return out
+    a = _sparse_model(); oa = torch.optim.Adam(a.parameters(), lr=1e-2)
+    da = DynamicSparseTraining(a, oa, batches_per_update=3, seed=0, **RigL_presets)
+    g = torch.Generator().manual_seed(0)
+    first = loop(a, oa, da, range(8), g)
+    buf = io.BytesIO(); torch.save({'model': a.state_dict(), 'opt': oa.state_dict()}, buf)
+    state = g.get_state()
+    rest = loop(a, oa, da, range(8, 16), g)
+    buf.seek(0); ck = torch.load(buf, weights_only=True)
+    b = _mlp([10, 16, 3], 3); sparsify_model(b, 0.7, seed=3, compute='sparse')      # other masks until loaded
+    b.load_state_dict(ck['model'])
+    ob = torch.optim.Adam(b.parameters(), lr=1e-2); ob.load_state_dict(ck['opt'])
+    db = DynamicSparseTraining(b, ob, batches_per_update=3, resume=True, **RigL_presets)
+    assert (db.n_steps, db.n_updates) == (8, 2)
+    g2 = torch.Generator(); g2.set_state(state)
+    torch.testing.assert_close(loop(b, ob, db, range(8, 16), g2), rest, rtol=1e-5, atol=1e-6)
+    for x, y in zip(masked_params(a), masked_params(b)): assert torch.equal(x.mask, y.mask)
+    assert da.n_updates == db.n_updates
+    drop = lambda h: [[{k: v for k, v in r.items() if k != 'survived'} for r in u] for u in h]   # survival of the grown weights
+    assert drop(db.history) == drop(da.history)                                            # is not carried over a resume
+
+def test_fastai_learner_in_sparse_compute(tmp_path):
+    "learn.sparsify(compute='sparse') with the callback: same losses and masks as masked compute, with gradient accumulation too; save, load, FLOPs, export"
+    from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat, accuracy
+    from fastai.callback.training import GradientAccumulation
+    from fastsparse import DynamicSparseTrainingCallback, count_flops, sparsity_report, update_table
+    from fastsparse.export import sparse_export
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 20, generator=g); y = (x[:, :5].sum(1) > 0).long()
+    ds = list(zip(x, y))
+    def learner(compute, cbs=()):
+        torch.manual_seed(0)
+        dls = DataLoaders.from_dsets(ds[:192], ds[192:], bs=16, shuffle=False, device='cpu')
+        learn = Learner(dls, nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 2)), loss_func=CrossEntropyLossFlat(),   # tanh: no tied zero gradients
+                        metrics=accuracy, cbs=list(cbs), path=tmp_path)
+        learn.sparsify(0.8, 'erk', seed=1, compute=compute)
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(2, 1e-2, cbs=DynamicSparseTrainingCallback(batches_per_update=3, seed=2, **RigL_presets))
+        check_invariants(learn.model, learn.opt)
+        return learn
+    for cbs in ((), (GradientAccumulation(32),)):
+        m, s = learner('masked', cbs), learner('sparse', cbs)
+        assert all(t.sparse for t in masked_params(s.model)) and s.dst.n_updates == m.dst.n_updates >= 2
+        torch.testing.assert_close([float(v) for v in s.recorder.losses], [float(v) for v in m.recorder.losses], rtol=1e-4, atol=1e-5)
+        for a, b in zip(masked_params(m.model), masked_params(s.model)): assert torch.equal(a.mask, b.mask)
+    s.save('sparse')
+    for compute in ('sparse', 'masked'):
+        l = learner(compute); l.load('sparse', with_opt=compute == 'sparse')
+        assert torch.equal(l.model[0].weight, s.model[0].weight)
+    assert len(update_table(s)) == 2 * s.dst.n_updates
+    assert sparsity_report(s.model).layers.active.tolist() == [int(t.mask.sum()) for t in masked_params(s.model)]
+    fl = count_flops(s.model, x[:4])
+    assert fl.sparse_macs.tolist() == [4 * int(t.mask.sum()) for t in masked_params(s.model)]
+    exported, report = sparse_export(s.model)
+    assert torch.allclose(exported(x[:8]), s.model(x[:8]), atol=1e-5) and report.converted.any()
