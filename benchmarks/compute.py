@@ -26,10 +26,11 @@ from torch import nn
 from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_ms
-from fastsparse import sparsify_model, apply_masks, masked_params, DynamicSparseTraining, RigL_presets
+from fastsparse import sparsify_model, apply_masks, masked_params, DynamicSparseTraining, RigL_presets, SNFS_presets
 from fastsparse.compute import kernels
 
 RESULTS = Path(__file__).resolve().parent / 'results' / 'compute.json'
+torch.set_flush_denormal(True)   # a model trained on and on towards zero loss must not slow down on denormal floats
 try: import sparselab
 except ImportError: sparselab = None
 
@@ -137,15 +138,17 @@ def mlp_bench(a):
     for seed in range(a.seeds):
         for m in acc:
             l = learner(m, seed=seed); _fit(l, a.epochs, m, one_cycle=True, batches_per_update=10)
-            acc[m].append(float(l.validate()[1]))
+            with l.no_bar(): acc[m].append(float(l.validate()[1]))
     print(f"  accuracy after {a.epochs} epochs (fit_one_cycle, RigL every 10 steps), seeds 0-{a.seeds - 1}: "
           + '; '.join(f"{m} {' '.join(f'{x:.4f}' for x in v)}" for m, v in acc.items()))
     return dict(speed, accuracy=acc, epochs=a.epochs, threads=a.threads[0])
 
 # ---------------------------------------------------------------- one update
 def _model_step(model, opt, x, y, dst=None):
-    def step():
-        F.cross_entropy(model(x), y).backward(); opt.step()
+    i = [0]
+    def step():                  # a new batch of the pool each time: the model does not converge on one batch
+        i[0] = (i[0] + 1) % len(x)
+        F.cross_entropy(model(x[i[0]]), y[i[0]]).backward(); opt.step()
         if dst is not None: dst.step(0.1, update=False)
         opt.zero_grad(set_to_none=False)
     return step
@@ -153,31 +156,35 @@ def _model_step(model, opt, x, y, dst=None):
 def update_bench(a):
     torch.set_num_threads(a.threads[0])
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
+    x, y = torch.randn(16, 64, 784, generator=g), torch.randint(0, 10, (16, 64), generator=g)   # a pool of 16 batches
     dense = mlp(); dopt = torch.optim.Adam(dense.parameters(), lr=1e-3)
     dense_step = _model_step(dense, dopt, x, y)
     out = {}
-    print(f"One RigL update (drop fraction 0.3) over all layers of the MLP at 95% ERK, batch 64, {a.threads[0]} thread(s), "
-          "after a backward pass: / one dense step, and / one step of the same mode")
-    for mode in ('masked', 'sparse'):
+    print(f"One topology update over all layers of the MLP at 95% ERK, batch 64, {a.threads[0]} thread(s), after a backward pass, "
+          "and one step without an update (SNFS in sparse compute keeps a dense momentum at every step): ratios to a dense step")
+    for name, mode, preset in (('RigL masked', 'masked', RigL_presets), ('RigL sparse', 'sparse', RigL_presets),
+                               ('SNFS masked', 'masked', SNFS_presets), ('SNFS sparse', 'sparse', SNFS_presets)):
         m = mlp(); sparsify_model(m, 0.95, 'erk', seed=0, compute=mode)
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        dst = DynamicSparseTraining(m, opt, seed=0, **RigL_presets)
+        dst = DynamicSparseTraining(m, opt, seed=0, **preset)
         step = _model_step(m, opt, x, y, dst)
         for f in (dense_step, step): f(); f()
         def upd():                                   # the backward pass the update reads, then the update
-            F.cross_entropy(m(x), y).backward(); opt.step()
+            F.cross_entropy(m(x[0]), y[0]).backward(); opt.step()
             t0 = time.perf_counter(); dst.step(0.1, update=True); dt = time.perf_counter() - t0
             opt.zero_grad(set_to_none=False)
             return dt * 1e3
         upd()
-        r_dense, r_step = [], []
+        r_dense, r_step, r_sd, ds, us = [], [], [], [], []
         for _ in range(a.repeats):
             d = median_ms(dense_step, reps=1, n=a.n); s = median_ms(step, reps=1, n=a.n)
             u = statistics.median(upd() for _ in range(a.n))
-            r_dense.append(u / d); r_step.append(u / s)
-        out[mode] = dict(update_per_dense_step=statistics.median(r_dense), update_per_step=statistics.median(r_step))
-        print(f"  {mode:>6}: {out[mode]['update_per_dense_step']:.3f}x a dense step, {out[mode]['update_per_step']:.2f}x a {mode} step")
+            r_dense.append(u / d); r_step.append(u / s); r_sd.append(s / d); ds.append(d); us.append(u)
+        out[name] = dict(update_per_dense_step=statistics.median(r_dense), update_per_step=statistics.median(r_step),
+                         step_per_dense_step=statistics.median(r_sd), dense_step_ms=statistics.median(ds), update_ms=statistics.median(us))
+        print(f"  {name:>11}: update {out[name]['update_ms']:.0f} ms, {out[name]['update_per_dense_step']:.3f}x a dense step "
+              f"({out[name]['dense_step_ms']:.0f} ms; {out[name]['update_per_step']:.2f}x a step "
+              f"of its own); its step (no update) {out[name]['step_per_dense_step']:.3f}x a dense step")
     return out
 
 # ---------------------------------------------------------------- memory

@@ -89,6 +89,16 @@ def _fastai_lacks_momentum(o):
     "A fastai `Optimizer` keeps momentum only through its `average_grad` step"
     if not isinstance(o, Optimizer): return None
     return not any(getattr(getattr(cb, 'func', cb), '__name__', '') == 'average_grad' for cb in o.cbs)
+def _fastai_momentum_rule(o, param):
+    "`(beta, scale)` of a fastai `Optimizer`'s `average_grad` step for `param` (its `mom`; damped in Adam)"
+    if not isinstance(o, Optimizer): return None
+    cb = next((cb for cb in o.cbs if getattr(getattr(cb, 'func', cb), '__name__', '') == 'average_grad'), None)
+    if cb is None: return None
+    damp = getattr(cb, 'keywords', {}).get('dampening', False)
+    for pl, hp in zip(o.param_lists, o.hypers):
+        if any(p is param for p in pl): return float(hp['mom']), (1. - float(hp['mom'])) if damp else 1.
+    return None
+
 def _fastai_checkpoint(state):
     "The model's `state_dict` in a file written by `learn.save` or `save_model` (`{'model': ..., 'opt': ...}`)"
     if isinstance(state, dict) and isinstance(state.get('model'), dict) and set(state) <= {'model', 'opt'}: return state['model']
@@ -103,3 +113,5 @@ def _fastai_safe_globals():
 masks._MODEL_ADAPTERS.append(_learner_model); masks._CHECKPOINT_ADAPTERS.append(_fastai_checkpoint)
 masks._CHECKPOINT_SAFE_GLOBALS.extend(_fastai_safe_globals())
 criteria._OPTIMIZER_ADAPTERS.append(_optim_wrapper_opt); criteria._LACKS_MOMENTUM.append(_fastai_lacks_momentum)
+criteria._MOMENTUM_RULES.append(_fastai_momentum_rule)
+criteria._PARAM_LISTS.append(lambda o: o.param_lists if isinstance(o, Optimizer) else None)

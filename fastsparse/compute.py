@@ -301,7 +301,7 @@ class _SparseMM(torch.autograd.Function):
     def backward(ctx, gyt):
         values, xt = ctx.saved_tensors
         L, k, gyt = ctx.layout, kernels(), gyt.contiguous()
-        if ctx.record is not None: ctx.record.append((xt, gyt))   # for a dense weight gradient, should a topology update ask for one
+        if ctx.record is not None: ctx.record.append((xt.detach(), gyt.detach()))   # for a dense gradient, should an update ask (no graph kept)
         gv = k.sddmm(L.ptr, L.idx, gyt, xt) if ctx.needs_input_grad[0] else None
         gxt = k.spmm(L.tptr, L.tidx, values, L.perm, gyt, L.cols) if ctx.needs_input_grad[1] else None
         return gv, gxt, None, None
@@ -329,7 +329,8 @@ def dense_grad(record:list)->torch.Tensor|None:
     return g
 
 # %% ../nbs/13_compute.ipynb #a4c88d91
-_LAYOUT, _RECORD = '_fastsparse_layout', '_fastsparse_record'   # in a sparse layer's `__dict__`: its layout cache; its backward record
+# in a sparse layer's `__dict__`: its layout cache; its backward record; the momentum of its inactive weights (SNFS)
+_LAYOUT, _RECORD, _MOMENTUM = '_fastsparse_layout', '_fastsparse_record', '_fastsparse_momentum'
 
 class SparseTrain:
     """What a masked layer becomes in sparse compute (`set_compute`): it trains `weight_values`, the active weights in the
@@ -355,7 +356,7 @@ class SparseTrain:
         "The weight as a dense matrix, exact zeros where inactive, made from `weight_values` (differentiable with `grad`)"
         v, L = self._parameters['weight_values'], self.weight_layout
         w = L.to_dense(v if grad else v.detach())
-        w._fastsparse_values = (v, L)    # `opt_state` of this view is the state of `v`, scattered
+        w._fastsparse_values = (v, L, self.__dict__.get(_MOMENTUM))   # `opt_state` of this view: the state of `v`, scattered
         return w
 
     weight = property(lambda self: self.dense_weight(grad=True), doc="The dense weight, made at each read (writes to it are lost)")
@@ -368,6 +369,21 @@ class SparseTrain:
         "The dense weight gradient of the backward passes since `clear_record` (None if none was recorded)"
         rec = self.__dict__.get(_RECORD)
         return dense_grad(rec) if rec else None
+
+    def track_momentum(self, on:bool=True):
+        """Keep (`on`) a dense running average of the gradient at the inactive weights, as masked compute's optimizer state
+        has it: SNFS grows by it. It costs a dense weight gradient at every step, and a dense buffer"""
+        self.__dict__[_MOMENTUM] = torch.zeros(self._buffers['weight_mask'].shape, device=self.weight_values.device) if on else None
+        if on and self.__dict__.get(_RECORD) is None: self.record_grad()
+
+    def update_momentum(self, beta:float, scale:float):
+        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` the dense gradient of the step"
+        m, g = self.__dict__.get(_MOMENTUM), self.weight_grad()
+        if m is not None and g is not None: m.mul_(beta).add_(g, alpha=scale).masked_fill_(self._buffers['weight_mask'], 0.)
+
+    def _grown(self, idx:torch.Tensor):
+        "The weights at flat indices `idx` were grown: as active weights, their momentum is in the optimizer's state now"
+        if (m := self.__dict__.get(_MOMENTUM)) is not None: m.view(-1).index_fill_(0, idx, 0.)
 
     def clear_record(self):
         "Forget the recorded backward passes (the driver calls it after each optimizer step)"
@@ -389,7 +405,7 @@ class SparseTrain:
             if k != prefix + 'weight_values': destination[k] = v
 
     def __reduce_ex__(self, protocol):   # pickle and deepcopy: the class is made again from the layer type it came from
-        return _sparse_layer, (self._fastsparse_base,), {k: v for k, v in self.__dict__.items() if k not in (_LAYOUT, _RECORD)}
+        return _sparse_layer, (self._fastsparse_base,), {k: v for k, v in self.__dict__.items() if k not in (_LAYOUT, _RECORD, _MOMENTUM)}
 
     def extra_repr(self):
         L = self.weight_layout
@@ -450,7 +466,7 @@ def _to_masked(t):
     m._parameters.clear(); m._parameters.update(items)
     for hooks, f in ((m._load_state_dict_pre_hooks, _load_values), (m._load_state_dict_post_hooks, _missing_weight)):
         for k in [k for k, h in hooks.items() if _is_ours(h, f)]: del hooks[k]
-    for k in (_LAYOUT, _RECORD): m.__dict__.pop(k, None)
+    for k in (_LAYOUT, _RECORD, _MOMENTUM): m.__dict__.pop(k, None)
     m.__class__ = m._fastsparse_base
 
 def set_compute(model,                  # a sparsified `nn.Module` or fastai `Learner`

@@ -9,10 +9,11 @@ from typing import Callable
 import torch
 
 # %% auto #0
-__all__ = ['CONTEXT', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'score_kwargs', 'opt_state', 'momentum',
-           'second_moment', 'register_score', 'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude',
-           'random_score', 'movement', 'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum',
-           'momentum_redistribution', 'variance_redistribution', 'check_score']
+__all__ = ['CONTEXT', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'score_kwargs', 'opt_state',
+           'momentum_rule', 'momentum', 'second_moment', 'register_score', 'elementwise', 'register_redistribution',
+           'get_score', 'weight_magnitude', 'random_score', 'movement', 'taylor_score', 'magnitude_variance',
+           'gradient_magnitude', 'gradient_momentum', 'momentum_redistribution', 'variance_redistribution',
+           'check_score']
 
 # %% ../nbs/02_criteria.ipynb #cb8ef033
 CONTEXT = ('mask', 'grad', 'state', 'init', 'name', 'module', 'step', 'generator')   # what a score can ask for
@@ -29,6 +30,7 @@ def score_kwargs(f:Callable)->tuple:
 # filled by framework modules (`fastsparse.callback` adds fastai's): functions `opt -> the optimizer inside a wrapper
 # that holds the state, or None`, and `opt -> True/False when known to keep no momentum, else None`
 _OPTIMIZER_ADAPTERS, _LACKS_MOMENTUM = [], []
+_PARAM_LISTS = []   # ... and functions `opt -> its lists of parameters (where one can be replaced), or None`
 
 def _inner(opt):
     "The optimizer that holds the state: `opt`, or the one a registered wrapper keeps"
@@ -39,13 +41,21 @@ def _inner(opt):
 def opt_state(opt, param)->dict:
     "The optimizer state of `param`: a torch optimizer, anything with a `state` dict keyed by parameter, or a registered wrapper ({} if none yet)"
     if opt is None: return {}
+    sub = getattr(param, '_fastsparse_at', None)
+    if sub is not None:   # some active values of a weight in sparse compute: their entries of the values' state
+        values, idx = sub
+        return {k: v.index_select(0, idx) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
+                for k, v in opt_state(opt, values).items()}
     sv = getattr(param, '_fastsparse_values', None)
     if sv is not None:   # the dense view of a weight in sparse compute: its active values' state, scattered to the weight's shape
         cached = getattr(param, '_fastsparse_state', None)
         if cached is None:
-            values, layout = sv
+            values, layout, inactive = sv     # `inactive`: the momentum of the inactive weights, if the layer keeps it
             cached = {k: layout.to_dense(v) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
                       for k, v in opt_state(opt, values).items()}
+            if inactive is not None:
+                for k in MOMENTUM_KEYS:
+                    if k in cached: cached[k] = cached[k] + inactive
             param._fastsparse_state = cached
         return cached
     state = getattr(_inner(opt), 'state', None)
@@ -78,6 +88,19 @@ def _lacks_momentum(opt)->bool:
         return 'betas' not in g and not g.get('momentum', 0)
     return any(f(opt) for f in _LACKS_MOMENTUM)
 
+_MOMENTUM_RULES = []   # filled by framework modules: functions `(opt, param) -> (beta, scale) or None`
+
+def momentum_rule(opt, param)->tuple|None:
+    "`(beta, scale)` such that `opt` updates the running average of `param`'s gradient as `m = beta * m + scale * g`; None if it keeps none"
+    opt = _inner(opt)
+    for f in _MOMENTUM_RULES:
+        if (r := f(opt, param)) is not None: return r
+    for g in getattr(opt, 'param_groups', None) or []:
+        if not isinstance(g, dict) or not any(p is param for p in g.get('params', [])): continue
+        if 'betas' in g: return float(g['betas'][0]), 1. - float(g['betas'][0])      # Adam, AdamW, ...
+        if g.get('momentum'): return float(g['momentum']), 1. - float(g.get('dampening', 0.))   # SGD
+    return None
+
 def momentum(opt, param, score:str=None)->torch.Tensor:
     "The running average of `param`'s gradient kept by `opt`"
     return _state_tensor(opt, param, MOMENTUM_KEYS, "the gradient's momentum",
@@ -96,9 +119,10 @@ def register_score(f:Callable)->Callable:
     SCORES[f.__name__] = f; return f
 
 def elementwise(f:Callable)->Callable:
-    """Mark score `f` as elementwise: a weight's score depends only on its own entries of `param`, `grad`, `state` and
-    `init`. Such a score can be computed on any subset of the weights: the engine computes the keep scores of a layer in
-    sparse compute on its active values only, without a dense view"""
+    """Mark score `f` as elementwise: it reads `param`, `grad`, `state` and `init` entry by entry, so a weight's score
+    depends on its own entries only (a redistribution score reduces such entries). Such a score can be computed on any
+    subset of the weights: for a layer in sparse compute, the engine computes keep scores on the active values alone, and
+    grow scores without a dense view of the weight (inactive weights are 0)"""
     f.elementwise = True; return f
 
 def register_redistribution(f:Callable)->Callable:
@@ -169,11 +193,13 @@ def gradient_momentum(param, opt):
 
 # %% ../nbs/02_criteria.ipynb #42a4d0a6
 @register_redistribution
+@elementwise
 def momentum_redistribution(param, opt, mask):
     "Mean momentum magnitude of the layer's active weights (SNFS)"
     return gradient_momentum(param, opt)[mask].mean().item() if mask.any() else 0.
 
 @register_redistribution
+@elementwise
 def variance_redistribution(param, opt, mask):
     "Mean $\\sqrt{v}$ (root of Adam's second moment) over the layer's active weights"
     v = second_moment(opt, param, 'variance_redistribution')

@@ -7,9 +7,10 @@ from __future__ import annotations
 import inspect, math
 from typing import NamedTuple
 import torch
-from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name
-from .criteria import get_score, check_score, opt_state, score_kwargs, gradient_momentum, _inner
-from .compute import CSRLayout, kernels
+from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name, values_name
+from .criteria import get_score, check_score, opt_state, score_kwargs, gradient_momentum, momentum_rule, _inner, _PARAM_LISTS
+from torch import nn
+from .compute import CSRLayout, kernels, _MOMENTUM
 from .schedules import UpdateSchedule, _check_fraction
 from .stats import UpdateLog
 from fastcore.basics import patch
@@ -126,17 +127,28 @@ class SparseEngine:
         if any('init' in score_kwargs(f) for f in self.scores): self.record_init(keep=keep_init)
         self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
         self._wants_state = any('state' in score_kwargs(f) for f in self.scores)
+        self._elementwise = all(getattr(f, 'elementwise', False) for f in self.scores)   # sparse compute: no dense view needed
+        # sparse compute: a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
+        self.momentum_layers = self.sparse if self.grow_score_f is gradient_momentum else []
         if self.sparse:
-            if self.grow_score_f is gradient_momentum:
-                raise ValueError(f"`gradient_momentum` grows by the momentum of inactive weights, which sparse compute does not keep "
-                                 f"({', '.join(t.name for t in self.sparse[:3])}...): train SNFS with `compute='masked'`, "
-                                 "or `set_compute(model, 'masked')`")
+            if self.redistribution_f is not None and _dist() is not None:
+                raise ValueError("Redistribution changes how many weights a layer holds, which DistributedDataParallel cannot "
+                                 "follow in sparse compute: train with `compute='masked'` under DDP, or without redistribution")
             wants_grad = any('grad' in score_kwargs(f) for f in self.scores)
             for t in self.sparse: t.module.record_grad(wants_grad)    # the dense gradient is made on update steps only
+            for t in self.momentum_layers: t.module.track_momentum()
         if opt is not None and self.sparse: _check_opt(opt, self.sparse)
 
     @property
     def scores(self): return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
+
+    def observe_step(self):
+        "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"
+        for t in self.momentum_layers:
+            rule = momentum_rule(self.opt, t.trainable)
+            if rule is None: raise ValueError(f"`gradient_momentum` needs an optimizer with momentum for '{t.name}': use fastai's Adam "
+                                              "or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW")
+            t.module.update_momentum(*rule)
 
     def record_init(self, keep:bool=False):
         "Keep a copy of the current weights for scores that ask for `init`, as model buffers (`keep`: reuse saved ones)"
@@ -153,7 +165,7 @@ class SparseEngine:
 
     def _ctx(self, i, t, step, n_update):
         "What the scores of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
-        w = t.param
+        w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
         g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
         grad = t.module.weight_grad() if t.sparse else w.grad
         if t.sparse and grad is not None and (dist := _dist()) is not None:   # as DDP averages the gradient of a masked weight
@@ -161,6 +173,13 @@ class SparseEngine:
         state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
         return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
                     step=step, generator=g, init=t.module._buffers[init_name(t.attr)] if self.uses_init else None)
+
+def _zeros_like_weight(t):
+    "A stand-in for the dense view of a weight in sparse compute, for elementwise scores: zeros (no memory), with the values' state"
+    v, L = t.trainable, t.module.weight_layout
+    z = v.new_zeros(()).expand(*t.mask.shape)
+    z._fastsparse_values = (v, L, t.module.__dict__.get(_MOMENTUM))
+    return z
 
 def _at(ctx, idx, values):
     "The context `ctx` of a layer in sparse compute, restricted to the flat indices `idx` (its active weights, in `values`' order)"
@@ -222,6 +241,10 @@ def select(self:SparseEngine,
         drop_idx = active_idx.index_select(0, local)
     if plan.grow > 0:
         grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
+        if t.sparse and ctx['weight'].stride() == (0, 0) and len(drop_idx):
+            # `weight` is a zero stand-in (inactive weights are 0): the just-dropped weights, which may grow back, score with their values
+            sub = t.trainable.detach().index_select(0, local); sub._fastsparse_at = (t.trainable, local)
+            grow.index_copy_(0, drop_idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, drop_idx, sub)))
         # inactive weights, and the ones just dropped, may be grown
         fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
         grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - plan.active + plan.drop, plan.grow, ctx['generator'], fast)
@@ -282,7 +305,7 @@ def _remap(opt, t, old, grown):
     their gradient and every optimizer-state tensor shaped like them to the new positions: kept weights keep theirs,
     grown ones start at 0"""
     layout, where = CSRLayout.after(old, t.mask, grown)
-    t.module._set_layout(layout)
+    t.module._set_layout(layout); t.module._grown(grown)
     src = (where >= 0).nonzero().squeeze(1); dst = where.index_select(0, src)
     n_new = layout.nnz
     def moved(v):
@@ -299,7 +322,22 @@ def _remap(opt, t, old, grown):
     if same:
         v.data.copy_(moved(v.data))
         if g is not None: v.grad.copy_(g)
-    else: v.grad = None; v.data = moved(v.data); v.grad = g
+    else:   # another count (redistribution): a new parameter, put where the old one was, in the layer and in the optimizer
+        new = nn.Parameter(moved(v.data), requires_grad=v.requires_grad); new.grad = g
+        t.module._parameters[values_name(t.attr)] = new
+        _swap_param(opt, v, new)
+
+def _swap_param(opt, old, new):
+    "Put parameter `new` in the place of `old` in `opt`: its parameter lists, and the key of its state"
+    if opt is None: return
+    o = _inner(opt)
+    lists = next((ls for f in _PARAM_LISTS if (ls := f(o)) is not None), None)
+    if lists is None: lists = [g['params'] for g in getattr(o, 'param_groups', [])]
+    for ps in lists:
+        for i, p in enumerate(ps):
+            if p is old: ps[i] = new
+    st = getattr(o, 'state', None)
+    if st is not None and old in st: st[new] = st.pop(old)
 
 def _replace(idx, local, new):
     "`idx` with its entries at (distinct) positions `local` taken out and `new` put in, in no particular order"
@@ -438,6 +476,7 @@ class DynamicSparseTraining:
         if epoch_end: self._ended = True
         if at_end: self.n_epochs += 1
         if update is None: update = self.schedule.is_due(self.n_steps, pct_train, at_end)
+        self.engine.observe_step()
         records = None
         if update and self.n_steps > self.schedule.start_step and pct_train < self.schedule.stop_pct:
             frac = self.schedule.drop_fraction(pct_train)

@@ -6,10 +6,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from hypothesis import given, settings, strategies as st, HealthCheck, event
-from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets,
+from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets, SNFS_presets,
                         snapshot, check_invariants, unsparsify, load_sparse, opt_state)
 from fastsparse.compute import CSRLayout, sparse_linear, dense_grad, _TorchKernels
 import fastsparse.compute as compute
+from fastsparse.engine import _check_opt
 
 # no timing: a busy machine must not fail them; derandomized: the same examples on every run
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
@@ -53,7 +54,8 @@ def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumul
     opt = OPTS[opt_name](model.parameters())
     dst = DynamicSparseTraining(model, opt, batches_per_update=3, seed=seed, **preset)
     g = torch.Generator().manual_seed(seed + 1)
-    losses, counts = [], [int(t.mask.sum()) for t in masked_params(model)]
+    losses = []
+    counts = [int(t.mask.sum()) for t in masked_params(model)] if preset.get('redistribution_f') is None else sum(int(t.mask.sum()) for t in masked_params(model))
     for i in range(steps):
         for _ in range(accumulate):
             x, y = torch.randn(12, sizes[0], generator=g), torch.randn(12, sizes[-1], generator=g)
@@ -67,9 +69,9 @@ def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumul
 
 @settings(max_examples=40, **SETTINGS)
 @given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.9), st.sampled_from(list(OPTS)),
-       st.sampled_from(['RigL', 'SET']), st.integers(1, 2), st.integers(0, 1000))
+       st.sampled_from(['RigL', 'SET', 'SNFS']), st.integers(1, 2), st.integers(0, 1000))
 def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, seed):
-    preset = {'RigL': RigL_presets, 'SET': SET_presets}[preset]
+    preset = {'RigL': RigL_presets, 'SET': SET_presets, 'SNFS': SNFS_presets}[preset]
     try: ref = _train('masked', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
     except ValueError as e:
         assert 'keep no weight' in str(e); event('a layer would keep no weight'); return
@@ -137,20 +139,20 @@ def test_what_stays_masked_and_clear_errors():
     s = _sparse_model()
     opt = torch.optim.Adam(_mlp([10, 16, 3], 0).parameters())
     with pytest.raises(ValueError, match='does not train'): DynamicSparseTraining(s, opt)
-    with pytest.raises(ValueError, match="compute='masked'"):
-        DynamicSparseTraining(s, torch.optim.Adam(s.parameters()), grow_score_f='gradient_momentum')
 
 def test_redistribution_changes_counts_and_remaps_state():
     m = _mlp([10, 30, 30, 3], 0); sparsify_model(m, 0.8, seed=0, compute='sparse')
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     dst = DynamicSparseTraining(m, opt, batches_per_update=2, redistribution_f='variance_redistribution', seed=0)
-    total = sum(int(t.mask.sum()) for t in masked_params(m))
+    total = sum(int(t.mask.sum()) for t in masked_params(m)); n0 = [int(t.mask.sum()) for t in masked_params(m)]
     for i in range(8):
         F.mse_loss(m(torch.randn(8, 10)), torch.randn(8, 3)).backward(); opt.step()
         before = snapshot(m, opt)
         if dst.step((i + 1) / 8): check_invariants(m, opt, total, before)
         opt.zero_grad()
     check_invariants(m, opt, total)
+    assert sorted(t.trainable.numel() for t in masked_params(m)) != sorted(n0)          # the counts moved...
+    _check_opt(opt, masked_params(m))                                                   # ...and the optimizer trains the new values
 
 def test_resume_from_a_checkpoint_continues_exactly():
     "A run saved half-way (model and optimizer) and resumed in a fresh model matches the run that went on"
@@ -189,18 +191,18 @@ def test_fastai_learner_in_sparse_compute(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 20, generator=g); y = (x[:, :5].sum(1) > 0).long()
     ds = list(zip(x, y))
-    def learner(compute, cbs=()):
+    def learner(compute, cbs=(), preset=RigL_presets):
         torch.manual_seed(0)
         dls = DataLoaders.from_dsets(ds[:192], ds[192:], bs=16, shuffle=False, device='cpu')
         learn = Learner(dls, nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 2)), loss_func=CrossEntropyLossFlat(),   # tanh: no tied zero gradients
                         metrics=accuracy, cbs=list(cbs), path=tmp_path)
         learn.sparsify(0.8, 'erk', seed=1, compute=compute)
         with learn.no_bar(), learn.no_logging():
-            learn.fit(2, 1e-2, cbs=DynamicSparseTrainingCallback(batches_per_update=3, seed=2, **RigL_presets))
+            learn.fit(2, 1e-2, cbs=DynamicSparseTrainingCallback(batches_per_update=3, seed=2, **preset))
         check_invariants(learn.model, learn.opt)
         return learn
-    for cbs in ((), (GradientAccumulation(32),)):
-        m, s = learner('masked', cbs), learner('sparse', cbs)
+    for cbs, preset in (((), SNFS_presets), ((GradientAccumulation(32),), RigL_presets), ((), RigL_presets)):   # fastai's Adam: its momentum rule
+        m, s = learner('masked', cbs, preset), learner('sparse', cbs, preset)
         assert all(t.sparse for t in masked_params(s.model)) and s.dst.n_updates == m.dst.n_updates >= 2
         torch.testing.assert_close([float(v) for v in s.recorder.losses], [float(v) for v in m.recorder.losses], rtol=1e-4, atol=1e-5)
         for a, b in zip(masked_params(m.model), masked_params(s.model)): assert torch.equal(a.mask, b.mask)
