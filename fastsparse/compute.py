@@ -101,7 +101,7 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
 }
 
 // the transposed structure of compressed rows, by counting (no sort): column pointers, row of each entry, its index in `values`
-std::vector<torch::Tensor> transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols) {
+std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols) {
   const int64_t rows = ptr.size(0) - 1, nnz = idx.size(0);
   auto tptr = torch::zeros({cols + 1}, ptr.options());
   auto tidx = torch::empty({nnz}, idx.options()); auto perm = torch::empty({nnz}, ptr.options());
@@ -169,6 +169,22 @@ torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
   return res;
 }
 
+// out (cols x rows) = a (rows x cols) transposed, plus bias[i] on each of out's columns i when given: 32 x 32 blocks, in parallel
+torch::Tensor transpose(torch::Tensor a, torch::Tensor bias) {
+  const int64_t R = a.size(0), C = a.size(1);
+  auto out = torch::empty({C, R}, a.options());
+  const float* ap = a.data_ptr<float>(); float* o = out.data_ptr<float>();
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const int64_t nbi = (R + 31) / 32, nbj = (C + 31) / 32;
+  #pragma omp parallel for schedule(static) if (R * C > 32768)
+  for (int64_t blk = 0; blk < nbi * nbj; ++blk) {
+    const int64_t i0 = (blk / nbj) * 32, j0 = (blk % nbj) * 32, ie = std::min(R, i0 + 32), je = std::min(C, j0 + 32);
+    for (int64_t j = j0; j < je; ++j)
+      for (int64_t i = i0; i < ie; ++i) o[j * R + i] = ap[i * C + j] + (b ? b[i] : 0.f);
+  }
+  return out;
+}
+
 // the dense (rows x cols) matrix holding `val` at the positions of compressed rows (ptr, idx)
 torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, int64_t cols) {
   const int64_t rows = ptr.size(0) - 1;
@@ -191,7 +207,11 @@ class _TorchKernels:
         a = torch.sparse_csr_tensor(ptr, idx.long(), v, (rows, x.shape[0]), check_invariants=False)
         return torch.sparse.mm(a, x)
     @staticmethod
-    def transpose(ptr, idx, cols):
+    def transpose(a, bias):
+        out = a.t().contiguous()
+        return out.add_(bias) if bias.numel() else out
+    @staticmethod
+    def csr_transpose(ptr, idx, cols):
         rows = ptr.numel() - 1
         r = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff(), output_size=idx.numel())
         c = idx.long()
@@ -233,7 +253,7 @@ def kernels():
         tag = hashlib.sha1((KERNELS_CPP + cpu + torch.__version__).encode()).hexdigest()[:10]   # -march=native: one build per CPU
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            _KERNELS = load_inline(f'fastsparse_kernels_{tag}', cpp_sources=KERNELS_CPP, functions=['spmm', 'sddmm', 'transpose', 'relayout', 'above', 'densify'],
+            _KERNELS = load_inline(f'fastsparse_kernels_{tag}', cpp_sources=KERNELS_CPP, functions=['spmm', 'sddmm', 'csr_transpose', 'relayout', 'above', 'densify', 'transpose'],
                                    extra_cflags=['-O3', '-march=native', '-fopenmp'], extra_ldflags=['-fopenmp'])
         _KERNELS.name = 'cpp'
     except Exception as e:
@@ -258,7 +278,7 @@ class CSRLayout(NamedTuple):
         ptr = torch.zeros(rows + 1, dtype=torch.int64, device=flat.device)
         ptr[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
         idx = (flat % cols).int()
-        return cls(rows, cols, ptr, idx, *kernels().transpose(ptr, idx, cols))
+        return cls(rows, cols, ptr, idx, *kernels().csr_transpose(ptr, idx, cols))
 
     @classmethod
     def from_mask(cls, mask:torch.Tensor)->CSRLayout:
@@ -270,7 +290,7 @@ class CSRLayout(NamedTuple):
     def after(cls, old:CSRLayout, mask:torch.Tensor, grown:torch.Tensor)->tuple:
         "The layout of `mask` after an update that grew `grown` (flat indices), and for each entry of `old` its position in it (-1 where `mask` dropped it)"
         ptr, idx, where = kernels().relayout(mask.contiguous(), old.ptr, old.idx, grown.contiguous())
-        return cls(old.rows, old.cols, ptr, idx, *kernels().transpose(ptr, idx, old.cols)), where
+        return cls(old.rows, old.cols, ptr, idx, *kernels().csr_transpose(ptr, idx, old.cols)), where
 
     @property
     def nnz(self)->int: return self.idx.numel()
@@ -288,7 +308,7 @@ class CSRLayout(NamedTuple):
         return kernels().densify(self.ptr, self.idx, values.contiguous(), self.cols)
 
 # %% ../nbs/13_compute.ipynb #5587860a
-_NO_PERM = torch.empty(0, dtype=torch.int64)
+_NO_PERM, _NO_BIAS = torch.empty(0, dtype=torch.int64), torch.empty(0)
 
 class _SparseMM(torch.autograd.Function):
     "`y^T = W x^T` for a weight held as `values` in `layout`, with gradients for `values` and `x^T`"
@@ -306,6 +326,18 @@ class _SparseMM(torch.autograd.Function):
         gxt = k.spmm(L.tptr, L.tidx, values, L.perm, gyt, L.cols) if ctx.needs_input_grad[1] else None
         return gv, gxt, None, None
 
+class _Transpose(torch.autograd.Function):
+    "`a^T` (plus `bias` on its columns), made by fastsparse's parallel kernel; its gradient is the gradient transposed"
+    @staticmethod
+    def forward(ctx, a, bias):
+        ctx.has_bias = bias is not None
+        return kernels().transpose(a.contiguous(), _NO_BIAS if bias is None else bias.contiguous())
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous()
+        return kernels().transpose(g, _NO_BIAS), (g.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None)
+
 def sparse_linear(x:torch.Tensor,        # input, `(..., cols)`
                   values:torch.Tensor,   # the active weights, in `layout`'s order
                   layout:CSRLayout,      # where they are
@@ -317,9 +349,8 @@ def sparse_linear(x:torch.Tensor,        # input, `(..., cols)`
         raise TypeError(f"sparse compute runs float32 on the CPU, got {x.dtype} input and {values.dtype} values on {x.device}")
     if values.numel() != layout.nnz: raise ValueError(f"{values.numel()} values for a layout of {layout.nnz} active weights")
     lead = x.shape[:-1]
-    xt = x.reshape(-1, layout.cols).t().contiguous()          # (cols, batch): each weight reads one contiguous row
-    y = _SparseMM.apply(values, xt, layout, record).t()
-    if bias is not None: y = y + bias
+    xt = _Transpose.apply(x.reshape(-1, layout.cols), None)   # (cols, batch): each weight reads one contiguous row
+    y = _Transpose.apply(_SparseMM.apply(values, xt, layout, record), bias)
     return y.reshape(*lead, layout.rows)
 
 def dense_grad(record:list)->torch.Tensor|None:

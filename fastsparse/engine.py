@@ -181,10 +181,11 @@ def _zeros_like_weight(t):
     z._fastsparse_values = (v, L, t.module.__dict__.get(_MOMENTUM))
     return z
 
-def _at(ctx, idx, values):
-    "The context `ctx` of a layer in sparse compute, restricted to the flat indices `idx` (its active weights, in `values`' order)"
-    pick = lambda x: None if x is None else x.reshape(-1).index_select(0, idx)
-    out = dict(ctx, mask=torch.ones_like(values, dtype=torch.bool), grad=pick(ctx['grad']), init=pick(ctx['init']), weight=values)
+def _at(ctx, idx, values, f):
+    "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
+    wants = score_kwargs(f)                 # gather only what the score reads
+    pick = lambda k: None if ctx[k] is None or k not in wants else ctx[k].reshape(-1).index_select(0, idx)
+    out = dict(ctx, mask=torch.ones_like(values, dtype=torch.bool), grad=pick('grad'), init=pick('init'), weight=values)
     del out['state']                  # `check_score` gives the values' own state
     return out
 
@@ -235,7 +236,7 @@ def select(self:SparseEngine,
     drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
         if t.sparse and getattr(self.keep_score_f, 'elementwise', False):   # on the active values: no dense score
-            keep = check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable))
+            keep = check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, self.keep_score_f))
         else: keep = check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
         local = torch.topk(keep, plan.drop, largest=False, sorted=False).indices
         drop_idx = active_idx.index_select(0, local)
@@ -244,7 +245,7 @@ def select(self:SparseEngine,
         if t.sparse and ctx['weight'].stride() == (0, 0) and len(drop_idx):
             # `weight` is a zero stand-in (inactive weights are 0): the just-dropped weights, which may grow back, score with their values
             sub = t.trainable.detach().index_select(0, local); sub._fastsparse_at = (t.trainable, local)
-            grow.index_copy_(0, drop_idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, drop_idx, sub)))
+            grow.index_copy_(0, drop_idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, drop_idx, sub, self.grow_score_f)))
         # inactive weights, and the ones just dropped, may be grown
         fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
         grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - plan.active + plan.drop, plan.grow, ctx['generator'], fast)
