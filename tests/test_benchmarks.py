@@ -32,3 +32,12 @@ def test_export_smoke():
 def test_compute_smoke():
     out = bench('compute.py', '--size', '256', '--bs', '16', '--repeats', '2', '--n', '1', '--sparsities', '0.9')
     assert 'fastsparse sparse' in out and 'torch CSR' in out and 'masked' in out
+
+def test_compute_model_smoke():
+    "The MLP sections of the compute benchmark: one epoch, one update, memory (short settings)"
+    out = bench('compute.py', 'memory')
+    assert 'sparse:' in out and 'layouts' in out
+    out = bench('compute.py', 'update', '--repeats', '1', '--n', '1')
+    assert 'RigL sparse: update' in out and 'SNFS sparse: update' in out
+    out = bench('compute.py', 'mlp', '--repeats', '1', '--epochs', '1', '--seeds', '1')
+    assert 'sparse' in out and 'accuracy after 1 epochs' in out
