@@ -14,8 +14,8 @@ from .distributions import _check_sparsity, uniform_sparsity, get_distribution
 # %% auto #0
 __all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget',
            'mask_name', 'values_name', 'sparsifiable_params', 'masked_params', 'is_sparse', 'apply_masks',
-           'explored_name', 'init_name', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model',
-           'unsparsify', 'load_sparse']
+           'explored_name', 'grown_name', 'init_name', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep',
+           'sparsify_model', 'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -201,6 +201,10 @@ def explored_name(attr:str)->str:
     "Name of the buffer recording which weights of `attr` were ever active during training"
     return f'{attr}_explored'
 
+def grown_name(attr:str)->str:
+    "Name of the buffer holding the flat indices of the weights of `attr` grown at the latest update (their survival is measured at the next)"
+    return f'{attr}_grown'
+
 def init_name(attr:str)->str:
     "Name of the buffer keeping the initial values of `attr` for scores that ask for them (e.g. `movement`)"
     return f'{attr}_init'
@@ -336,6 +340,7 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
     for name in (STATE_KEY, HISTORY_KEY): sync(model, name, prefix + name)
     for w, (m, n, p) in final.items():
         for f in (explored_name, init_name): sync(m, f(n), f(w), like=p)
+        sync(m, grown_name(n), grown_name(w))
     meta = getattr(sd, '_metadata', None) or {}
     for key, (m, n, t) in entries.items():
         if key in done or theirs(key): continue
@@ -492,6 +497,7 @@ def unsparsify(model)->nn.Module:
     for t in masked_params(model):
         del t.module._buffers[mask_name(t.attr)]
         t.module._buffers.pop(explored_name(t.attr), None)
+        t.module._buffers.pop(grown_name(t.attr), None)
         t.module._buffers.pop(init_name(t.attr), None)
     for k in (STATE_KEY, HISTORY_KEY): model._buffers.pop(k, None)
     return model

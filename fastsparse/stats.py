@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import torch
 from torch import nn
-from .masks import masked_params, _as_model, HISTORY_KEY, explored_name
+from .masks import masked_params, _as_model, HISTORY_KEY, explored_name, grown_name
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
 
 # %% auto #0
@@ -81,10 +81,15 @@ class UpdateLog:
         for t in self.targets:       # which weights were ever active during this run (ITOP's exploration)
             ex = t.module._buffers.get(explored_name(t.attr))
             if not resume or ex is None or ex.shape != t.mask.shape: t.module.register_buffer(explored_name(t.attr), t.mask.clone())
+            if not resume: t.module._buffers.pop(grown_name(t.attr), None)   # a new run: nothing grown yet
         hist = self.model._buffers.get(HISTORY_KEY)
         if not resume or hist is None: self.model.register_buffer(HISTORY_KEY, torch.zeros(0, len(HISTORY_COLS), dtype=torch.float64))
         self.history = _records(self.model._buffers[HISTORY_KEY], [t.name for t in self.targets])
-        self.last_grown = {}         # per layer, the flat indices grown at the latest update
+
+    @property
+    def last_grown(self)->dict:
+        "Per layer, the flat indices of the weights grown at the latest update (kept in the model's buffers, as `grown_name` names them)"
+        return {t.name: b for t in self.targets if (b := t.module._buffers.get(grown_name(t.attr))) is not None}
 
     @property
     def explored(self)->dict:
@@ -96,14 +101,14 @@ class UpdateLog:
                pct_train:float,    # position in training of this update
               )->list:             # the records, with `pct_train`, `survived` and `explored` added
         "Add one update to the log: survival of the weights grown at the previous update, exploration, history"
-        prev, self.last_grown = self.last_grown, {}
+        prev = self.last_grown
         for r, t in zip(records, self.targets):
             ex = t.module._buffers[explored_name(t.attr)]
             ex.logical_or_(t.mask)
             g = prev.get(t.name)    # weights grown at the previous update that are still active
             r.update(pct_train=pct_train, survived=-1 if g is None else int(t.mask.view(-1)[g].sum()),
                      explored=int(torch.count_nonzero(ex)))
-            self.last_grown[t.name] = r.pop('grown_idx')
+            t.module.register_buffer(grown_name(t.attr), r.pop('grown_idx'))   # in the model: a resumed run counts their survival
         self.history.append(records)
         hist = self.model._buffers[HISTORY_KEY]
         self.model.register_buffer(HISTORY_KEY, torch.cat([hist, _rows(records, len(self.history) - 1).to(hist.device)]))
