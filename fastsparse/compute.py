@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_compute.ipynb #0af27f2b
 from __future__ import annotations
-import hashlib, os, warnings
+import hashlib, logging, os, warnings
 from collections import OrderedDict
 from typing import NamedTuple
 import torch
@@ -78,11 +78,12 @@ static inline float hsum(v16 v) {
 // grad of the values: g[k] = dot(gy[row_k, :], x[col_k, :]) over the batch, for each stored entry of a CSR matrix
 torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x) {
   const int64_t rows = ptr.size(0) - 1, B = x.size(1);
-  auto g = torch::zeros({idx.size(0)}, x.options());
+  auto g = torch::empty({idx.size(0)}, x.options());
   const int64_t* __restrict p = ptr.data_ptr<int64_t>(); const int32_t* __restrict ci = idx.data_ptr<int32_t>();
   const float* __restrict gyp = gy.data_ptr<float>(); const float* __restrict xp = x.data_ptr<float>(); float* __restrict gp = g.data_ptr<float>();
   #pragma omp parallel for schedule(dynamic, 32)
   for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] = 0.f;
     int64_t b0 = 0;
     for (; b0 + 64 <= B; b0 += 64) {       // this row's gradient block stays in registers for all its entries
       const float* gr = gyp + r * B + b0;
@@ -248,7 +249,10 @@ def kernels():
     if _KERNELS is not None: return _KERNELS
     if os.environ.get('FASTSPARSE_KERNELS') == 'torch': _KERNELS = _TorchKernels; return _KERNELS
     try:
-        from torch.utils.cpp_extension import load_inline
+        quiet = logging.getLogger('torch.utils.cpp_extension')   # its import warns that this CPU machine has no CUDA
+        level = quiet.level; quiet.setLevel(logging.ERROR)
+        try: from torch.utils.cpp_extension import load_inline
+        finally: quiet.setLevel(level)
         cpu = open('/proc/cpuinfo').read().split('flags', 2)[1].split('\n', 1)[0] if os.path.exists('/proc/cpuinfo') else ''
         tag = hashlib.sha1((KERNELS_CPP + cpu + torch.__version__).encode()).hexdigest()[:10]   # -march=native: one build per CPU
         with warnings.catch_warnings():
@@ -310,33 +314,26 @@ class CSRLayout(NamedTuple):
 # %% ../nbs/13_compute.ipynb #5587860a
 _NO_PERM, _NO_BIAS = torch.empty(0, dtype=torch.int64), torch.empty(0)
 
-class _SparseMM(torch.autograd.Function):
-    "`y^T = W x^T` for a weight held as `values` in `layout`, with gradients for `values` and `x^T`"
+class _SparseLinear(torch.autograd.Function):
+    "`y = x W^T + bias` for a weight held as `values` in `layout`; gradients for `x`, `values` and `bias`, all by fastsparse's kernels"
     @staticmethod
-    def forward(ctx, values, xt, layout, record):
-        ctx.save_for_backward(values, xt); ctx.layout, ctx.record = layout, record
-        return kernels().spmm(layout.ptr, layout.idx, values, _NO_PERM, xt, layout.rows)
+    def forward(ctx, x, values, bias, layout, record):
+        k = kernels()
+        xt = k.transpose(x.contiguous(), _NO_BIAS)             # (cols, batch): each weight reads one contiguous row
+        ctx.save_for_backward(values, xt); ctx.layout, ctx.record, ctx.has_bias = layout, record, bias is not None
+        yt = k.spmm(layout.ptr, layout.idx, values, _NO_PERM, xt, layout.rows)
+        return k.transpose(yt, _NO_BIAS if bias is None else bias.contiguous())   # back to (batch, rows), bias added
 
     @staticmethod
-    def backward(ctx, gyt):
+    def backward(ctx, gy):
         values, xt = ctx.saved_tensors
-        L, k, gyt = ctx.layout, kernels(), gyt.contiguous()
-        if ctx.record is not None: ctx.record.append((xt.detach(), gyt.detach()))   # for a dense gradient, should an update ask (no graph kept)
-        gv = k.sddmm(L.ptr, L.idx, gyt, xt) if ctx.needs_input_grad[0] else None
-        gxt = k.spmm(L.tptr, L.tidx, values, L.perm, gyt, L.cols) if ctx.needs_input_grad[1] else None
-        return gv, gxt, None, None
-
-class _Transpose(torch.autograd.Function):
-    "`a^T` (plus `bias` on its columns), made by fastsparse's parallel kernel; its gradient is the gradient transposed"
-    @staticmethod
-    def forward(ctx, a, bias):
-        ctx.has_bias = bias is not None
-        return kernels().transpose(a.contiguous(), _NO_BIAS if bias is None else bias.contiguous())
-
-    @staticmethod
-    def backward(ctx, g):
-        g = g.contiguous()
-        return kernels().transpose(g, _NO_BIAS), (g.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None)
+        L, k, gy = ctx.layout, kernels(), gy.contiguous()
+        gyt = k.transpose(gy, _NO_BIAS)
+        if ctx.record is not None: ctx.record.append((xt, gyt))   # for a dense gradient, should an update ask (no graph kept)
+        gx = k.transpose(k.spmm(L.tptr, L.tidx, values, L.perm, gyt, L.cols), _NO_BIAS) if ctx.needs_input_grad[0] else None
+        gv = k.sddmm(L.ptr, L.idx, gyt, xt) if ctx.needs_input_grad[1] else None
+        gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gv, gb, None, None
 
 def sparse_linear(x:torch.Tensor,        # input, `(..., cols)`
                   values:torch.Tensor,   # the active weights, in `layout`'s order
@@ -349,9 +346,7 @@ def sparse_linear(x:torch.Tensor,        # input, `(..., cols)`
         raise TypeError(f"sparse compute runs float32 on the CPU, got {x.dtype} input and {values.dtype} values on {x.device}")
     if values.numel() != layout.nnz: raise ValueError(f"{values.numel()} values for a layout of {layout.nnz} active weights")
     lead = x.shape[:-1]
-    xt = _Transpose.apply(x.reshape(-1, layout.cols), None)   # (cols, batch): each weight reads one contiguous row
-    y = _Transpose.apply(_SparseMM.apply(values, xt, layout, record), bias)
-    return y.reshape(*lead, layout.rows)
+    return _SparseLinear.apply(x.reshape(-1, layout.cols), values, bias, layout, record).reshape(*lead, layout.rows)
 
 def dense_grad(record:list)->torch.Tensor|None:
     "The dense weight gradient of the backward passes in `record` (`sparse_linear`'s): the sum of their `grad_y^T x`"
