@@ -344,7 +344,9 @@ def sparse_linear(x:torch.Tensor,        # input, `(..., cols)`
     "`F.linear(x, W, bias)` for the sparse weight `W` that `values` and `layout` describe, on its active weights only"
     if x.dtype != torch.float32 or values.dtype != torch.float32 or x.device.type != 'cpu':
         raise TypeError(f"sparse compute runs float32 on the CPU, got {x.dtype} input and {values.dtype} values on {x.device}")
-    if values.numel() != layout.nnz: raise ValueError(f"{values.numel()} values for a layout of {layout.nnz} active weights")
+    if values.numel() != layout.nnz:
+        raise ValueError(f"{values.numel()} values for a layout of {layout.nnz} active weights: the mask changed without its values. "
+                         "Change masks through the engine (`SparseEngine.update`), or `set_compute(model, 'masked')` before editing them")
     lead = x.shape[:-1]
     return _SparseLinear.apply(x.reshape(-1, layout.cols), values, bias, layout, record).reshape(*lead, layout.rows)
 
@@ -415,7 +417,9 @@ class SparseTrain:
         "Forget the recorded backward passes (the driver calls it after each optimizer step)"
         if rec := self.__dict__.get(_RECORD): rec.clear()
 
-    def forward(self, x): return sparse_linear(x, self._parameters['weight_values'], self.weight_layout, self.bias, self.__dict__.get(_RECORD))
+    def forward(self, x):
+        if x.dtype != torch.float32 and torch.is_autocast_enabled('cpu'): x = x.float()   # the kernels run float32
+        return sparse_linear(x, self._parameters['weight_values'], self.weight_layout, self.bias, self.__dict__.get(_RECORD))
 
     def __setattr__(self, name, value):
         if name == 'weight': raise AttributeError(f"'{type(self).__name__}' trains its active weights only: write `weight_values`, "

@@ -137,6 +137,10 @@ def test_what_stays_masked_and_clear_errors():
     with pytest.raises(ValueError, match='Unknown compute'): set_compute(m, 'dense')
     with pytest.raises(AttributeError, match='weight_values'): m[2].weight = nn.Parameter(torch.zeros(3, 8))
     s = _sparse_model()
+    with torch.autocast('cpu', dtype=torch.bfloat16): s(torch.randn(2, 10)).float().sum().backward()   # bf16 autocast: float32 inside
+    assert s[0].weight_values.grad is not None
+    edited = _sparse_model(); edited[0].weight_mask[0] = True                         # a mask edited by hand: a clear error
+    with pytest.raises(ValueError, match='mask changed without its values'): edited(torch.randn(2, 10))
     opt = torch.optim.Adam(_mlp([10, 16, 3], 0).parameters())
     with pytest.raises(ValueError, match='does not train'): DynamicSparseTraining(s, opt)
 
