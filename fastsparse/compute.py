@@ -162,7 +162,13 @@ torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
   {
     const int id = omp_get_thread_num(); const int64_t b = id * chunk, e = std::min(n, b + chunk);
     auto& out = parts[id];
-    for (int64_t i = b; i < e; ++i) if (s[i] >= t && !m[i]) out.push_back(i);
+    int64_t i = b;
+    for (; i + 16 <= e; i += 16) {        // most blocks hold no candidate: one vectorised test skips them
+      int any = 0;
+      for (int u = 0; u < 16; ++u) any |= (s[i + u] >= t) & !m[i + u];
+      if (any) for (int u = 0; u < 16; ++u) if (s[i + u] >= t && !m[i + u]) out.push_back(i + u);
+    }
+    for (; i < e; ++i) if (s[i] >= t && !m[i]) out.push_back(i);
   }
   int64_t total = 0; for (auto& v : parts) total += v.size();
   auto res = torch::empty({total}, scores.options().dtype(torch::kInt64)); int64_t* r = res.data_ptr<int64_t>();
@@ -183,6 +189,16 @@ torch::Tensor transpose(torch::Tensor a, torch::Tensor bias) {
     for (int64_t j = j0; j < je; ++j)
       for (int64_t i = i0; i < ie; ++i) o[j * R + i] = ap[i * C + j] + (b ? b[i] : 0.f);
   }
+  return out;
+}
+
+// a tensor of n entries holding v[j] at where[j] for each j with where[j] >= 0, zeros elsewhere (values moved to a new layout)
+torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n) {
+  auto out = torch::zeros({n}, v.options());
+  const float* vp = v.data_ptr<float>(); const int64_t* w = where.data_ptr<int64_t>(); float* o = out.data_ptr<float>();
+  const int64_t m = where.size(0);
+  #pragma omp parallel for schedule(static) if (m > 65536)
+  for (int64_t j = 0; j < m; ++j) if (w[j] >= 0) o[w[j]] = vp[j];
   return out;
 }
 
@@ -232,6 +248,10 @@ class _TorchKernels:
     @staticmethod
     def above(scores, mask, tau): return ((scores >= tau) & ~mask).nonzero().squeeze(1)
     @staticmethod
+    def move(v, where, n):
+        keep = (where >= 0).nonzero().squeeze(1)
+        return v.new_zeros(n).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
+    @staticmethod
     def densify(ptr, idx, val, cols):
         rows = ptr.numel() - 1
         r = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff(), output_size=idx.numel())
@@ -249,15 +269,14 @@ def kernels():
     if _KERNELS is not None: return _KERNELS
     if os.environ.get('FASTSPARSE_KERNELS') == 'torch': _KERNELS = _TorchKernels; return _KERNELS
     try:
-        quiet = logging.getLogger('torch.utils.cpp_extension')   # its import warns that this CPU machine has no CUDA
-        level = quiet.level; quiet.setLevel(logging.ERROR)
+        level = logging.root.manager.disable; logging.disable(logging.WARNING)   # its import warns that a CPU machine has no CUDA
         try: from torch.utils.cpp_extension import load_inline
-        finally: quiet.setLevel(level)
+        finally: logging.disable(level)
         cpu = open('/proc/cpuinfo').read().split('flags', 2)[1].split('\n', 1)[0] if os.path.exists('/proc/cpuinfo') else ''
         tag = hashlib.sha1((KERNELS_CPP + cpu + torch.__version__).encode()).hexdigest()[:10]   # -march=native: one build per CPU
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            _KERNELS = load_inline(f'fastsparse_kernels_{tag}', cpp_sources=KERNELS_CPP, functions=['spmm', 'sddmm', 'csr_transpose', 'relayout', 'above', 'densify', 'transpose'],
+            _KERNELS = load_inline(f'fastsparse_kernels_{tag}', cpp_sources=KERNELS_CPP, functions=['spmm', 'sddmm', 'csr_transpose', 'relayout', 'above', 'move', 'densify', 'transpose'],
                                    extra_cflags=['-O3', '-march=native', '-fopenmp'], extra_ldflags=['-fopenmp'])
         _KERNELS.name = 'cpp'
     except Exception as e:

@@ -307,11 +307,11 @@ def _remap(opt, t, old, grown):
     grown ones start at 0"""
     layout, where = CSRLayout.after(old, t.mask, grown)
     t.module._set_layout(layout); t.module._grown(grown)
-    src = (where >= 0).nonzero().squeeze(1); dst = where.index_select(0, src)
-    n_new = layout.nnz
+    n_new, kern = layout.nnz, kernels()
     def moved(v):
-        out = v.new_zeros(n_new); out.index_copy_(0, dst, v.index_select(0, src))
-        return out
+        if v.dtype == torch.float32 and v.device.type == 'cpu': return kern.move(v.contiguous(), where, n_new)
+        keep = (where >= 0).nonzero().squeeze(1)
+        return v.new_zeros(n_new).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
     v = t.trainable
     same = n_new == v.numel()         # then in place: the optimizer (and DDP) keep their tensors
     st = opt_state(opt, v)
