@@ -102,9 +102,11 @@ def digits784(bs=64, seed=42):
     return DataLoaders(DataLoader(TensorDataset(X[idx[n_val:]], y[idx[n_val:]]), bs=bs, shuffle=True, drop_last=True),
                        DataLoader(TensorDataset(X[idx[:n_val]], y[idx[:n_val]]), bs=256))
 
+HIDDEN = 4096   # the MLP's hidden width (`--hidden`; smaller only for smoke tests)
+
 def mlp(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(784, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+    return nn.Sequential(nn.Linear(784, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10))
 
 def learner(mode, seed=0, sparsity=0.95):
     from fastai.basics import Learner, CrossEntropyLossFlat, accuracy
@@ -123,7 +125,7 @@ def mlp_bench(a):
     torch.set_num_threads(a.threads[0])
     ls = {m: learner(m) for m in ('dense', 'masked', 'sparse')}
     for m, l in ls.items(): _fit(l, 1, m, batches_per_update=10)        # warm up
-    print(f"MLP 784-4096-4096-10, RigL at 95% ERK (one update in each epoch, batches_per_update=10), batch 64, "
+    print(f"MLP 784-{HIDDEN}-{HIDDEN}-10, RigL at 95% ERK (one update in each epoch, batches_per_update=10), batch 64, "
           f"{len(ls['dense'].dls.train)} steps per epoch, {a.threads[0]} thread(s): one fastai epoch / the dense epoch")
     ratios, dense_s = {'masked': [], 'sparse': []}, []
     for _ in range(a.repeats):
@@ -224,8 +226,10 @@ if __name__ == '__main__':
     p.add_argument('--threads', type=int, nargs='+', default=[1])
     p.add_argument('--repeats', type=int, default=7); p.add_argument('--n', type=int, default=3)
     p.add_argument('--epochs', type=int, default=8); p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--hidden', type=int, default=4096, help="the MLP's hidden width (smaller only to check the script runs)")
     p.add_argument('--save', action='store_true')
     a = p.parse_args()
+    HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
     runs = {'layer': layer, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench}

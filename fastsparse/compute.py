@@ -21,6 +21,7 @@ KERNELS_CPP = r"""
 #include <torch/extension.h>
 #include <omp.h>
 #include <algorithm>
+constexpr int64_t PAR = 1 << 18;   // below this much work a kernel runs on one thread: a parallel region would cost more
 constexpr int64_t CH = 64;   // batch columns per accumulator block: 4 AVX-512 or 8 AVX2 registers
 
 typedef float v16 __attribute__((vector_size(64)));   // 16 floats: one AVX-512 register, or two AVX2 ones
@@ -31,7 +32,7 @@ static inline void st(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 template <bool PERM>
 static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
                    const int64_t* __restrict perm, const float* __restrict x, float* __restrict out, int64_t rows, int64_t B) {
-  #pragma omp parallel for schedule(dynamic, 32)
+  #pragma omp parallel for schedule(dynamic, 32) if (ptr[rows] * B > PAR)
   for (int64_t r = 0; r < rows; ++r) {
     float* o = out + r * B;
     const int64_t s = ptr[r], e = ptr[r + 1];
@@ -81,7 +82,7 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
   auto g = torch::empty({idx.size(0)}, x.options());
   const int64_t* __restrict p = ptr.data_ptr<int64_t>(); const int32_t* __restrict ci = idx.data_ptr<int32_t>();
   const float* __restrict gyp = gy.data_ptr<float>(); const float* __restrict xp = x.data_ptr<float>(); float* __restrict gp = g.data_ptr<float>();
-  #pragma omp parallel for schedule(dynamic, 32)
+  #pragma omp parallel for schedule(dynamic, 32) if (p[rows] * B > PAR)
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] = 0.f;
     int64_t b0 = 0;
@@ -129,7 +130,7 @@ std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torc
   std::vector<int32_t> gc(G); std::vector<int64_t> nx(gp.begin(), gp.end() - 1);
   for (int64_t i = 0; i < G; ++i) gc[nx[g[i] / cols]++] = (int32_t)(g[i] % cols);
   auto ptr = torch::zeros({rows + 1}, optr.options()); int64_t* p = ptr.data_ptr<int64_t>();
-  #pragma omp parallel for schedule(dynamic, 64)
+  #pragma omp parallel for schedule(dynamic, 64) if (oidx.size(0) + G > PAR)
   for (int64_t r = 0; r < rows; ++r) {
     std::sort(gc.begin() + gp[r], gc.begin() + gp[r + 1]);
     int64_t kept = 0;
@@ -139,7 +140,7 @@ std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torc
   for (int64_t r = 0; r < rows; ++r) p[r + 1] += p[r];
   auto idx = torch::empty({p[rows]}, oidx.options()); auto where = torch::full({oidx.size(0)}, -1, optr.options());
   int32_t* ci = idx.data_ptr<int32_t>(); int64_t* w = where.data_ptr<int64_t>();
-  #pragma omp parallel for schedule(dynamic, 64)
+  #pragma omp parallel for schedule(dynamic, 64) if (oidx.size(0) + G > PAR)
   for (int64_t r = 0; r < rows; ++r) {
     int64_t k = p[r], j = op[r], q = gp[r];
     const int64_t je = op[r + 1], qe = gp[r + 1];
@@ -156,7 +157,7 @@ std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torc
 torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
   const int64_t n = scores.numel(); const float* s = scores.data_ptr<float>(); const bool* m = mask.data_ptr<bool>();
   const float t = (float)tau;
-  const int nt = omp_get_max_threads(); const int64_t chunk = (n + nt - 1) / nt;
+  const int nt = n > 4 * PAR ? omp_get_max_threads() : 1; const int64_t chunk = (n + nt - 1) / nt;
   std::vector<std::vector<int64_t>> parts(nt);
   #pragma omp parallel num_threads(nt)
   {
@@ -183,7 +184,7 @@ torch::Tensor transpose(torch::Tensor a, torch::Tensor bias) {
   const float* ap = a.data_ptr<float>(); float* o = out.data_ptr<float>();
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int64_t nbi = (R + 31) / 32, nbj = (C + 31) / 32;
-  #pragma omp parallel for schedule(static) if (R * C > 32768)
+  #pragma omp parallel for schedule(static) if (R * C >= PAR / 8)
   for (int64_t blk = 0; blk < nbi * nbj; ++blk) {
     const int64_t i0 = (blk / nbj) * 32, j0 = (blk % nbj) * 32, ie = std::min(R, i0 + 32), je = std::min(C, j0 + 32);
     for (int64_t j = j0; j < je; ++j)
@@ -197,7 +198,7 @@ torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n) {
   auto out = torch::zeros({n}, v.options());
   const float* vp = v.data_ptr<float>(); const int64_t* w = where.data_ptr<int64_t>(); float* o = out.data_ptr<float>();
   const int64_t m = where.size(0);
-  #pragma omp parallel for schedule(static) if (m > 65536)
+  #pragma omp parallel for schedule(static) if (m > PAR)
   for (int64_t j = 0; j < m; ++j) if (w[j] >= 0) o[w[j]] = vp[j];
   return out;
 }
@@ -208,7 +209,7 @@ torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, i
   auto out = torch::zeros({rows, cols}, val.options());
   const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
   const float* v = val.data_ptr<float>(); float* o = out.data_ptr<float>();
-  #pragma omp parallel for schedule(static)
+  #pragma omp parallel for schedule(static) if (p[rows] > PAR)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = p[r]; k < p[r + 1]; ++k) o[r * cols + ci[k]] = v[k];
   return out;

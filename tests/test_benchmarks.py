@@ -35,9 +35,10 @@ def test_compute_smoke():
 
 def test_compute_model_smoke():
     "The MLP sections of the compute benchmark: one epoch, one update, memory (short settings)"
-    out = bench('compute.py', 'memory')
+    small = ('--hidden', '256')        # the script's sections run; the figures come from full runs
+    out = bench('compute.py', 'memory', *small)
     assert 'sparse:' in out and 'layouts' in out
-    out = bench('compute.py', 'update', '--repeats', '1', '--n', '1')
+    out = bench('compute.py', 'update', '--repeats', '1', '--n', '1', *small)
     assert 'RigL sparse: update' in out and 'SNFS sparse: update' in out
-    out = bench('compute.py', 'mlp', '--repeats', '1', '--epochs', '1', '--seeds', '1')
+    out = bench('compute.py', 'mlp', '--repeats', '1', '--epochs', '1', '--seeds', '1', *small)
     assert 'sparse' in out and 'accuracy after 1 epochs' in out
