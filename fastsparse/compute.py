@@ -216,6 +216,10 @@ torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, i
 }
 """  # the C++ source of the kernels, compiled by `kernels()` on first use
 
+def _entry_rows(ptr, nnz):
+    "The row of each of the `nnz` entries of compressed rows `ptr`"
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), ptr.diff(), output_size=nnz)
+
 class _TorchKernels:
     "The same kernels from torch's sparse ops: the fallback where no C++ compiler is found"
     name = 'torch'
@@ -230,9 +234,7 @@ class _TorchKernels:
         return out.add_(bias) if bias.numel() else out
     @staticmethod
     def csr_transpose(ptr, idx, cols):
-        rows = ptr.numel() - 1
-        r = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff(), output_size=idx.numel())
-        c = idx.long()
+        rows, r, c = ptr.numel() - 1, _entry_rows(ptr, idx.numel()), idx.long()
         perm = torch.argsort(c * rows + r)            # column-major order of the same entries
         tptr = torch.zeros(cols + 1, dtype=torch.int64, device=ptr.device); tptr[1:] = torch.bincount(c, minlength=cols).cumsum(0)
         return tptr, r.index_select(0, perm).int(), perm
@@ -241,8 +243,7 @@ class _TorchKernels:
         rows, cols = mask.shape
         flat = mask.reshape(-1).nonzero().squeeze(1)
         ptr = torch.zeros(rows + 1, dtype=torch.int64, device=mask.device); ptr[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
-        r = torch.repeat_interleave(torch.arange(rows, device=optr.device), optr.diff(), output_size=oidx.numel())
-        old = r * cols + oidx.long()
+        old = _entry_rows(optr, oidx.numel()) * cols + oidx.long()
         pos = torch.searchsorted(flat, old).clamp(max=max(len(flat) - 1, 0))
         hit = flat.index_select(0, pos) == old if len(flat) else torch.zeros_like(old, dtype=torch.bool)
         return ptr, (flat % cols).int(), torch.where(hit, pos, -1)
@@ -253,10 +254,9 @@ class _TorchKernels:
         keep = (where >= 0).nonzero().squeeze(1)
         return v.new_zeros(n).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
     @staticmethod
-    def densify(ptr, idx, val, cols):
+    def densify(ptr, idx, val, cols):   # out of place: differentiable in `val`
         rows = ptr.numel() - 1
-        r = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff(), output_size=idx.numel())
-        return val.new_zeros(rows * cols).index_copy_(0, r * cols + idx.long(), val).view(rows, cols)
+        return val.new_zeros(rows * cols).index_copy(0, _entry_rows(ptr, idx.numel()) * cols + idx.long(), val).view(rows, cols)
     @staticmethod
     def sddmm(ptr, idx, gy, x):
         s = torch.sparse_csr_tensor(ptr, idx.long(), gy.new_zeros(idx.numel()), (gy.shape[0], x.shape[0]), check_invariants=False)
@@ -321,14 +321,12 @@ class CSRLayout(NamedTuple):
 
     def flat(self)->torch.Tensor:
         "Ascending flat (row-major) indices of the active weights: `values[k]` sits at `flat()[k]`"
-        rows = torch.repeat_interleave(torch.arange(self.rows, device=self.ptr.device), self.ptr.diff(), output_size=self.nnz)
-        return rows * self.cols + self.idx.long()
+        return _entry_rows(self.ptr, self.nnz) * self.cols + self.idx.long()
 
     def to_dense(self, values:torch.Tensor)->torch.Tensor:
         "The dense `(rows, cols)` matrix holding `values` at this layout's positions (differentiable in `values`)"
-        if values.requires_grad and torch.is_grad_enabled():
-            return values.new_zeros(self.rows * self.cols).index_copy(0, self.flat(), values).view(self.rows, self.cols)
-        if values.dtype != torch.float32 or values.device.type != 'cpu': return _TorchKernels.densify(self.ptr, self.idx, values, self.cols)
+        if (values.requires_grad and torch.is_grad_enabled()) or values.dtype != torch.float32 or values.device.type != 'cpu':
+            return _TorchKernels.densify(self.ptr, self.idx, values, self.cols)
         return kernels().densify(self.ptr, self.idx, values.contiguous(), self.cols)
 
 # %% ../nbs/13_compute.ipynb #5587860a

@@ -259,7 +259,8 @@ def commit(self:SparseEngine,
            plan:LayerPlan,   # the layer's plan (for its record)
           )->dict:           # the layer's record: counts, and the flat indices grown (`grown_idx`)
     "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
-    new_active = None if change.local is None else _replace(self._active_idx(t), change.local, change.grow)
+    # masked compute caches the active indices (sparse compute reads them from its layout)
+    new_active = None if change.local is None or t.sparse else _replace(self._active_idx(t), change.local, change.grow)
     old_layout = t.module.weight_layout if t.sparse else None
     m = t.mask.view(-1)
     regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
