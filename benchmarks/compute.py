@@ -4,6 +4,7 @@
     python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
     python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
     python benchmarks/compute.py memory                  # its training state at 95%: weights, gradients, Adam state, masks
+    python benchmarks/compute.py conv                    # resnet18 at 95% ERK, batch 64, 224 x 224: each convolution, and one step
     python benchmarks/compute.py all --save              # everything, written to benchmarks/results/compute.json
 
 Each ratio is measured in one run: the dense step (or epoch) and the other are timed back to back,
@@ -16,7 +17,8 @@ then divided; a figure is the median of those ratios over `--repeats`. Variants 
   environment only: `python -m venv --system-site-packages /tmp/slenv && /tmp/slenv/bin/pip install sparselab==0.2.2`,
   then run this script with `/tmp/slenv/bin/python`).
 Goals (issue 13): layer at 1 thread <= 0.35 / 0.12 / 0.06 at 90 / 95 / 98%, and no worse at 2 threads;
-MLP epoch <= 0.4; one update <= 0.5 of a dense step; training state <= 0.3 of dense."""
+MLP epoch <= 0.4; one update <= 0.5 of a dense step; training state <= 0.3 of dense; resnet18 <= 0.7 where the layer
+kind allows."""
 import argparse, copy, json, statistics, sys, time
 from pathlib import Path
 import torch, warnings
@@ -189,6 +191,61 @@ def update_bench(a):
               f"of its own); its step (no update) {out[name]['step_per_dense_step']:.3f}x a dense step")
     return out
 
+# ---------------------------------------------------------------- convolutions: resnet18
+def resnet(mode, sparsity, seed=0):
+    import torchvision
+    torch.manual_seed(seed)
+    m = torchvision.models.resnet18(weights=None, num_classes=10)
+    if mode != 'dense': sparsify_model(m, sparsity, 'erk', seed=seed, compute=mode)
+    return m
+
+def _paired(f_dense, f_other, repeats):
+    "Median over `repeats` of the ratio of `f_other`'s time to `f_dense`'s, timed back to back; and the dense median in ms"
+    rs, ds = [], []
+    for _ in range(repeats):
+        d = median_ms(f_dense, reps=1, n=1); o = median_ms(f_other, reps=1, n=1)
+        rs.append(o / d); ds.append(d)
+    return statistics.median(rs), statistics.median(ds)
+
+def conv_bench(a):
+    torch.set_num_threads(a.threads[0])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, a.bs, 3, a.image, a.image, generator=g); y = torch.randint(0, 10, (2, a.bs), generator=g)   # 2 batches
+    models = {mode: resnet(mode, a.conv_sparsity) for mode in ('dense', 'masked', 'sparse')}
+    print(f"resnet18 at {a.conv_sparsity:.0%} ERK, batch {a.bs}, {a.image} x {a.image}, {a.threads[0]} thread(s), kernels: {kernels().name}")
+    inputs = {}                                   # what each convolution sees in the dense model
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: inputs.__setitem__(n, i[0].detach()))
+             for n, m in models['dense'].named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad(): models['dense'](x[0])
+    for h in hooks: h.remove()
+    print("each convolution: forward and backward (input and weight gradients) / the dense layer's, median of paired runs")
+    print(f"  {'layer':>22} {'in':>16} {'density':>8} {'dense ms':>9} {'sparse':>8}")
+    layers = []
+    for name, xin in inputs.items():
+        d, s = models['dense'].get_submodule(name), models['sparse'].get_submodule(name)
+        xr = xin.clone().requires_grad_(); gy = torch.randn_like(d(xin))
+        def fb(m):
+            def f():
+                m(xr).backward(gy); xr.grad = None
+            return f
+        r, dms = _paired(fb(d), fb(s), a.conv_repeats)
+        dens = s.weight_values.numel() / s.weight_mask.numel() if hasattr(s, 'weight_values') else float('nan')
+        layers.append(dict(layer=name, input=list(xin.shape), density=dens, dense_ms=dms, sparse=r))
+        print(f"  {name:>22} {str(tuple(xin.shape[1:])):>16} {dens:>8.3f} {dms:>9.1f} {r:>7.3f}x")
+    flops = lambda L: sum(l['dense_ms'] for l in L)
+    print(f"  all convolutions: {sum(l['dense_ms'] * l['sparse'] for l in layers) / flops(layers):.3f}x of their dense time")
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    steps = {k: _model_step(m, opts[k], x, y, None if k == 'dense' else DynamicSparseTraining(m, opts[k], seed=0, **RigL_presets))
+             for k, m in models.items()}
+    for f in steps.values(): f()
+    whole = {}
+    for k in ('masked', 'sparse'):
+        whole[k], dms = _paired(steps['dense'], steps[k], a.conv_repeats)
+    print(f"one training step of the whole model (forward, backward, Adam, RigL's ordinary step), dense {dms:.0f} ms: "
+          + ', '.join(f'{k} {v:.3f}x' for k, v in whole.items()))
+    return dict(image=a.image, bs=a.bs, sparsity=a.conv_sparsity, threads=a.threads[0], layers=layers,
+                all_convolutions=sum(l['dense_ms'] * l['sparse'] for l in layers) / flops(layers), dense_step_ms=dms, step=whole)
+
 # ---------------------------------------------------------------- memory
 def _bytes(ts): return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
@@ -220,19 +277,21 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'mlp', 'update', 'memory', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--threads', type=int, nargs='+', default=[1])
     p.add_argument('--repeats', type=int, default=7); p.add_argument('--n', type=int, default=3)
     p.add_argument('--epochs', type=int, default=8); p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--hidden', type=int, default=4096, help="the MLP's hidden width (smaller only to check the script runs)")
+    p.add_argument('--image', type=int, default=224); p.add_argument('--conv-sparsity', type=float, default=0.95)
+    p.add_argument('--conv-repeats', type=int, default=3)
     p.add_argument('--save', action='store_true')
     a = p.parse_args()
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench}
+    runs = {'layer': layer, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:

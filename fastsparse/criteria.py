@@ -51,7 +51,7 @@ def opt_state(opt, param)->dict:
         cached = getattr(param, '_fastsparse_state', None)
         if cached is None:
             values, layout, inactive = sv     # `inactive`: the momentum of the inactive weights, if the layer keeps it
-            cached = {k: layout.to_dense(v) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
+            cached = {k: layout.to_dense(v).view(param.shape) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
                       for k, v in opt_state(opt, values).items()}
             if inactive is not None:
                 for k in MOMENTUM_KEYS:

@@ -1,6 +1,6 @@
 """Sparse compute gives what masked compute gives: the product and its gradients for any shape, density and batch,
 and whole training runs with topology updates (same losses, same masks, any optimizer), checkpoints in either mode (hypothesis)."""
-import copy, io, pickle
+import contextlib, copy, io, pickle
 import pytest
 import torch
 from torch import nn
@@ -8,12 +8,21 @@ from torch.nn import functional as F
 from hypothesis import given, settings, strategies as st, HealthCheck, event
 from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets, SNFS_presets,
                         snapshot, check_invariants, unsparsify, load_sparse, opt_state)
-from fastsparse.compute import CSRLayout, sparse_linear, dense_grad, _TorchKernels
+from fastsparse.compute import CSRLayout, sparse_linear, sparse_conv2d, dense_grad, _TorchKernels
 import fastsparse.compute as compute
 from fastsparse.engine import _check_opt
+from fastsparse.export import sparse_export
 
 # no timing: a busy machine must not fail them; derandomized: the same examples on every run
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+@contextlib.contextmanager
+def _kernels_for(which):
+    "Run with the compiled kernels ('cpp') or torch's fallback ('torch')"
+    saved = compute._KERNELS
+    compute._KERNELS = _TorchKernels if which == 'torch' else (saved if saved is not None and saved is not _TorchKernels else None)
+    try: yield
+    finally: compute._KERNELS = saved
 
 @settings(max_examples=60, **SETTINGS)
 @given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 140), st.floats(0., 1.), st.booleans(),
@@ -25,11 +34,7 @@ def test_sparse_linear_matches_masked_dense(rows, cols, batch, density, bias, wh
     x = torch.randn(batch, cols, generator=g, requires_grad=True)
     gy = torch.randn(batch, rows, generator=g)
     L, v, rec = CSRLayout.from_mask(m), w[m].requires_grad_(), []
-    saved = compute._KERNELS
-    compute._KERNELS = _TorchKernels if which == 'torch' else (saved if saved is not None and saved is not _TorchKernels else None)
-    try:
-        y = sparse_linear(x, v, L, b, rec); y.backward(gy)
-    finally: compute._KERNELS = saved
+    with _kernels_for(which): y = sparse_linear(x, v, L, b, rec); y.backward(gy)
     gx = x.grad.clone(); x.grad = None
     wd = (w * m).requires_grad_()
     ref = F.linear(x, wd, b); ref.backward(gy)
@@ -38,6 +43,30 @@ def test_sparse_linear_matches_masked_dense(rows, cols, batch, density, bias, wh
     torch.testing.assert_close(v.grad, wd.grad[m], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(dense_grad(rec), wd.grad, rtol=1e-4, atol=1e-3)
     assert torch.equal(L.to_dense(v.detach()), w * m) and torch.equal(L.flat(), m.view(-1).nonzero().squeeze(1))
+
+@settings(max_examples=60, **SETTINGS)
+@given(st.integers(1, 20), st.integers(1, 9), st.integers(1, 9), st.integers(1, 13), st.integers(1, 13), st.integers(1, 4),
+       st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(0, 3), st.integers(0, 3), st.integers(1, 2),
+       st.floats(0., 1.), st.booleans(), st.sampled_from(['cpp', 'torch']), st.integers(0, 2**31))
+def test_sparse_conv2d_matches_masked_dense(n, c, o, h, w_, kh, kw, sh, sw, ph, pw, dil, density, bias, which, seed):
+    if h + 2 * ph < dil * (kh - 1) + 1 or w_ + 2 * pw < dil * (kw - 1) + 1: return    # no output position
+    g = torch.Generator().manual_seed(seed)
+    w, m = torch.randn(o, c, kh, kw, generator=g), torch.rand(o, c, kh, kw, generator=g) < density
+    b = torch.randn(o, generator=g) if bias else None
+    x = torch.randn(n, c, h, w_, generator=g, requires_grad=True)
+    L, v, rec = CSRLayout.from_mask(m), w[m].requires_grad_(), []
+    with _kernels_for(which): y = sparse_conv2d(x, v, L, w.shape, b, (sh, sw), (ph, pw), dil, rec)
+    wd = (w * m).requires_grad_()
+    ref = F.conv2d(x, wd, b, (sh, sw), (ph, pw), dil)
+    assert y.shape == ref.shape
+    gy = torch.randn(ref.shape, generator=g)
+    with _kernels_for(which): y.backward(gy)
+    gx = x.grad.clone(); x.grad = None
+    ref.backward(gy)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, x.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v.grad, wd.grad[m], rtol=1e-4, atol=1e-3)
+    with _kernels_for(which): torch.testing.assert_close(dense_grad(rec), wd.grad, rtol=1e-4, atol=1e-3)
 
 OPTS = {'adam': lambda p: torch.optim.Adam(p, lr=1e-2), 'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
         'sgd': lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3)}
@@ -48,24 +77,36 @@ def _mlp(sizes, seed):
     for a, b in zip(sizes, sizes[1:]): layers += [nn.Linear(a, b), nn.Tanh()]   # tanh: no dead units, so no tied zero gradients
     return nn.Sequential(*layers[:-1])
 
+def _cnn(spec, seed):
+    "Convolutions (channels, kernel, stride, padding) on 9 x 9 images of 2 channels, then a linear head to 3 outputs"
+    torch.manual_seed(seed)
+    layers, c, hw = [], 2, 9
+    for o, k, s, p in spec:
+        p = min(p, k - 1)   # padding a kernel cannot reach would give constant outputs, and tied gradients after them
+        if hw + 2 * p < k: continue
+        layers += [nn.Conv2d(c, o, k, s, p), nn.Tanh()]; c, hw = o, (hw + 2 * p - k) // s + 1
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * hw * hw, 3))
+
 def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumulate=1):
-    model = _mlp(sizes, seed)
+    model = _mlp(sizes, seed) if isinstance(sizes[0], int) else _cnn(sizes, seed)
+    shape_in, out = ((sizes[0],), sizes[-1]) if isinstance(sizes[0], int) else ((2, 9, 9), 3)
     sparsify_model(model, sparsity, 'erk', seed=seed, compute=compute_mode)
     opt = OPTS[opt_name](model.parameters())
     dst = DynamicSparseTraining(model, opt, batches_per_update=3, seed=seed, **preset)
     g = torch.Generator().manual_seed(seed + 1)
-    losses = []
+    losses, dead = [], False    # dead: a convolution's output channel without weights, constant, ties the gradients after it
     counts = [int(t.mask.sum()) for t in masked_params(model)] if preset.get('redistribution_f') is None else sum(int(t.mask.sum()) for t in masked_params(model))
     for i in range(steps):
         for _ in range(accumulate):
-            x, y = torch.randn(12, sizes[0], generator=g), torch.randn(12, sizes[-1], generator=g)
+            x, y = torch.randn(12, *shape_in, generator=g), torch.randn(12, out, generator=g)
             loss = F.mse_loss(model(x), y); loss.backward(); losses.append(loss.item())
         opt.step()
         before = snapshot(model, opt)
         if dst.step((i + 1) / steps) is not None: check_invariants(model, opt, counts, before)   # grown at 0 with 0 state, kept untouched
+        dead = dead or any(not t.mask.flatten(1).any(1).all() for t in masked_params(model) if isinstance(t.module, nn.Conv2d))
         opt.zero_grad()
     check_invariants(model, opt, counts)
-    return model, opt, losses, dst
+    return model, opt, losses, dst, dead
 
 @settings(max_examples=40, **SETTINGS)
 @given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.9), st.sampled_from(list(OPTS)),
@@ -75,8 +116,9 @@ def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, 
     try: ref = _train('masked', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
     except ValueError as e:
         assert 'keep no weight' in str(e); event('a layer would keep no weight'); return
+    if ref[4]: event('a dead channel ties scores: either choice is right'); return
     out = _train('sparse', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
-    assert all(t.sparse for t in masked_params(out[0]))
+    assert all(t.sparse for t in masked_params(out[0])) and any(isinstance(t.module, nn.Conv2d) for t in masked_params(out[0])) == (not isinstance(sizes[0], int))
     assert out[3].n_updates == ref[3].n_updates >= 2
     torch.testing.assert_close(out[2], ref[2], rtol=1e-4, atol=1e-5)                   # the same losses, step after step
     for a, b in zip(masked_params(ref[0]), masked_params(out[0])):
@@ -87,6 +129,13 @@ def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, 
                 torch.testing.assert_close(opt_state(out[1], b.param)[k][a.mask], v[a.mask], rtol=1e-3, atol=1e-6)
     sd_ref, sd = ref[0].state_dict(), out[0].state_dict()
     assert list(sd) == list(sd_ref) and all(sd[k].shape == sd_ref[k].shape for k in sd)   # same checkpoint, either mode
+
+@settings(max_examples=25, **SETTINGS)
+@given(st.lists(st.tuples(st.integers(2, 12), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1)), min_size=1, max_size=2),
+       st.floats(0.5, 0.9), st.sampled_from(list(OPTS)), st.sampled_from(['RigL', 'SET', 'SNFS']), st.integers(1, 2), st.integers(0, 1000))
+def test_cnn_training_matches_masked(spec, sparsity, opt_name, preset, accumulate, seed):
+    "Convolutions in sparse compute train as they do masked: the same losses, masks and optimizer state"
+    test_training_matches_masked.hypothesis.inner_test(spec, sparsity, opt_name, preset, accumulate, seed)
 
 def _sparse_model(seed=0):
     m = _mlp([10, 16, 3], seed); sparsify_model(m, 0.7, seed=seed, compute='sparse'); return m
@@ -106,6 +155,21 @@ def test_checkpoints_move_between_modes():
     c = _mlp([10, 16, 3], 1); load_sparse(c, a.state_dict()); assert torch.equal(c[0].weight, a[0].weight)   # into a dense model
     dense = _mlp([10, 16, 3], 1); dense.load_state_dict({k: v for k, v in a.state_dict().items() if not k.endswith('_mask')}, strict=False)
     assert torch.equal(dense[0].weight, a[0].weight)
+
+def test_convolutions_checkpoint_copy_and_export():
+    a = _cnn([(6, 3, 1, 1), (5, 3, 2, 1)], 0); sparsify_model(a, 0.7, seed=0, compute='sparse')
+    assert [type(m).__name__ for m in a if isinstance(m, (nn.Conv2d, nn.Linear))] == ['SparseTrainConv2d'] * 2 + ['SparseTrainLinear']
+    x = torch.randn(3, 2, 9, 9); y = a(x)
+    masked = _cnn([(6, 3, 1, 1), (5, 3, 2, 1)], 1); sparsify_model(masked, 0.5, seed=1)
+    masked.load_state_dict(a.state_dict())                                  # sparse -> masked: other masks and counts before
+    assert torch.allclose(masked(x), y, atol=1e-5) and torch.equal(masked[0].weight, a[0].weight)
+    b = _cnn([(6, 3, 1, 1), (5, 3, 2, 1)], 2); sparsify_model(b, 0.9, seed=2, compute='sparse')
+    b.load_state_dict(masked.state_dict()); check_invariants(b)              # masked -> sparse, another count
+    assert torch.allclose(b(x), y, atol=1e-5) and b[0].weight_values.numel() == int(a[0].weight_mask.sum())
+    for c in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))): assert torch.equal(c(x), y)
+    exported, _ = sparse_export(a, x); assert torch.allclose(exported(x), y, atol=1e-5)
+    assert type(a[0]).__name__ == 'SparseTrainConv2d'                         # the export left the model as it was
+    set_compute(a, 'masked'); assert type(a[0]) is nn.Conv2d and torch.allclose(a(x), y, atol=1e-5)
 
 def test_bad_checkpoint_changes_nothing():
     a = _sparse_model(); before = copy.deepcopy(a.state_dict())
@@ -130,7 +194,16 @@ def test_pickle_copy_and_switching_back():
 def test_what_stays_masked_and_clear_errors():
     m = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(8, 3))
     sparsify_model(m, 0.5, seed=0)
-    assert set(set_compute(m, 'sparse')) == {'0.weight'}                     # convolutions stay masked so far, and say why
+    assert set(set_compute(m, 'sparse')) == {'0.weight'}                     # 1-d convolutions stay masked, and say why
+    class Scaled(nn.Linear):
+        def forward(self, x): return 2 * super().forward(x)
+    convs = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, padding=1, padding_mode='reflect'),
+                          nn.Conv2d(4, 4, 3, padding='same'), nn.Conv2d(4, 4, 3), Scaled(4, 4))
+    sparsify_model(convs, 0.5, seed=0)
+    why = set_compute(convs, 'sparse')
+    assert list(why) == ['0.weight', '1.weight', '2.weight', '4.weight'] and 'groups=2' in why['0.weight']
+    assert 'reflect' in why['1.weight'] and 'same' in why['2.weight'] and 'own forward' in why['4.weight']
+    assert type(convs[3]).__name__ == 'SparseTrainConv2d' and type(convs[4]) is Scaled
     att = nn.MultiheadAttention(8, 2); sparsify_model(att, 0.5, seed=0)
     assert 'out_proj.weight' in set_compute(att, 'sparse')                    # read directly by its attention module
     with pytest.raises(ValueError, match='Unknown compute'): sparsify_model(nn.Linear(3, 3), 0.5, compute='csr')
