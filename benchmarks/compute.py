@@ -199,6 +199,15 @@ def resnet(mode, sparsity, seed=0):
     if mode != 'dense': sparsify_model(m, sparsity, 'erk', seed=seed, compute=mode)
     return m
 
+def keep_freed_memory(limit=1 << 30)->bool:
+    """Keep freed blocks of up to `limit` bytes in the process for reuse (glibc's `mallopt`, for the rest of the process).
+    Set at run time, glibc does not honour it in every address layout; `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_`
+    set before Python starts are the dependable way"""
+    import ctypes
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return False
+    return bool(libc.mallopt(-3, int(limit))) and bool(libc.mallopt(-1, int(limit)))   # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
 def _paired(f_dense, f_other, repeats):
     "Median over `repeats` of the ratio of `f_other`'s time to `f_dense`'s, timed back to back; and the dense median in ms"
     rs, ds = [], []
@@ -207,21 +216,32 @@ def _paired(f_dense, f_other, repeats):
         rs.append(o / d); ds.append(d)
     return statistics.median(rs), statistics.median(ds)
 
+def _cpu(f, n=2):
+    "Per call of `f` (median of `n`): the process's user and system CPU seconds and its page faults (`getrusage`)"
+    import resource
+    out = []
+    for _ in range(n):
+        r0 = resource.getrusage(resource.RUSAGE_SELF); f(); r1 = resource.getrusage(resource.RUSAGE_SELF)
+        out.append((r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt))
+    return dict(zip(('user_s', 'system_s', 'page_faults'), (statistics.median(v) for v in zip(*out))))
+
 def conv_bench(a):
     torch.set_num_threads(a.threads[0])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, a.bs, 3, a.image, a.image, generator=g); y = torch.randint(0, 10, (2, a.bs), generator=g)   # 2 batches
     models = {mode: resnet(mode, a.conv_sparsity) for mode in ('dense', 'masked', 'sparse')}
     print(f"resnet18 at {a.conv_sparsity:.0%} ERK, batch {a.bs}, {a.image} x {a.image}, {a.threads[0]} thread(s), kernels: {kernels().name}")
+    saved = json.loads(RESULTS.read_text()).get('conv') if a.conv_step_only and RESULTS.exists() else None
     inputs = {}                                   # what each convolution sees in the dense model
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: inputs.__setitem__(n, i[0].detach()))
              for n, m in models['dense'].named_modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad(): models['dense'](x[0])
     for h in hooks: h.remove()
-    print("each convolution: forward and backward (input and weight gradients) / the dense layer's, median of paired runs")
-    print(f"  {'layer':>22} {'in':>16} {'density':>8} {'dense ms':>9} {'sparse':>8}")
-    layers = []
-    for name, xin in inputs.items():
+    print("each convolution of the model in sparse compute (those under `COMPUTE_MIN_SPARSITY` stay masked): forward and "
+          "backward (input and weight gradients) / the dense layer's, median of paired runs")
+    print(f"  {'layer':>22} {'in':>16} {'density':>8} {'compute':>8} {'dense ms':>9} {'ratio':>8}")
+    layers = [] if saved is None else saved['layers']
+    for name, xin in ({} if saved is not None else inputs).items():
         d, s = models['dense'].get_submodule(name), models['sparse'].get_submodule(name)
         xr = xin.clone().requires_grad_(); gy = torch.randn_like(d(xin))
         def fb(m):
@@ -229,22 +249,29 @@ def conv_bench(a):
                 m(xr).backward(gy); xr.grad = None
             return f
         r, dms = _paired(fb(d), fb(s), a.conv_repeats)
-        dens = s.weight_values.numel() / s.weight_mask.numel() if hasattr(s, 'weight_values') else float('nan')
-        layers.append(dict(layer=name, input=list(xin.shape), density=dens, dense_ms=dms, sparse=r))
-        print(f"  {name:>22} {str(tuple(xin.shape[1:])):>16} {dens:>8.3f} {dms:>9.1f} {r:>7.3f}x")
+        dens, how = s.weight_mask.float().mean().item(), 'sparse' if hasattr(s, 'weight_values') else 'masked'
+        layers.append(dict(layer=name, input=list(xin.shape), density=dens, compute=how, dense_ms=dms, sparse=r))
+        print(f"  {name:>22} {str(tuple(xin.shape[1:])):>16} {dens:>8.3f} {how:>8} {dms:>9.1f} {r:>7.3f}x")
     flops = lambda L: sum(l['dense_ms'] for l in L)
     print(f"  all convolutions: {sum(l['dense_ms'] * l['sparse'] for l in layers) / flops(layers):.3f}x of their dense time")
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
     steps = {k: _model_step(m, opts[k], x, y, None if k == 'dense' else DynamicSparseTraining(m, opts[k], seed=0, **RigL_presets))
              for k, m in models.items()}
     for f in steps.values(): f()
-    whole = {}
-    for k in ('masked', 'sparse'):
-        whole[k], dms = _paired(steps['dense'], steps[k], a.conv_repeats)
-    print(f"one training step of the whole model (forward, backward, Adam, RigL's ordinary step), dense {dms:.0f} ms: "
-          + ', '.join(f'{k} {v:.3f}x' for k, v in whole.items()))
+    whole, dense_ms, cpu = {}, {}, {}
+    for memory in ('default', 'kept'):       # glibc's default, then `keep_freed_memory` (for the rest of the process)
+        if memory == 'kept' and not keep_freed_memory(): break
+        for f in steps.values(): f()
+        for k in ('masked', 'sparse'):
+            whole[f'{k}, {memory} memory'], dense_ms[memory] = _paired(steps['dense'], steps[k], a.conv_repeats)
+        print(f"one training step of the whole model (forward, backward, Adam, RigL's ordinary step), {memory} memory "
+              f"(dense {dense_ms[memory]:.0f} ms): " + ', '.join(f'{k} {v:.3f}x' for k, v in whole.items() if memory in k))
+        for k in ('dense', 'sparse'):
+            cpu[f'{k}, {memory} memory'] = c = _cpu(steps[k])
+            print(f"  {k}: user {c['user_s']:.2f} s, system {c['system_s']:.2f} s, {c['page_faults']:.0f} page faults per step")
     return dict(image=a.image, bs=a.bs, sparsity=a.conv_sparsity, threads=a.threads[0], layers=layers,
-                all_convolutions=sum(l['dense_ms'] * l['sparse'] for l in layers) / flops(layers), dense_step_ms=dms, step=whole)
+                all_convolutions=sum(l['dense_ms'] * l['sparse'] for l in layers) / flops(layers), dense_step_ms=dense_ms, step=whole,
+                cpu_per_step=cpu)
 
 # ---------------------------------------------------------------- memory
 def _bytes(ts): return sum(t.numel() * t.element_size() for t in ts if t is not None)
@@ -286,6 +313,7 @@ if __name__ == '__main__':
     p.add_argument('--hidden', type=int, default=4096, help="the MLP's hidden width (smaller only to check the script runs)")
     p.add_argument('--image', type=int, default=224); p.add_argument('--conv-sparsity', type=float, default=0.95)
     p.add_argument('--conv-repeats', type=int, default=3)
+    p.add_argument('--conv-step-only', action='store_true', help="conv: time the whole model only, keep the saved per-layer table")
     p.add_argument('--save', action='store_true')
     a = p.parse_args()
     HIDDEN = a.hidden

@@ -4,7 +4,8 @@
 
 # %% ../nbs/13_compute.ipynb #0af27f2b
 from __future__ import annotations
-import hashlib, logging, math, os, warnings
+import hashlib, logging, math, os, threading, warnings
+
 from collections import OrderedDict
 from typing import NamedTuple
 import torch
@@ -14,8 +15,8 @@ from .masks import (masked_params, mask_hooks, _as_model, _check_names, _match, 
                     COMPUTE_MODES)
 
 # %% auto #0
-__all__ = ['KERNELS_CPP', 'SparseTrainLinear', 'SparseTrainConv2d', 'kernels', 'CSRLayout', 'sparse_linear', 'dense_grad',
-           'sparse_conv2d', 'SparseTrain', 'sparse_class', 'set_compute']
+__all__ = ['KERNELS_CPP', 'SparseTrainLinear', 'SparseTrainConv2d', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout',
+           'sparse_linear', 'dense_grad', 'sparse_conv2d', 'SparseTrain', 'sparse_class', 'set_compute']
 
 # %% ../nbs/13_compute.ipynb #3b9661a2
 KERNELS_CPP = r"""
@@ -217,11 +218,13 @@ torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, i
 }
 
 // Convolutions hold images as (channels, height, width, batch): the batch innermost, padded to a multiple of 16 lanes,
-// so that each weight multiplies contiguous vectors, as in `csr_mm`.
+// so that each weight multiplies contiguous vectors, as in `csr_mm`. `out`, when not empty, is where a result goes (a
+// buffer kept between calls: a large new tensor costs a page fault per 4 KB at its first write).
 // x (N, C, H, W) -> (C, H + 2ph, W + 2pw, Np), zeros in the padding: per (channel, row), a blocked (N x W) -> (W x N) transpose
-torch::Tensor to_chwn(torch::Tensor x, int64_t ph, int64_t pw, int64_t Np) {
+torch::Tensor to_chwn(torch::Tensor x, int64_t ph, int64_t pw, int64_t Np, torch::Tensor out) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Hp = H + 2 * ph, Wp = W + 2 * pw;
-  auto out = (ph || pw || Np != N) ? torch::zeros({C, Hp, Wp, Np}, x.options()) : torch::empty({C, Hp, Wp, Np}, x.options());
+  if (!out.numel()) out = torch::empty({C, Hp, Wp, Np}, x.options());
+  if (ph || pw || Np != N) out.zero_();
   const float* xp = x.data_ptr<float>(); float* o = out.data_ptr<float>();
   const int64_t sn = C * H * W;
   #pragma omp parallel for schedule(static) if (N * C * H * W > PAR)
@@ -271,34 +274,48 @@ static std::vector<int64_t> offsets(const int32_t* ci, int64_t nnz, int64_t KH, 
 
 // y (O, Ho, Wo, Np): y[o, i, j] = sum over row o's entries of w * xp[c, i*sh + kh*dh, j*sw + kw*dw]
 torch::Tensor conv_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor xp,
-                       int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo) {
+                       int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, torch::Tensor out) {
   const int64_t Hp = xp.size(1), Wp = xp.size(2), Np = xp.size(3), O = ptr.size(0) - 1;
-  auto y = torch::empty({O, Ho, Wo, Np}, xp.options());
+  auto y = out.numel() ? out : torch::empty({O, Ho, Wo, Np}, xp.options());
   auto offv = offsets(idx.data_ptr<int32_t>(), idx.size(0), KH, KW, dh, dw, Hp, Wp, Np);
   const int64_t* __restrict p = ptr.data_ptr<int64_t>(); const float* __restrict v = val.data_ptr<float>();
   const int64_t* __restrict off = offv.data(); const float* __restrict x = xp.data_ptr<float>(); float* __restrict yp = y.data_ptr<float>();
+  // input channels in blocks whose window (CB channels x KH x KW x 64 lanes) stays in L1 for every output channel
+  const int64_t C = xp.size(0), KK = KH * KW, lanes = std::min<int64_t>(Np, 64);
+  const int64_t CB = C * KK * lanes <= 49152 ? C : std::max<int64_t>(1, 8192 / (KK * lanes)), nblk = (C + CB - 1) / CB;   // 192 KB, 32 KB
+  std::vector<int64_t> bp(O * (nblk + 1));      // row o's entries of block b: bp[o*(nblk+1)+b] .. bp[o*(nblk+1)+b+1]
+  const int32_t* ci = idx.data_ptr<int32_t>();
+  for (int64_t o = 0; o < O; ++o) {
+    int64_t k = p[o];
+    for (int64_t bl = 0; bl < nblk; ++bl) { bp[o * (nblk + 1) + bl] = k; while (k < p[o + 1] && ci[k] < (bl + 1) * CB * KK) ++k; }
+    bp[o * (nblk + 1) + nblk] = p[o + 1];
+  }
   #pragma omp parallel for schedule(dynamic, 1) if (p[O] * Ho * Wo * Np > PAR)
-  for (int64_t q = 0; q < Ho * Wo; ++q) {      // an output position: its input window stays in cache for every output channel
+  for (int64_t q = 0; q < Ho * Wo; ++q) {
     const int64_t i = q / Wo, j = q % Wo;
     const float* xq = x + (i * sh * Wp + j * sw) * Np;
-    for (int64_t o = 0; o < O; ++o) {
-      const int64_t s = p[o], e = p[o + 1];
-      float* out = yp + (o * Ho * Wo + q) * Np;
-      int64_t b0 = 0;
-      for (; b0 + 64 <= Np; b0 += 64) {
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (int64_t k = s; k < e; ++k) {
-          const float w = v[k]; const float* xr = xq + off[k] + b0;
-          a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
+    for (int64_t bl = 0; bl < nblk; ++bl)
+      for (int64_t o = 0; o < O; ++o) {
+        const int64_t s = bp[o * (nblk + 1) + bl], e = bp[o * (nblk + 1) + bl + 1];
+        float* out = yp + (o * Ho * Wo + q) * Np;
+        if (s == e && bl > 0) continue;
+        int64_t b0 = 0;
+        for (; b0 + 64 <= Np; b0 += 64) {
+          v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+          if (bl > 0) { a0 = ld(out + b0); a1 = ld(out + b0 + 16); a2 = ld(out + b0 + 32); a3 = ld(out + b0 + 48); }
+          for (int64_t k = s; k < e; ++k) {
+            const float w = v[k]; const float* xr = xq + off[k] + b0;
+            a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
+          }
+          st(out + b0, a0); st(out + b0 + 16, a1); st(out + b0 + 32, a2); st(out + b0 + 48, a3);
         }
-        st(out + b0, a0); st(out + b0 + 16, a1); st(out + b0 + 32, a2); st(out + b0 + 48, a3);
+        for (; b0 < Np; b0 += 16) {
+          v16 a0 = {0};
+          if (bl > 0) a0 = ld(out + b0);
+          for (int64_t k = s; k < e; ++k) a0 += v[k] * ld(xq + off[k] + b0);
+          st(out + b0, a0);
+        }
       }
-      for (; b0 < Np; b0 += 16) {
-        v16 a0 = {0};
-        for (int64_t k = s; k < e; ++k) a0 += v[k] * ld(xq + off[k] + b0);
-        st(out + b0, a0);
-      }
-    }
   }
   return y;
 }
@@ -306,44 +323,54 @@ torch::Tensor conv_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, 
 // grad of the input, (C, H, W, Np) unpadded: gx[c, h, w] = sum over (kh, kw) and column (c, kh, kw)'s entries of w * gy[o, i, j]
 // where h = i*sh + kh*dh - ph (likewise w): a gather, no races
 torch::Tensor conv_bwd_input(torch::Tensor tptr, torch::Tensor tidx, torch::Tensor perm, torch::Tensor val, torch::Tensor gy,
-                             int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw) {
+                             int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                             int64_t ph, int64_t pw, torch::Tensor out) {
   const int64_t Ho = gy.size(1), Wo = gy.size(2), Np = gy.size(3), KK = KH * KW;
-  auto gx = torch::empty({C, H, W, Np}, gy.options());
+  auto gx = out.numel() ? out : torch::empty({C, H, W, Np}, gy.options());
   const int64_t* __restrict tp = tptr.data_ptr<int64_t>(); const int32_t* __restrict ti = tidx.data_ptr<int32_t>();
   const int64_t* __restrict pm = perm.data_ptr<int64_t>(); const float* __restrict v = val.data_ptr<float>();
   const float* __restrict g = gy.data_ptr<float>(); float* __restrict gp = gx.data_ptr<float>();
   const int64_t rowstride = Ho * Wo * Np;
-  #pragma omp parallel for schedule(dynamic, 1) if (tp[C * KK] * Ho * Wo * Np > PAR)
+  #pragma omp parallel if (tp[C * KK] * Ho * Wo * Np > PAR)
+  {
+  std::vector<int64_t> rr(KK), gq_off(KK);
+  #pragma omp for schedule(dynamic, 1)
   for (int64_t hw = 0; hw < H * W; ++hw) {
     const int64_t h = hw / W, w = hw % W;
+    // the (kh, kw) that reach this input position, and the output position each reaches: once per position, not per channel
+    int64_t nr = 0;
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      const int64_t ih = h + ph - kh * dh;
+      if (ih < 0 || ih % sh || ih / sh >= Ho) continue;
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const int64_t iw = w + pw - kw * dw;
+        if (iw < 0 || iw % sw || iw / sw >= Wo) continue;
+        rr[nr] = kh * KW + kw; gq_off[nr] = ((ih / sh) * Wo + iw / sw) * Np; ++nr;
+      }
+    }
     for (int64_t c = 0; c < C; ++c) {
       float* out = gp + ((c * H + h) * W + w) * Np;
       for (int64_t b0 = 0; b0 < Np; b0 += 64) {
         const int64_t nb = std::min<int64_t>(4, (Np - b0) / 16);
         v16 a[4] = {{0}, {0}, {0}, {0}};
-        for (int64_t kh = 0; kh < KH; ++kh) {
-          const int64_t ih = h + ph - kh * dh;
-          if (ih < 0 || ih % sh || ih / sh >= Ho) continue;
-          for (int64_t kw = 0; kw < KW; ++kw) {
-            const int64_t iw = w + pw - kw * dw;
-            if (iw < 0 || iw % sw || iw / sw >= Wo) continue;
-            const int64_t col = c * KK + kh * KW + kw;
-            const float* gq = g + ((ih / sh) * Wo + iw / sw) * Np + b0;
-            if (nb == 4)
-              for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
-                const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
-                a[0] += wt * ld(gr); a[1] += wt * ld(gr + 16); a[2] += wt * ld(gr + 32); a[3] += wt * ld(gr + 48);
-              }
-            else
-              for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
-                const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
-                for (int64_t u = 0; u < nb; ++u) a[u] += wt * ld(gr + 16 * u);
-              }
-          }
+        for (int64_t u = 0; u < nr; ++u) {
+          const int64_t col = c * KK + rr[u];
+          const float* gq = g + gq_off[u] + b0;
+          if (nb == 4)
+            for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
+              const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
+              a[0] += wt * ld(gr); a[1] += wt * ld(gr + 16); a[2] += wt * ld(gr + 32); a[3] += wt * ld(gr + 48);
+            }
+          else
+            for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
+              const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
+              for (int64_t z = 0; z < nb; ++z) a[z] += wt * ld(gr + 16 * z);
+            }
         }
-        for (int64_t u = 0; u < nb; ++u) st(out + b0 + 16 * u, a[u]);
+        for (int64_t z = 0; z < nb; ++z) st(out + b0 + 16 * z, a[z]);
       }
     }
+  }
   }
   return gx;
 }
@@ -574,6 +601,16 @@ class _DensePass(NamedTuple):
 
 def _lanes(n): return -(-n // 16) * 16
 
+_SCRATCH = threading.local()
+
+def _scratch(key, shape):
+    """A buffer for a kernel's temporary result, kept between calls (one per thread and `key`): a large new tensor costs a
+    page fault per 4 KB at its first write, as much as the kernel itself on a big layer"""
+    n, bufs = math.prod(shape), _SCRATCH.__dict__.setdefault('bufs', {})
+    b = bufs.get(key)
+    if b is None or b.numel() < n: b = bufs[key] = torch.empty(n, dtype=torch.float32)
+    return b[:n].view(shape)
+
 class _SparseConv2d(torch.autograd.Function):
     "`F.conv2d(x, W, bias, stride, padding, dilation)` for a weight held as `values` in `layout`, by fastsparse's kernels"
     @staticmethod
@@ -581,10 +618,10 @@ class _SparseConv2d(torch.autograd.Function):
         (O, C, KH, KW), (sh, sw), (ph, pw), (dh, dw) = geom
         k, (N, _, H, W) = kernels(), x.shape
         Ho, Wo = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1, (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
-        xp = k.to_chwn(x.contiguous(), ph, pw, _lanes(N))          # (C, Hp, Wp, lanes), zero padded
+        xp = k.to_chwn(x.contiguous(), ph, pw, _lanes(N), _NO_BIAS)   # (C, Hp, Wp, lanes), zero padded; kept for the backward
         ctx.save_for_backward(values, xp); ctx.layout, ctx.geom, ctx.record, ctx.has_bias = layout, geom, record, bias is not None
         ctx.size = (N, H, W)
-        yt = k.conv_fwd(layout.ptr, layout.idx, values, xp, KH, KW, sh, sw, dh, dw, Ho, Wo)
+        yt = k.conv_fwd(layout.ptr, layout.idx, values, xp, KH, KW, sh, sw, dh, dw, Ho, Wo, _scratch('y', (O, Ho, Wo, xp.shape[3])))
         return k.from_chwn(yt, N, 0, 0, Ho, Wo, _NO_BIAS if bias is None else bias.contiguous())
 
     @staticmethod
@@ -593,10 +630,12 @@ class _SparseConv2d(torch.autograd.Function):
         (O, C, KH, KW), (sh, sw), (ph, pw), (dh, dw) = ctx.geom
         L, k, (N, H, W), gy = ctx.layout, kernels(), ctx.size, gy.contiguous()
         if ctx.record is not None: ctx.record.append(_ConvPass(xp, gy, ctx.geom[0], (sh, sw), (dh, dw), N))
-        gyt = k.to_chwn(gy, 0, 0, xp.shape[3])
+        gyt = k.to_chwn(gy, 0, 0, xp.shape[3], _scratch('gy', (O, *gy.shape[2:], xp.shape[3])))
         gx = None
         if ctx.needs_input_grad[0]:
-            gxt = k.conv_bwd_input(L.tptr, L.tidx, L.perm, values, gyt, C, H, W, KH, KW, sh, sw, dh, dw, ph, pw)
+            gxt = k.conv_bwd_input(L.tptr, L.tidx, L.perm, values, gyt, C, H, W, KH, KW, sh, sw, dh, dw, ph, pw,
+                                   _scratch('gx', (C, H, W, xp.shape[3])))
+
             gx = k.from_chwn(gxt, N, 0, 0, H, W, _NO_BIAS)
         gv = k.conv_bwd_values(L.ptr, L.idx, gyt, xp, KH, KW, sh, sw, dh, dw) if ctx.needs_input_grad[1] else None
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -748,7 +787,10 @@ def _missing_weight(module, incompatible):
     ks = incompatible.missing_keys
     ks[:] = [k[:-len('_values')] if k == 'weight_values' or k.endswith('.weight_values') else k for k in ks]
 
-def _can_compute(t, tied, read)->str|None:
+COMPUTE_MIN_SPARSITY = {'linear': 0.,   # nn.Linear: sparse compute pays at any sparsity fastsparse trains at
+                        'conv': 0.4}    # nn.Conv2d: resnet18's convolutions below 40% sparse (density above 0.6) ran slower sparse
+
+def _can_compute(t, tied, read, min_sparsity)->str|None:
     "Why `t` cannot train in sparse compute (`tied`: modules holding each weight, by id; `read`: ids of modules read directly), or None"
     m, p = t.module, t.param
     if not isinstance(m, (nn.Linear, nn.Conv2d)) or t.attr != 'weight': return 'only nn.Linear and nn.Conv2d weights compute sparse so far'
@@ -758,6 +800,11 @@ def _can_compute(t, tied, read)->str|None:
         if m.groups != 1: return f'a grouped convolution (groups={m.groups}): only groups=1 computes sparse'
         if m.padding_mode != 'zeros': return f"padding_mode={m.padding_mode!r}: only 'zeros' computes sparse"
         if isinstance(m.padding, str): return f'padding={m.padding!r}: give the padding as numbers to compute sparse'
+    kind = 'linear' if base is nn.Linear else 'conv'
+    sparsity = 1 - t.mask.sum().item() / max(t.mask.numel(), 1)
+    if sparsity < min_sparsity[kind]:
+        return (f'{sparsity:.1%} sparse, under the {min_sparsity[kind]:.0%} from which a sparse {kind} layer is faster than a dense one '
+                f"(`COMPUTE_MIN_SPARSITY`; `set_compute(..., min_sparsity={{'{kind}': 0}})` switches it anyway)")
 
     if tied[id(p)] > 1: return 'the weight is tied to another module'
     if p.dtype != torch.float32 or p.device.type != 'cpu': return f'the weight is {p.dtype} on {p.device}, not float32 on the CPU'
@@ -786,6 +833,7 @@ def _to_masked(t):
 def set_compute(model,                  # a sparsified `nn.Module` or fastai `Learner`
                 compute:str='sparse',   # 'sparse': train the active weights only where a layer can; 'masked': dense weights times masks
                 include:list=None,      # names or glob patterns of the masked weights to switch (default: all)
+                min_sparsity:dict=None, # per layer kind ('linear', 'conv'), the sparsity from which a weight switches (default `COMPUTE_MIN_SPARSITY`)
                )->dict:                 # `{weight name: why it stays masked}` for the weights that could not switch
     "Switch the masked weights of `model` between masked and sparse compute; the masks, values and checkpoints stay the same"
     model = _as_model(model)
@@ -807,7 +855,14 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
             for p in m._parameters.values():
                 if p is not None: tied[id(p)] = tied.get(id(p), 0) + 1
         read = {id(s) for r in model.modules() if isinstance(r, tuple(DIRECT_READERS)) for s in r.modules() if s is not r}
-        skipped = {t.name: why for t in ts if not t.sparse and (why := _can_compute(t, tied, read)) is not None}
+        unknown = [k for k in (min_sparsity or {}) if k not in COMPUTE_MIN_SPARSITY]
+        if unknown: raise ValueError(f"min_sparsity has unknown layer kind(s) {unknown}: use {list(COMPUTE_MIN_SPARSITY)}, e.g. {{'conv': 0.8}}")
+        bad = {k: v for k, v in (min_sparsity or {}).items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1}
+        if bad: raise ValueError(f"min_sparsity takes fractions of zero weights in [0, 1] (0.8 for 80%), got {bad}")
+        thresholds = {**COMPUTE_MIN_SPARSITY, **(min_sparsity or {})}
+
+        skipped = {t.name: why for t in ts if not t.sparse and (why := _can_compute(t, tied, read, thresholds)) is not None}
+
         for t in ts:
             if not t.sparse and t.name not in skipped: _to_sparse(t)
     if hooked: mask_hooks(model)   # hooks for the weights that are masked now, none for those that compute sparse

@@ -42,3 +42,8 @@ def test_compute_model_smoke():
     assert 'RigL sparse: update' in out and 'SNFS sparse: update' in out
     out = bench('compute.py', 'mlp', '--repeats', '1', '--epochs', '1', '--seeds', '1', *small)
     assert 'sparse' in out and 'accuracy after 1 epochs' in out
+
+def test_compute_conv_smoke():
+    "The resnet18 section of the compute benchmark, on 32 x 32 images at batch 16 (the figures come from full runs)"
+    out = bench('compute.py', 'conv', '--image', '32', '--bs', '16', '--conv-repeats', '1')
+    assert 'layer4.1.conv2' in out and 'all convolutions' in out and 'kept memory' in out and 'page faults per step' in out

@@ -13,6 +13,11 @@ import fastsparse.compute as compute
 from fastsparse.engine import _check_opt
 from fastsparse.export import sparse_export
 
+_MIN = dict(compute.COMPUTE_MIN_SPARSITY)
+def setup_module():        # the small models here switch every layer, whatever its density, to compare the two modes
+    compute.COMPUTE_MIN_SPARSITY.update(linear=0., conv=0.)
+def teardown_module(): compute.COMPUTE_MIN_SPARSITY.update(_MIN)
+
 # no timing: a busy machine must not fail them; derandomized: the same examples on every run
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
@@ -204,6 +209,12 @@ def test_what_stays_masked_and_clear_errors():
     assert list(why) == ['0.weight', '1.weight', '2.weight', '4.weight'] and 'groups=2' in why['0.weight']
     assert 'reflect' in why['1.weight'] and 'same' in why['2.weight'] and 'own forward' in why['4.weight']
     assert type(convs[3]).__name__ == 'SparseTrainConv2d' and type(convs[4]) is Scaled
+    dense_conv = nn.Sequential(nn.Conv2d(4, 4, 3)); sparsify_model(dense_conv, 0.25, seed=0)
+    why = set_compute(dense_conv, 'sparse', min_sparsity=_MIN)               # not sparse enough to be faster: stays masked, says so
+    assert list(why) == ['0.weight'] and 'COMPUTE_MIN_SPARSITY' in why['0.weight'] and not masked_params(dense_conv)[0].sparse
+    assert set_compute(dense_conv, 'sparse', min_sparsity={'conv': 0.2}) == {} and masked_params(dense_conv)[0].sparse
+    for bad in ({'convs': 0.5}, {'conv': 80}, {'conv': True}):
+        with pytest.raises(ValueError, match='min_sparsity'): set_compute(dense_conv, 'sparse', min_sparsity=bad)
     att = nn.MultiheadAttention(8, 2); sparsify_model(att, 0.5, seed=0)
     assert 'out_proj.weight' in set_compute(att, 'sparse')                    # read directly by its attention module
     with pytest.raises(ValueError, match='Unknown compute'): sparsify_model(nn.Linear(3, 3), 0.5, compute='csr')
