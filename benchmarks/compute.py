@@ -252,8 +252,8 @@ def conv_bench(a):
         dens, how = s.weight_mask.float().mean().item(), 'sparse' if hasattr(s, 'weight_values') else 'masked'
         layers.append(dict(layer=name, input=list(xin.shape), density=dens, compute=how, dense_ms=dms, sparse=r))
         print(f"  {name:>22} {str(tuple(xin.shape[1:])):>16} {dens:>8.3f} {how:>8} {dms:>9.1f} {r:>7.3f}x")
-    flops = lambda L: sum(l['dense_ms'] for l in L)
-    print(f"  all convolutions: {sum(l['dense_ms'] * l['sparse'] for l in layers) / flops(layers):.3f}x of their dense time")
+    all_convs = sum(l['dense_ms'] * l['sparse'] for l in layers) / sum(l['dense_ms'] for l in layers)
+    print(f"  all convolutions: {all_convs:.3f}x of their dense time")
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
     steps = {k: _model_step(m, opts[k], x, y, None if k == 'dense' else DynamicSparseTraining(m, opts[k], seed=0, **RigL_presets))
              for k, m in models.items()}
@@ -270,7 +270,7 @@ def conv_bench(a):
             cpu[f'{k}, {memory} memory'] = c = _cpu(steps[k])
             print(f"  {k}: user {c['user_s']:.2f} s, system {c['system_s']:.2f} s, {c['page_faults']:.0f} page faults per step")
     return dict(image=a.image, bs=a.bs, sparsity=a.conv_sparsity, threads=a.threads[0], layers=layers,
-                all_convolutions=sum(l['dense_ms'] * l['sparse'] for l in layers) / flops(layers), dense_step_ms=dense_ms, step=whole,
+                all_convolutions=all_convs, dense_step_ms=dense_ms, step=whole,
                 cpu_per_step=cpu)
 
 # ---------------------------------------------------------------- memory

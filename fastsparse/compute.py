@@ -242,16 +242,16 @@ torch::Tensor to_chwn(torch::Tensor x, int64_t ph, int64_t pw, int64_t Np, torch
   return out;
 }
 
-// (C, Hp, Wp, Np) -> (N, C, H, W), cropping ph, pw; plus bias[c] when given
-torch::Tensor from_chwn(torch::Tensor a, int64_t N, int64_t ph, int64_t pw, int64_t H, int64_t W, torch::Tensor bias) {
-  const int64_t C = a.size(0), Hp = a.size(1), Wp = a.size(2), Np = a.size(3);
+// (C, H, W, Np) -> (N, C, H, W), the first N lanes; plus bias[c] when given
+torch::Tensor from_chwn(torch::Tensor a, int64_t N, torch::Tensor bias) {
+  const int64_t C = a.size(0), H = a.size(1), W = a.size(2), Np = a.size(3);
   auto out = torch::empty({N, C, H, W}, a.options());
   const float* ap = a.data_ptr<float>(); float* o = out.data_ptr<float>(); const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int64_t sn = C * H * W;
   #pragma omp parallel for schedule(static) if (N * C * H * W > PAR)
   for (int64_t ch = 0; ch < C * H; ++ch) {
     const int64_t c = ch / H, h = ch % H; const float bc = b ? b[c] : 0.f;
-    const float* arow = ap + ((c * Hp + h + ph) * Wp + pw) * Np;
+    const float* arow = ap + (c * H + h) * W * Np;
     float* orow = o + (c * H + h) * W;
     for (int64_t n0 = 0; n0 < N; n0 += 16)
       for (int64_t w0 = 0; w0 < W; w0 += 16) {
@@ -515,7 +515,6 @@ class CSRLayout(NamedTuple):
     def after(cls, old:CSRLayout, mask:torch.Tensor, grown:torch.Tensor)->tuple:
         "The layout of `mask` after an update that grew `grown` (flat indices), and for each entry of `old` its position in it (-1 where `mask` dropped it)"
         ptr, idx, where = kernels().relayout(mask.reshape(old.rows, old.cols).contiguous(), old.ptr, old.idx, grown.contiguous())
-
         return cls(old.rows, old.cols, ptr, idx, *kernels().csr_transpose(ptr, idx, old.cols)), where
 
     @property
@@ -532,31 +531,31 @@ class CSRLayout(NamedTuple):
         return kernels().densify(self.ptr, self.idx, values.contiguous(), self.cols)
 
 # %% ../nbs/13_compute.ipynb #5587860a
-_NO_PERM, _NO_BIAS = torch.empty(0, dtype=torch.int64), torch.empty(0)
+_NO_PERM, _NONE = torch.empty(0, dtype=torch.int64), torch.empty(0)   # empty: no permutation; no bias, no buffer given
+
 
 class _LinearPass(NamedTuple):
     "What one backward pass of `sparse_linear` keeps (references, no copy), should an update ask for the dense weight gradient"
     xt:torch.Tensor; gyt:torch.Tensor
     def grad(self): return self.gyt @ self.xt.t()
 
-
 class _SparseLinear(torch.autograd.Function):
     "`y = x W^T + bias` for a weight held as `values` in `layout`; gradients for `x`, `values` and `bias`, all by fastsparse's kernels"
     @staticmethod
     def forward(ctx, x, values, bias, layout, record):
         k = kernels()
-        xt = k.transpose(x.contiguous(), _NO_BIAS)             # (cols, batch): each weight reads one contiguous row
+        xt = k.transpose(x.contiguous(), _NONE)             # (cols, batch): each weight reads one contiguous row
         ctx.save_for_backward(values, xt); ctx.layout, ctx.record, ctx.has_bias = layout, record, bias is not None
         yt = k.spmm(layout.ptr, layout.idx, values, _NO_PERM, xt, layout.rows)
-        return k.transpose(yt, _NO_BIAS if bias is None else bias.contiguous())   # back to (batch, rows), bias added
+        return k.transpose(yt, _NONE if bias is None else bias.contiguous())   # back to (batch, rows), bias added
 
     @staticmethod
     def backward(ctx, gy):
         values, xt = ctx.saved_tensors
         L, k, gy = ctx.layout, kernels(), gy.contiguous()
-        gyt = k.transpose(gy, _NO_BIAS)
+        gyt = k.transpose(gy, _NONE)
         if ctx.record is not None: ctx.record.append(_LinearPass(xt, gyt))   # for a dense gradient, should an update ask
-        gx = k.transpose(k.spmm(L.tptr, L.tidx, values, L.perm, gyt, L.cols), _NO_BIAS) if ctx.needs_input_grad[0] else None
+        gx = k.transpose(k.spmm(L.tptr, L.tidx, values, L.perm, gyt, L.cols), _NONE) if ctx.needs_input_grad[0] else None
         gv = k.sddmm(L.ptr, L.idx, gyt, xt) if ctx.needs_input_grad[1] else None
         gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gv, gb, None, None
@@ -590,8 +589,7 @@ class _ConvPass(NamedTuple):
     "What one backward pass of `sparse_conv2d` keeps, should an update ask for the dense weight gradient"
     xp:torch.Tensor; gy:torch.Tensor; shape:tuple; stride:tuple; dilation:tuple; n:int
     def grad(self):
-        xp = self.xp
-        x = kernels().from_chwn(xp, self.n, 0, 0, xp.shape[1], xp.shape[2], _NO_BIAS)   # padded, (N, C, Hp, Wp)
+        x = kernels().from_chwn(self.xp, self.n, _NONE)   # padded, (N, C, Hp, Wp)
         return torch.nn.grad.conv2d_weight(x, self.shape, self.gy, self.stride, 0, self.dilation)
 
 class _DensePass(NamedTuple):
@@ -618,11 +616,11 @@ class _SparseConv2d(torch.autograd.Function):
         (O, C, KH, KW), (sh, sw), (ph, pw), (dh, dw) = geom
         k, (N, _, H, W) = kernels(), x.shape
         Ho, Wo = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1, (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
-        xp = k.to_chwn(x.contiguous(), ph, pw, _lanes(N), _NO_BIAS)   # (C, Hp, Wp, lanes), zero padded; kept for the backward
+        xp = k.to_chwn(x.contiguous(), ph, pw, _lanes(N), _NONE)   # (C, Hp, Wp, lanes), zero padded; kept for the backward
         ctx.save_for_backward(values, xp); ctx.layout, ctx.geom, ctx.record, ctx.has_bias = layout, geom, record, bias is not None
         ctx.size = (N, H, W)
         yt = k.conv_fwd(layout.ptr, layout.idx, values, xp, KH, KW, sh, sw, dh, dw, Ho, Wo, _scratch('y', (O, Ho, Wo, xp.shape[3])))
-        return k.from_chwn(yt, N, 0, 0, Ho, Wo, _NO_BIAS if bias is None else bias.contiguous())
+        return k.from_chwn(yt, N, _NONE if bias is None else bias.contiguous())
 
     @staticmethod
     def backward(ctx, gy):
@@ -635,8 +633,7 @@ class _SparseConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gxt = k.conv_bwd_input(L.tptr, L.tidx, L.perm, values, gyt, C, H, W, KH, KW, sh, sw, dh, dw, ph, pw,
                                    _scratch('gx', (C, H, W, xp.shape[3])))
-
-            gx = k.from_chwn(gxt, N, 0, 0, H, W, _NO_BIAS)
+            gx = k.from_chwn(gxt, N, _NONE)
         gv = k.conv_bwd_values(L.ptr, L.idx, gyt, xp, KH, KW, sh, sw, dh, dw) if ctx.needs_input_grad[1] else None
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gv, gb, None, None, None

@@ -117,6 +117,10 @@ def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumul
 @given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.9), st.sampled_from(list(OPTS)),
        st.sampled_from(['RigL', 'SET', 'SNFS']), st.integers(1, 2), st.integers(0, 1000))
 def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, seed):
+    _same_training(sizes, sparsity, opt_name, preset, accumulate, seed)
+
+def _same_training(sizes, sparsity, opt_name, preset, accumulate, seed):
+    "Train an MLP (`sizes`: widths) or a CNN (`sizes`: conv specs) in both modes: same losses, masks, optimizer state, checkpoints"
     preset = {'RigL': RigL_presets, 'SET': SET_presets, 'SNFS': SNFS_presets}[preset]
     try: ref = _train('masked', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
     except ValueError as e:
@@ -140,7 +144,7 @@ def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, 
        st.floats(0.5, 0.9), st.sampled_from(list(OPTS)), st.sampled_from(['RigL', 'SET', 'SNFS']), st.integers(1, 2), st.integers(0, 1000))
 def test_cnn_training_matches_masked(spec, sparsity, opt_name, preset, accumulate, seed):
     "Convolutions in sparse compute train as they do masked: the same losses, masks and optimizer state"
-    test_training_matches_masked.hypothesis.inner_test(spec, sparsity, opt_name, preset, accumulate, seed)
+    _same_training(spec, sparsity, opt_name, preset, accumulate, seed)
 
 def _sparse_model(seed=0):
     m = _mlp([10, 16, 3], seed); sparsify_model(m, 0.7, seed=seed, compute='sparse'); return m
