@@ -12,11 +12,13 @@ from fastai.optimizer import Optimizer, OptimWrapper
 from . import masks, criteria
 from .distributions import uniform_sparsity
 from .masks import sparsify_model, load_sparse, is_sparse
-from .engine import DynamicSparseTraining, SET_presets, SNFS_presets, RigL_presets, PRESETS
-_all_ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS']
+from .engine import (DynamicSparseTraining, SET_presets, SNFS_presets, RigL_presets, DSR_presets, GMP_presets,
+                               GraNet_presets, PRESETS)
+_all_ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS']
 
 # %% auto #0
-__all__ = ['DynamicSparseTrainingCallback', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS']
+__all__ = ['DynamicSparseTrainingCallback', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'DSR_presets', 'GMP_presets',
+           'GraNet_presets', 'PRESETS']
 
 # %% ../nbs/06_callback.ipynb #f4646102
 @delegates(DynamicSparseTraining, but=['model', 'opt', 'resume'])

@@ -38,7 +38,7 @@ def _spelt(v, names:list):
 
 # %% ../nbs/08_cli.ipynb #f4e06b68
 def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `static` (a fixed random mask) or `dense`
-          sparsity:float=0.9,            # fraction of the weights set to zero
+          sparsity:float=0.9,            # fraction of the weights set to zero (GMP, GraNet: at the end of pruning)
           distribution:str='erk',        # how the sparsity is split across layers, a name in `DISTRIBUTIONS`
           data:str='digits',             # offline data set (with its model), a name in `DATASETS`
           epochs:int=20,                 # epochs of training
@@ -48,6 +48,7 @@ def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `stati
           seed:int=0,                    # seed of the weights, the masks and the data order
           save:Path=None,                # write the trained model (with its masks) to this file
           no_bar:bool=False,             # hide the progress bar and the metrics table
+          start_sparsity:float=None,     # GMP, GraNet: the sparsity pruning starts from (default: dense for GMP, 0.5 for GraNet)
           out=None,                      # where the report goes (default: `sys.stdout`); Python only, not an option
          )->Learner:                     # the trained `Learner`
     "Train a sparse model on offline data and print its accuracy and sparsity"
@@ -61,9 +62,15 @@ def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `stati
     learn = Learner(dls_f(bs=bs or default_bs, seed=seed), model_f(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     cbs = []
     if preset != 'dense':
-        sparsify_model(learn.model, sparsity, distribution, seed=seed)
+        kw = dict(PRESETS[preset]) if preset != 'static' else {}
+        prunes = 'final_sparse_f' in kw      # the presets that change the budget prune from `start_sparsity` to `sparsity`
+        if prunes:
+            start_s = (0. if kw['grow_score_f'] is None else min(0.5, sparsity)) if start_sparsity is None else start_sparsity
+            kw['final_sparsity'] = sparsity
+            if kw['final_sparse_f'] != 'global': kw['final_sparse_f'] = distribution
+        sparsify_model(learn.model, start_s if prunes else sparsity, distribution, seed=seed)
         if preset != 'static':
-            cbs.append(DynamicSparseTrainingCallback(**PRESETS[preset], batches_per_update=batches_per_update, seed=seed))
+            cbs.append(DynamicSparseTrainingCallback(**kw, batches_per_update=batches_per_update, seed=seed))
     start = time.time()
     if no_bar:
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr, cbs=cbs)

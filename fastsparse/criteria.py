@@ -9,14 +9,18 @@ from typing import Callable
 import torch
 
 # %% auto #0
-__all__ = ['CONTEXT', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'score_kwargs', 'opt_state',
-           'momentum_rule', 'momentum', 'second_moment', 'register_score', 'elementwise', 'register_redistribution',
-           'get_score', 'weight_magnitude', 'random_score', 'movement', 'taylor_score', 'magnitude_variance',
-           'gradient_magnitude', 'gradient_momentum', 'momentum_redistribution', 'variance_redistribution',
-           'check_score']
+__all__ = ['CONTEXT', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'large_final', 'small_final',
+           'large_init', 'updating_large_init', 'small_init', 'updating_small_init', 'large_init_large_final',
+           'updating_large_init_large_final', 'small_init_small_final', 'updating_small_init_small_final',
+           'magnitude_increase', 'updating_magnitude_increase', 'updating_movement', 'movmag', 'updating_movmag',
+           'score_kwargs', 'opt_state', 'momentum_rule', 'momentum', 'second_moment', 'register_score', 'comparable',
+           'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude', 'random_score', 'movement',
+           'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum', 'momentum_redistribution',
+           'variance_redistribution', 'survivors', 'check_score', 'normalized', 'compare_with', 'negated',
+           'squared_final']
 
 # %% ../nbs/02_criteria.ipynb #cb8ef033
-CONTEXT = ('mask', 'grad', 'state', 'init', 'name', 'module', 'step', 'generator')   # what a score can ask for
+CONTEXT = ('mask', 'grad', 'state', 'init', 'prev', 'name', 'module', 'step', 'generator', 'stats')   # what a score can ask for
 
 def score_kwargs(f:Callable)->tuple:
     "The context names that `f` accepts (all of them if it takes `**kwargs`)"
@@ -118,6 +122,11 @@ def register_score(f:Callable)->Callable:
     "Make keep/grow score `f` available by its name"
     SCORES[f.__name__] = f; return f
 
+def comparable(f:Callable)->Callable:
+    """Mark score `f` as comparable across layers: its values mean the same in every layer, so that one ranking of all
+    layers' scores is meaningful (`scope='global'`, DSR's threshold). Weight magnitudes are, gradients are not"""
+    f.comparable = True; return f
+
 def elementwise(f:Callable)->Callable:
     """Mark score `f` as elementwise: it reads `param`, `grad`, `state` and `init` entry by entry, so a weight's score
     depends on its own entries only (a redistribution score reduces such entries). Such a score can be computed on any
@@ -140,12 +149,14 @@ def get_score(f, kind:str='score')->Callable:
 # %% ../nbs/02_criteria.ipynb #04947bb2
 @register_score
 @elementwise
+@comparable
 def weight_magnitude(param, opt=None):
     "$|w|$: large weights are kept (SET, SNFS, RigL)"
     return param.detach().float().abs()
 
 # %% ../nbs/02_criteria.ipynb #7f3db155
 @register_score
+@comparable
 def random_score(param, opt=None, generator=None):
     "Uniform random scores: grow at random (SET) or keep at random (a baseline)"
     return torch.rand(param.shape, generator=generator).to(param.device)
@@ -153,6 +164,7 @@ def random_score(param, opt=None, generator=None):
 # %% ../nbs/02_criteria.ipynb #c8b3575f
 @register_score
 @elementwise
+@comparable
 def movement(param, opt=None, init=None):
     "$|w - w_0|$: weights that moved far from their initial value are kept"
     if init is None: raise ValueError("`movement` needs the initial weights (`init`), which fastsparse records when a score asks for them")
@@ -194,9 +206,13 @@ def gradient_momentum(param, opt):
 # %% ../nbs/02_criteria.ipynb #42a4d0a6
 @register_redistribution
 @elementwise
-def momentum_redistribution(param, opt, mask):
-    "Mean momentum magnitude of the layer's active weights (SNFS)"
-    return gradient_momentum(param, opt)[mask].mean().item() if mask.any() else 0.
+def momentum_redistribution(param, opt, mask, eps:float=1e-8):
+    "Mean momentum magnitude of the layer's active weights (SNFS), each divided by the root of its second moment where the optimizer keeps one (Adam)"
+    m = momentum(opt, param, 'momentum_redistribution').detach().float()
+    st = opt_state(opt, param)
+    v = next((st[k] for k in SECOND_MOMENT_KEYS if isinstance(st.get(k), torch.Tensor) and st[k].shape == param.shape), None)
+    if v is not None: m = m / (v.detach().float().sqrt() + eps)   # Adam: on one scale in every layer
+    return m.abs()[mask].mean().item() if mask.any() else 0.
 
 @register_redistribution
 @elementwise
@@ -204,6 +220,12 @@ def variance_redistribution(param, opt, mask):
     "Mean $\\sqrt{v}$ (root of Adam's second moment) over the layer's active weights"
     v = second_moment(opt, param, 'variance_redistribution')
     return v.float().sqrt()[mask].mean().item() if mask.any() else 0.
+
+@register_redistribution
+@elementwise
+def survivors(param, opt=None, stats=None):
+    "How many of the layer's active weights survive this update's drop (DSR's reallocation)"
+    return stats['layer']['active'] - stats['layer']['removed']
 
 # %% ../nbs/02_criteria.ipynb #35abbec2
 def check_score(f:Callable, param, opt=None, kind:str='score', **ctx):
@@ -232,3 +254,119 @@ def check_score(f:Callable, param, opt=None, kind:str='score', **ctx):
         raise ValueError(f"Score `{name}` returned NaN or inf for '{layer}': check for divisions by zero "
                          "(add an eps) and for optimizer state that is not there yet")
     return res
+
+# %% ../nbs/02_criteria.ipynb #026c060d
+_NORMS = {'mean': lambda s: s.mean(), 'max': lambda s: s.max(), 'rms': lambda s: s.pow(2).mean().sqrt()}
+
+def normalized(score,          # a keep or grow score: function or registered name
+               by:str='mean',  # divide by the layer's 'mean', 'max' or 'rms' (root mean square) of the non-zero scores
+              )->Callable:
+    "`score` divided, layer by layer, by the mean (or max, or root mean square) of its non-zero values: comparable across layers"
+    f = get_score(score)
+    if by not in _NORMS: raise ValueError(f"normalized(by={by!r}): use one of {list(_NORMS)}")
+    def g(param, opt=None, **ctx):
+        s = check_score(f, param, opt, **ctx)
+        nz = s[s != 0]
+        d = float(_NORMS[by](nz)) if nz.numel() else 0.
+        return s / d if d > 0 else s
+    g.__signature__ = inspect.signature(f)      # the engine gives it what `f` asks for, and no more
+    g.__name__ = g.__qualname__ = f"normalized_{getattr(f, '__name__', 'score')}"
+    g.__doc__ = f"`{getattr(f, '__name__', f)}` divided by its layer's {by} (non-zero values): comparable across layers"
+    return comparable(g)
+
+
+# %% ../nbs/02_criteria.ipynb #2317114d
+def _reference(x, what, name):
+    "The reference weights `x` of score `name` as float32, or a clear error when there are none"
+    if x is None:
+        where = {'init': "the initial weights (`init`), which the engine records when a score asks for them",
+                 'prev': "the weights at the previous update (`prev`), which the engine records at the start of training and "
+                         "after every update"}[what]
+        raise ValueError(f"`{name}` needs {where}, and none were given: inside training they come with the context; "
+                         f"called by hand, pass `{what}=`")
+    return x.detach().float()
+
+def compare_with(combine:Callable,  # `combine(w, r) -> Tensor`: the score of weights `w` with references `r`, entry by entry
+                 ref:str='init',    # the reference: 'init' (initial weights) or 'prev' (weights at the previous update)
+                 name:str=None,     # the score's name (for errors and the registry)
+                 doc:str=None,      # its docstring
+                )->Callable:        # an elementwise keep score asking for `init` or `prev`
+    "An elementwise keep score of each weight and its reference value: at initialisation (`ref='init'`) or at the previous update (`ref='prev'`)"
+    if ref == 'init':
+        def score(param, opt=None, init=None): return combine(param.detach().float(), _reference(init, 'init', score.__name__))
+    elif ref == 'prev':
+        def score(param, opt=None, prev=None): return combine(param.detach().float(), _reference(prev, 'prev', score.__name__))
+    else: raise ValueError(f"compare_with(ref={ref!r}): use 'init' (initial weights) or 'prev' (weights at the previous update)")
+    score.__name__ = score.__qualname__ = name or f'compare_with_{ref}'
+    score.__doc__ = doc or f"`combine(w, {ref})` of each weight and its {'initial' if ref == 'init' else 'previous'} value"
+    return elementwise(score)
+
+def _like(g, f, name):
+    "`g` with the signature, name and marks of `f` (so the engine gives it exactly what `f` asks for)"
+    g.__signature__ = inspect.signature(f)
+    g.__name__ = g.__qualname__ = name
+    for mark in ('elementwise', 'comparable'):
+        if getattr(f, mark, False): setattr(g, mark, True)
+    return g
+
+def negated(score,          # a keep or grow score: function or registered name
+            name:str=None,  # the new score's name (default: `negated_<name>`)
+           )->Callable:
+    "`-score`: keeps what `score` drops, with the same context and marks"
+    f = get_score(score)
+    def g(param, opt=None, **ctx): return -check_score(f, param, opt, **ctx)
+    g = _like(g, f, name or f"negated_{getattr(f, '__name__', 'score')}")
+    g.__doc__ = f"`-{getattr(f, '__name__', f)}`: keeps what it drops"
+    return g
+
+# %% ../nbs/02_criteria.ipynb #b17c6f1d
+large_final = SCORES['large_final'] = weight_magnitude   # the catalogue's name for it
+
+# %% ../nbs/02_criteria.ipynb #dd7a460b
+small_final = register_score(negated(large_final, 'small_final'))
+
+# %% ../nbs/02_criteria.ipynb #51bbf5ea
+@register_score
+@elementwise
+@comparable
+def squared_final(param, opt=None):
+    "$w^2$: the largest weights stay, ranked by their square"
+    return param.detach().float().square()
+
+# %% ../nbs/02_criteria.ipynb #bb50a754
+large_init = register_score(comparable(compare_with(lambda w, r: r.abs(), 'init', 'large_init',
+                                                     "$|w_0|$: the weights that started largest stay")))
+updating_large_init = register_score(comparable(compare_with(lambda w, r: r.abs(), 'prev', 'updating_large_init',
+                                                              "$|w_p|$: the weights that were largest at the previous update stay")))
+
+# %% ../nbs/02_criteria.ipynb #45827143
+small_init = register_score(negated(large_init, 'small_init'))
+updating_small_init = register_score(negated(updating_large_init, 'updating_small_init'))
+
+# %% ../nbs/02_criteria.ipynb #a385ab57
+large_init_large_final = register_score(comparable(compare_with(lambda w, r: torch.minimum(w.abs(), r.abs()), 'init',
+    'large_init_large_final', "$\\min(|w|, |w_0|)$: weights large both at the start and now stay")))
+updating_large_init_large_final = register_score(comparable(compare_with(lambda w, r: torch.minimum(w.abs(), r.abs()), 'prev',
+    'updating_large_init_large_final', "$\\min(|w|, |w_p|)$: weights large both at the previous update and now stay")))
+
+# %% ../nbs/02_criteria.ipynb #fe7112c1
+small_init_small_final = register_score(comparable(compare_with(lambda w, r: -torch.maximum(w.abs(), r.abs()), 'init',
+    'small_init_small_final', "$-\\max(|w|, |w_0|)$: weights small both at the start and now stay")))
+updating_small_init_small_final = register_score(comparable(compare_with(lambda w, r: -torch.maximum(w.abs(), r.abs()), 'prev',
+    'updating_small_init_small_final', "$-\\max(|w|, |w_p|)$: weights small both at the previous update and now stay")))
+
+# %% ../nbs/02_criteria.ipynb #a24f2608
+magnitude_increase = register_score(comparable(compare_with(lambda w, r: w.abs() - r.abs(), 'init', 'magnitude_increase',
+                                                             "$|w| - |w_0|$: weights that grew since the start stay")))
+updating_magnitude_increase = register_score(comparable(compare_with(lambda w, r: w.abs() - r.abs(), 'prev', 'updating_magnitude_increase',
+                                                                      "$|w| - |w_p|$: weights that grew since the previous update stay")))
+
+# %% ../nbs/02_criteria.ipynb #9712415c
+updating_movement = register_score(comparable(compare_with(lambda w, r: (w - r).abs(), 'prev', 'updating_movement',
+                                                            "$|w - w_p|$: weights that moved most since the previous update stay")))
+
+# %% ../nbs/02_criteria.ipynb #4700baff
+movmag = register_score(comparable(compare_with(lambda w, r: (w * (w - r)).abs(), 'init', 'movmag',
+                                                 "$|w (w - w_0)|$: weights that moved and are large stay")))
+updating_movmag = register_score(comparable(compare_with(lambda w, r: (w * (w - r)).abs(), 'prev', 'updating_movmag',
+                                                          "$|w (w - w_p)|$: weights that moved since the previous update and are large stay")))

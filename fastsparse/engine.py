@@ -4,46 +4,25 @@
 
 # %% ../nbs/04_engine.ipynb #cea0dfd2
 from __future__ import annotations
-import inspect, math
+import inspect, math, warnings
 from typing import NamedTuple
 import torch
-from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name, values_name
+from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name, prev_name, values_name
 from .criteria import get_score, check_score, opt_state, score_kwargs, gradient_momentum, momentum_rule, _inner, _PARAM_LISTS
 from torch import nn
 from .compute import CSRLayout, kernels, _MOMENTUM
 from .schedules import UpdateSchedule, _check_fraction
 from .stats import UpdateLog
+from .budgets import (allocate, layer_floors, global_drop, global_grow, threshold_drop, adjust_threshold, prune_counts,
+                                final_counts, budget_at, get_prune_schedule)
+from .distributions import get_distribution
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'PRESETS', 'allocate', 'LayerPlan', 'Change', 'SparseEngine',
+__all__ = ['SCOPES', 'DROP_BY', 'REDISTRIBUTION_FILL', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'DSR_presets',
+           'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change', 'SparseEngine', 'check_selection',
            'reset_opt_state', 'snapshot', 'check_invariants', 'DynamicSparseTraining',
            'DynamicSparseTrainingOptimizerWrapper']
-
-# %% ../nbs/04_engine.ipynb #8ef2a7b5
-def allocate(total:int,  # whole number to share
-             shares:list, # non-negative weight of each part
-             caps:list,   # most each part can take
-            )->list:      # whole numbers summing exactly to `total`, each within its cap
-    "Share `total` in proportion to `shares` (largest remainders), capping each part at `caps`"
-    n = len(shares)
-    if total > sum(caps): raise ValueError(f"Cannot place {total} weights in layers with room for {sum(caps)}")
-    out, free = [0] * n, set(i for i in range(n) if caps[i] > 0)
-    left = total
-    while left > 0:
-        s = sum(shares[i] for i in free)
-        w = {i: (shares[i] / s if s > 0 else 1 / len(free)) for i in free}
-        want = {i: left * w[i] for i in free}
-        give = {i: min(math.floor(want[i]), caps[i] - out[i]) for i in free}
-        rem = left - sum(give.values())
-        # hand out what rounding left over, largest fractional part first, within the caps
-        for i in sorted(free, key=lambda i: (want[i] - math.floor(want[i]), shares[i], -i), reverse=True):
-            if rem == 0: break
-            if give[i] < caps[i] - out[i]: give[i] += 1; rem -= 1
-        for i in free: out[i] += give[i]
-        left = total - sum(out)
-        free = {i for i in free if out[i] < caps[i]}
-    return out
 
 # %% ../nbs/04_engine.ipynb #bbfbf0c7
 def _dist():
@@ -112,35 +91,51 @@ class SparseEngine:
                  redistribution_f=None,                 # per-layer share of regrowth; None keeps each layer's count
                  seed:int=None,                         # seed of random scores (default: drawn from torch's RNG)
                  keep_init:bool=False,                  # reuse initial weights saved in the model (when resuming)
+                 scope:str='layer',                     # 'layer': each layer drops its own share; 'global': one ranking of all
+                 layer_floor:float=0.01,                # fraction of each layer that a ranking across layers never drops
+                 drop_by:str='fraction',                # 'fraction' of the active weights, or 'threshold' (DSR, `scope='global'`)
+                 threshold:float=None,                  # DSR's first threshold (None: the one that drops the target)
+                 threshold_tolerance:float=0.1,         # DSR's tolerance around its target before the threshold moves
                 ):
         self.model = _as_model(model)
         self.targets = masked_params(self.model)
         if not self.targets: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
+        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance)
         self.opt = opt
-        self.keep_score_f, self.grow_score_f = get_score(keep_score_f), get_score(grow_score_f)
+        self.keep_score_f = get_score(keep_score_f)
+        self.grow_score_f = None if grow_score_f is None else get_score(grow_score_f)
         self.redistribution_f = None if redistribution_f is None else get_score(redistribution_f, 'redistribution')
+        self.scope, self.layer_floor, self.drop_by = scope, float(layer_floor), drop_by
+        self.threshold, self.threshold_tolerance = (None if threshold is None else float(threshold)), float(threshold_tolerance)
+        self.last_threshold = None         # DSR: the threshold of the latest update (`threshold` is the next one's)
+        _warn_incomparable(self.keep_score_f, self.grow_score_f, self.redistribution_f, scope, drop_by)
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         if (dist := _dist()) is not None:       # one seed for all processes: identical random scores everywhere
             s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
             dist.broadcast(s, src=0); self.seed = int(s.item())
         self._active, self.uses_init = {}, False
         if any('init' in score_kwargs(f) for f in self.scores): self.record_init(keep=keep_init)
+        self.uses_prev = False
+        if any('prev' in score_kwargs(f) for f in self.scores): self.record_prev(keep=keep_init)
         self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
         self._wants_state = any('state' in score_kwargs(f) for f in self.scores)
         self._elementwise = all(getattr(f, 'elementwise', False) for f in self.scores)   # sparse compute: no dense view needed
         # sparse compute: a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
         self.momentum_layers = self.sparse if self.grow_score_f is gradient_momentum else []
         if self.sparse:
-            if self.redistribution_f is not None and _dist() is not None:
-                raise ValueError("Redistribution changes how many weights a layer holds, which DistributedDataParallel cannot "
-                                 "follow in sparse compute: train with `compute='masked'` under DDP, or without redistribution")
+            if (self.redistribution_f is not None or scope == 'global') and _dist() is not None:
+                raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
+                                 "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
+                                 "DDP, or with `scope='layer'` and no redistribution")
             wants_grad = any('grad' in score_kwargs(f) for f in self.scores)
             for t in self.sparse: t.module.record_grad(wants_grad)    # the dense gradient is made on update steps only
             for t in self.momentum_layers: t.module.track_momentum()
         if opt is not None and self.sparse: _check_opt(opt, self.sparse)
 
     @property
-    def scores(self): return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
+    def scores(self)->list:
+        "The keep, grow and redistribution scores this engine uses"
+        return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
 
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"
@@ -150,29 +145,66 @@ class SparseEngine:
                                               "or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW")
             t.module.update_momentum(*rule)
 
+    def _copy_weights(self, name_f, keep):
+        "Register a copy of every masked weight as the buffer `name_f(attr)` of its module (`keep`: reuse a saved one of the right shape)"
+        for t in self.targets:
+            saved = t.module._buffers.get(name_f(t.attr))
+            if not keep or saved is None or saved.shape != t.param.shape:
+                t.module.register_buffer(name_f(t.attr), t.param.detach().clone())
+
     def record_init(self, keep:bool=False):
         "Keep a copy of the current weights for scores that ask for `init`, as model buffers (`keep`: reuse saved ones)"
-        for t in self.targets:
-            saved = t.module._buffers.get(init_name(t.attr))
-            if not keep or saved is None or saved.shape != t.param.shape:
-                t.module.register_buffer(init_name(t.attr), t.param.detach().clone())
-        self.uses_init = True
+        self._copy_weights(init_name, keep); self.uses_init = True
 
     @property
     def init(self)->dict|None:
         "Per layer, the initial weights that `init` scores see (grown weights count from 0), or None if none is kept"
         return {t.name: t.module._buffers[init_name(t.attr)] for t in self.targets} if self.uses_init else None
 
-    def _ctx(self, i, t, step, n_update):
-        "What the scores of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
+    def record_prev(self, keep:bool=False):
+        "Keep a copy of the current weights for scores that ask for `prev` (the weights at the previous update), as model buffers"
+        self._copy_weights(prev_name, keep); self.uses_prev = True
+
+    @property
+    def prev(self)->dict|None:
+        "Per layer, the weights at the previous update (at the start of training before the first), or None if none are kept"
+        return {t.name: t.module._buffers[prev_name(t.attr)] for t in self.targets} if self.uses_prev else None
+
+    def _ctx(self, i, t, step, n_update, fs=None):
+        "What the scores `fs` (default: all) of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
         w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
         g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
-        grad = t.module.weight_grad() if t.sparse else w.grad
+        wants_grad = any('grad' in score_kwargs(f) for f in (self.scores if fs is None else fs) if f is not None)
+        grad = (t.module.weight_grad() if wants_grad else None) if t.sparse else w.grad   # sparse: made only if a score reads it
         if t.sparse and grad is not None and (dist := _dist()) is not None:   # as DDP averages the gradient of a masked weight
             dist.all_reduce(grad); grad /= dist.get_world_size()
         state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
         return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
-                    step=step, generator=g, init=t.module._buffers[init_name(t.attr)] if self.uses_init else None)
+                    step=step, generator=g, init=t.module._buffers[init_name(t.attr)] if self.uses_init else None,
+                    prev=t.module._buffers[prev_name(t.attr)] if self.uses_prev else None)
+
+SCOPES, DROP_BY = ('layer', 'global'), ('fraction', 'threshold')
+
+def check_selection(scope='layer', layer_floor=0.01, drop_by='fraction', threshold=None, threshold_tolerance=0.1):
+    "Raise a clear error unless the selection arguments of `SparseEngine` are valid"
+    if scope not in SCOPES: raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+    if drop_by not in DROP_BY: raise ValueError(f"drop_by must be one of {list(DROP_BY)}, got {drop_by!r}")
+    _check_fraction(layer_floor, 'layer_floor', hi_closed=False)
+    if drop_by == 'threshold':
+        if scope != 'global': raise ValueError("drop_by='threshold' compares every layer with one threshold (DSR): use scope='global'")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0):
+            raise ValueError(f"threshold must be a number > 0 (or None: start at the one that drops the target), got {threshold!r}")
+        _check_fraction(threshold_tolerance, 'threshold_tolerance', hi_closed=False)
+
+def _warn_incomparable(keep, grow, redistribution, scope, drop_by):
+    "Warn when one ranking across layers would compare scores that mean different things in different layers"
+    ranked = ([keep] if scope == 'global' else []) + ([grow] if scope == 'global' and redistribution is None and grow is not None else [])
+    for f in ranked:
+        if not getattr(f, 'comparable', False):
+            name = getattr(f, '__name__', repr(f))
+            warnings.warn(f"scope='global' ranks `{name}` across layers, but it is not marked comparable: its scale may differ "
+                          f"between layers. Pass `normalized({name!r})` (fastsparse.criteria), or mark your score `@comparable`.",
+                          stacklevel=3)
 
 def _zeros_like_weight(t):
     "A stand-in for the dense view of a weight in sparse compute, for elementwise scores: zeros (no memory), with the values' state"
@@ -185,7 +217,8 @@ def _at(ctx, idx, values, f):
     "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
     wants = score_kwargs(f)                 # gather only what the score reads
     pick = lambda k: None if ctx[k] is None or k not in wants else ctx[k].reshape(-1).index_select(0, idx)
-    out = dict(ctx, mask=torch.ones_like(values, dtype=torch.bool), grad=pick('grad'), init=pick('init'), weight=values)
+    out = dict(ctx, mask=torch.ones_like(values, dtype=torch.bool), grad=pick('grad'), init=pick('init'), prev=pick('prev'),
+               weight=values)
     del out['state']                  # `check_score` gives the values' own state
     return out
 
@@ -209,20 +242,63 @@ def _check_opt(opt, targets):
 # %% ../nbs/04_engine.ipynb #97e6bfa8
 @patch
 def plan(self:SparseEngine,
-         drop_fraction:float, # fraction of each layer's active weights to drop
+         drop_fraction:float, # fraction of each layer's active weights to drop (after pruning)
          ctxs:list=None,      # the score context of each layer (what redistribution scores see; only they need it)
+         prune:list=None,     # per layer, how many weights it prunes first (a shrinking budget)
         )->list:              # one `LayerPlan` per layer
     "How many weights each layer drops and grows; layers whose weight does not train are left alone"
     live = [t.trainable.requires_grad for t in self.targets]
     active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in self.targets]
-    n_drop = [min(round(drop_fraction * a), a - 1) if l and a > 0 else 0 for a, l in zip(active, live)]
+    prune = prune or [0] * len(active)
+    rest = [a - p for a, p in zip(active, prune)]
+    n_drop = [min(round(drop_fraction * r), r - 1) if l and r > 0 else 0 for r, l in zip(rest, live)]
     if self.redistribution_f is None: n_grow = n_drop
     else:
-        shares = [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **c) if l else 0.
-                  for t, c, l in zip(self.targets, ctxs, live)]
-        caps = [t.mask.numel() - a + d if l else 0 for t, a, d, l in zip(self.targets, active, n_drop, live)]
-        n_grow = allocate(sum(n_drop), shares, caps)
-    return [LayerPlan(*x) for x in zip(active, n_drop, n_grow)]
+        stats = self._stats(active, [p + d for p, d in zip(prune, n_drop)])
+        shares = [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.
+                  for c, s, l in zip(ctxs, stats, live)]
+        numel = [t.mask.numel() for t in self.targets]
+        n_drop = _dense_layer_drops(n_drop, shares, rest, numel, live)
+        free = [n - r + d if l else 0 for n, r, d, l in zip(numel, rest, n_drop, live)]
+        caps = [math.floor(REDISTRIBUTION_FILL * f) for f in free]    # no layer is filled to the last free place
+        n_grow = allocate(sum(n_drop), shares, caps if sum(caps) >= sum(n_drop) else free)
+    return [LayerPlan(a, p + d, g) for a, p, d, g in zip(active, prune, n_drop, n_grow)]
+
+
+REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
+
+def _dense_layer_drops(n_drop, shares, rest, numel, live, dense:float=0.2):
+    "SNFS's rule for nearly dense layers: one sparser than `dense` whose share of regrowth is above the even share drops at most its sparsity"
+    total, n_live = sum(s for s, l in zip(shares, live) if l), sum(live)
+    if total <= 0: return n_drop
+    out = list(n_drop)
+    for i, (s, r, n, l) in enumerate(zip(shares, rest, numel, live)):
+        sp = 1 - r / n
+        if l and sp < dense and s / total > 1 / n_live: out[i] = min(out[i], round(sp * r))
+    return out
+
+@patch
+def _keep(self:SparseEngine, t, ctx, active_idx):
+    "Keep scores of the active weights of `t`, in the order of `active_idx`"
+    if t.sparse and getattr(self.keep_score_f, 'elementwise', False):   # on the active values: no dense score
+        return check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, self.keep_score_f))
+    return check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
+
+@patch
+def _grow_scores(self:SparseEngine, t, ctx, idx, local):
+    "Flat grow scores of `t`; in sparse compute with a zero stand-in for the weight, the active weights at flat `idx` (`local`: their place among the values) score with their values"
+    grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
+    if t.sparse and len(idx) and all(s == 0 for s in ctx['weight'].stride()):
+        sub = t.trainable.detach().index_select(0, local); sub._fastsparse_at = (t.trainable, local)
+        grow.index_copy_(0, idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, idx, sub, self.grow_score_f)))
+    return grow
+
+@patch
+def _grow_at(self:SparseEngine, t, ctx, grow, drop_idx, n_active, n_grow):
+    "The flat indices of the `n_grow` highest `grow` scores of `t` where it is inactive or just dropped (`drop_idx`)"
+    mask = t.mask.view(-1)
+    fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
+    return _top_where(grow, mask, drop_idx, mask.numel() - n_active + len(drop_idx), n_grow, ctx['generator'], fast)
 
 @patch
 def select(self:SparseEngine,
@@ -231,24 +307,13 @@ def select(self:SparseEngine,
            plan:LayerPlan,   # how many of its weights to drop and grow
           )->Change:
     "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
-    mask = t.mask.view(-1)
     active_idx = self._active_idx(t, plan.active)
-    drop_idx = grow_idx = local = mask.new_empty(0, dtype=torch.long)
+    drop_idx = grow_idx = local = t.mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
-        if t.sparse and getattr(self.keep_score_f, 'elementwise', False):   # on the active values: no dense score
-            keep = check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, self.keep_score_f))
-        else: keep = check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
-        local = torch.topk(keep, plan.drop, largest=False, sorted=False).indices
+        local = torch.topk(self._keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
         drop_idx = active_idx.index_select(0, local)
-    if plan.grow > 0:
-        grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
-        if t.sparse and ctx['weight'].stride() == (0, 0) and len(drop_idx):
-            # `weight` is a zero stand-in (inactive weights are 0): the just-dropped weights, which may grow back, score with their values
-            sub = t.trainable.detach().index_select(0, local); sub._fastsparse_at = (t.trainable, local)
-            grow.index_copy_(0, drop_idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, drop_idx, sub, self.grow_score_f)))
-        # inactive weights, and the ones just dropped, may be grown
-        fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
-        grow_idx = _top_where(grow, mask, drop_idx, mask.numel() - plan.active + plan.drop, plan.grow, ctx['generator'], fast)
+    if plan.grow > 0:   # inactive weights, and the ones just dropped, may be grown
+        grow_idx = self._grow_at(t, ctx, self._grow_scores(t, ctx, drop_idx, local), drop_idx, plan.active, plan.grow)
     return Change(drop_idx, grow_idx, local)
 
 @patch
@@ -274,33 +339,152 @@ def commit(self:SparseEngine,
         reset_opt_state(self.opt, t.param, changed)
     if self.uses_init: _fill_at(t.module._buffers[init_name(t.attr)], grown, 0.)
     apply_masks([t])                            # the optimizer step may have written masked positions
+    if self.uses_prev: t.module._buffers[prev_name(t.attr)].copy_(t.param.detach())   # the next update compares with these
     if new_active is None: self._active.pop(t.name, None)
     else: self._active[t.name] = (t.mask._version, new_active)
     return dict(layer=t.name, numel=m.numel(), active_before=plan.active, dropped=len(dropped), grown=len(grown),
                 active_after=plan.active - len(change.drop) + len(change.grow), grown_idx=grown)
 
 @patch
+def _stats(self:SparseEngine, active, removed=None)->list:
+    "Per layer, what a score sees as `stats`: counts of this layer (`numel`, `active`, `inactive`, `removed` by this update) and of the model"
+    numel = [t.mask.numel() for t in self.targets]
+    rem = removed if removed is not None else [None] * len(active)
+    model = dict(numel=sum(numel), active=sum(active), inactive=sum(numel) - sum(active),
+                 removed=None if removed is None else sum(removed))
+    return [dict(layer=dict(numel=n, active=a, inactive=n - a, removed=r), model=model) for n, a, r in zip(numel, active, rem)]
+
+@patch
 @torch.no_grad()
 def update(self:SparseEngine,
-           drop_fraction:float, # fraction of each layer's active weights to drop
+           drop_fraction:float, # fraction of active weights to drop and regrow (DSR: the target of its threshold)
            step:int=0,          # optimizer steps taken so far (passed to scores as `step`)
            n_update:int=0,      # index of this update (seeds random scores)
+           n_active:int=None,   # active weights in all after this update, fewer than now when pruning; None keeps the total
+           finals:list=None,    # per layer, its count at the end of pruning (None: pruning ranks all layers together)
           )->list:              # one record per layer: counts of active, dropped and grown weights
-    "Drop `drop_fraction` of each layer's active weights and grow as many (or a redistributed share): plan, select, commit"
-    # with a redistribution score the plan sees every layer's context; else each is made, used and let go in turn
-    # (in sparse compute a context holds dense views: one layer's at a time)
-    ctxs = None if self.redistribution_f is None else [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
-    plans = self.plan(drop_fraction, ctxs)
-    changes = []
+    "Prune to `n_active`, then drop `drop_fraction` of the active weights and grow as many: plan, select, commit"
+    ts = self.targets
+    live = [t.trainable.requires_grad for t in ts]
+    active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in ts]
+    n_prune = 0 if n_active is None else sum(active) - int(n_active)
+    if n_prune < 0: raise ValueError(f"Pruning cannot grow the model: {n_active} active weights asked for, {sum(active)} now")
+    if self.grow_score_f is None and drop_fraction > 0:
+        raise ValueError(f"drop_fraction={drop_fraction} regrows weights, but this engine has no grow score: give `grow_score_f`")
+    ranked = self.scope == 'global' or self.drop_by == 'threshold' or (n_prune > 0 and finals is None)
+    if not ranked: plans, changes = self._layer_update(drop_fraction, step, n_update, live, active, n_prune, finals)
+    else: plans, changes = self._ranked_update(drop_fraction, step, n_update, live, active, n_prune, finals)
+    if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(ts, changes)]
+    # every score succeeded and every change is checked: commit
+    extra = dict(threshold=self.last_threshold) if self.drop_by == 'threshold' else {}
+    return [dict(self.commit(t, ch, p), drop_fraction=drop_fraction, step=step, update=n_update, **extra)
+            for t, ch, p in zip(ts, changes, plans)]
+
+@patch
+def _layer_update(self:SparseEngine, frac, step, n_update, live, active, n_prune, finals):
+    "Each layer drops its own share and grows as many (or a redistributed share): one context at a time unless redistribution needs all"
+    prune = prune_counts([a if l else 0 for a, l in zip(active, live)], finals, n_prune) if n_prune else [0] * len(active)
+    ctxs = None
+    if self.redistribution_f is not None:   # the plan sees every layer's context; else each is made, used and let go in turn
+        ctxs = [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
+    plans = self.plan(frac, ctxs, prune)
+    changes, stats = [], self._stats(active, [q.drop for q in plans])
     for i, (t, p) in enumerate(zip(self.targets, plans)):
         c = self._ctx(i, t, step, n_update) if ctxs is None else ctxs[i]
+        c['stats'] = stats[i]
         changes.append(self.select(t, c, p))
         if ctxs is not None: ctxs[i] = None
         del c
-    if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(self.targets, changes)]
-    # every score succeeded and every change is checked: commit
-    return [dict(self.commit(t, ch, p), drop_fraction=drop_fraction, step=step, update=n_update)
-            for t, ch, p in zip(self.targets, changes, plans)]
+    return plans, changes
+
+@patch
+def _ranked_update(self:SparseEngine, frac, step, n_update, live, active, n_prune, finals):
+    "Drops ranked across layers (global scope, DSR's threshold, or pruning to a global budget); grows ranked across layers too, or shared out"
+    ts, L = self.targets, len(self.targets)
+    empty = lambda: ts[0].mask.new_empty(0, dtype=torch.long)
+    numel = [t.mask.numel() for t in ts]
+    prune = prune_counts([a if l else 0 for a, l in zip(active, live)], finals, n_prune) if n_prune and finals is not None else None
+    n_exchange = round(frac * (sum(active) - n_prune)) if self.drop_by == 'fraction' else None
+    global_grow_ = self.scope == 'global' and self.redistribution_f is None and self.drop_by == 'fraction'
+    hold = self.redistribution_f is not None          # redistribution scores see every layer's context
+    stats0 = self._stats(active)
+    ctxs, keeps, aidx, cands, at_active = [None] * L, [], [], [], []
+    # one pass over the layers: keep scores of the active weights (and, for global growth, each layer's best candidates)
+    needs = [self.keep_score_f] + ([self.grow_score_f] if global_grow_ or hold else []) + ([self.redistribution_f] if hold else [])
+    for i, t in enumerate(ts):
+        c = dict(self._ctx(i, t, step, n_update, needs), stats=stats0[i])
+        a = self._active_idx(t, active[i]); aidx.append(a)
+        keeps.append(self._keep(t, c, a) if live[i] else a.new_empty(0, dtype=torch.float32))
+        if global_grow_ and n_exchange > 0 and live[i]:
+            grow = self._grow_scores(t, c, a, torch.arange(len(a), device=a.device))
+            at_active.append(grow.index_select(0, a))
+            k = min(n_exchange, numel[i] - active[i])
+            ci = self._grow_at(t, c, grow, empty(), active[i], k) if k > 0 else empty()
+            cands.append((grow.index_select(0, ci), ci))
+            del grow
+        else: at_active.append(None); cands.append(None)
+        if hold: ctxs[i] = c
+        del c
+    if not all(live): keeps = [k if l else k[:0] for k, l in zip(keeps, live)]
+    sizes = [len(k) for k in keeps]
+    floors = [f if l else 0 for f, l in zip(layer_floors(numel, sizes, self.layer_floor), live)]
+    # pruning first: to each layer's share (`finals`), or by the one ranking
+    forced = [empty() for _ in ts]
+    if n_prune:
+        if prune is None: forced = global_drop(keeps, min(n_prune, sum(s - f for s, f in zip(sizes, floors))), floors)
+        else: forced = [torch.topk(k, p, largest=False, sorted=False).indices if p else empty() for k, p in zip(keeps, prune)]
+    left = []   # what may still be dropped: the keep scores of weights not pruned, and where they sit
+    for k, fo in zip(keeps, forced):
+        stay = torch.ones(len(k), dtype=torch.bool, device=k.device); stay[fo] = False
+        pos = stay.nonzero().squeeze(1)
+        left.append((k.index_select(0, pos), pos))
+    lfloors = [min(f, len(p)) for f, (_, p) in zip(floors, left)]
+    if self.drop_by == 'threshold':
+        target = round(frac * sum(active))
+        if self.threshold is None:   # the first update: the threshold that drops the target
+            probe = global_drop([k for k, _ in left], min(target, sum(len(p) - f for (_, p), f in zip(left, lfloors))), lfloors)
+            h = max((float(k[d].max()) for (k, _), d in zip(left, probe) if len(d)), default=0.)
+            self.threshold = math.nextafter(h, math.inf)
+        chosen = threshold_drop([k for k, _ in left], self.threshold, lfloors)
+    else:
+        room = sum(len(p) - f for (_, p), f in zip(left, lfloors))
+        if self.scope == 'global': chosen = global_drop([k for k, _ in left], min(n_exchange, room), lfloors)
+        else:   # layer scope (here: pruning to a global budget, then each layer exchanges its own share)
+            chosen = [torch.topk(k, min(round(frac * len(k)), len(k) - 1), largest=False, sorted=False).indices if len(k) and l
+                      else empty() for (k, _), l in zip(left, live)]
+    local = [torch.cat([fo, p.index_select(0, ch)]) for fo, (_, p), ch in zip(forced, left, chosen)]
+    drop_idx = [a.index_select(0, lo) for a, lo in zip(aidx, local)]
+    exchanged = [len(ch) for ch in chosen]
+    # growth: ranked across layers, shared out by a redistribution score, or each layer regrows what it exchanged
+    if global_grow_:
+        pools = [(keeps[0][:0], empty()) if c is None else (torch.cat([c[0], aa.index_select(0, lo)]), torch.cat([c[1], di]))
+                 for c, aa, lo, di in zip(cands, at_active, local, drop_idx)]
+        picked = global_grow([v for v, _ in pools], sum(exchanged))
+        grow_idx = [ix.index_select(0, pk) for (_, ix), pk in zip(pools, picked)]
+    else:
+        n_free = sum(exchanged)
+        if self.redistribution_f is not None:
+            removed = [len(d) for d in drop_idx]
+            stats = self._stats(active, removed)
+            shares = [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.
+                      for c, s, l in zip(ctxs, stats, live)]
+            n_grow = allocate(n_free, shares, [n - a + r if l else 0 for n, a, r, l in zip(numel, active, removed, live)])
+        else: n_grow = exchanged
+        grow_idx, stats = [], self._stats(active, [len(d) for d in drop_idx])
+        for i, t in enumerate(ts):
+            if n_grow[i] == 0: grow_idx.append(empty()); continue
+            c = ctxs[i] if hold else self._ctx(i, t, step, n_update, [self.grow_score_f])
+            c['stats'] = stats[i]
+            grow_idx.append(self._grow_at(t, c, self._grow_scores(t, c, drop_idx[i], local[i]), drop_idx[i], active[i], n_grow[i]))
+            ctxs[i] = None; del c
+    if self.drop_by == 'threshold':
+        self.last_threshold = self.threshold     # what this update dropped below (its records say)
+        self.threshold = adjust_threshold(self.threshold, sum(exchanged), round(frac * sum(active)), self.threshold_tolerance)
+        if (dist := _dist()) is not None:
+            h = torch.tensor([self.threshold], dtype=torch.float64, device=ts[0].param.device); dist.broadcast(h, src=0)
+            self.threshold = float(h.item())
+    plans = [LayerPlan(a, len(d), len(g)) for a, d, g in zip(active, drop_idx, grow_idx)]
+    return plans, [Change(d, g, lo) for d, g, lo in zip(drop_idx, grow_idx, local)]
 
 def _remap(opt, t, old, grown):
     """Sparse compute: rebuild the layout of `t` after its mask changed (`old`: the layout before), and move its values,
@@ -418,42 +602,118 @@ def check_invariants(model,         # a sparsified `nn.Module`
             if k in st0 and not torch.equal(v[kept], st0[k][kept]): _fail(f"'{t.name}': optimizer state '{k}' of kept weights changed")
 
 # %% ../nbs/04_engine.ipynb #2faa3420
+_NO_BITS = -1   # `dst_state` entry of a budget or threshold not set
+
+def _to_bits(x:float|None)->int: return _NO_BITS if x is None else int(torch.tensor([x], dtype=torch.float64).view(torch.int64).item())
+def _from_bits(b:int)->float|None: return None if b == _NO_BITS else float(torch.tensor([b], dtype=torch.int64).view(torch.float64).item())
+
+def _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
+                  grow_score_f, drop_by, initial_drop_grow_pct):
+    "Raise a clear error unless the pruning arguments of `DynamicSparseTraining` are valid (needs no model)"
+    if drop_by == 'threshold' and not 0 < initial_drop_grow_pct < 1:
+        raise ValueError(f"DSR's target, the fraction of active weights its threshold should drop (`initial_drop_grow_pct`), "
+                         f"must be in (0, 1), got {initial_drop_grow_pct!r}")
+    if final_sparsity is None:
+        if grow_score_f is None: raise ValueError("Without a grow score nothing regrows, and without `final_sparsity` nothing is "
+            "pruned: gradual pruning needs its target, e.g. `DynamicSparseTrainingCallback(**GMP_presets, final_sparsity=0.9)`")
+        return
+    _check_fraction(final_sparsity, 'final_sparsity', hi_closed=False)
+    if drop_by == 'threshold': raise ValueError("DSR keeps its budget: `final_sparsity` does not combine with drop_by='threshold'")
+    if final_sparse_f != 'global': get_distribution(final_sparse_f)
+    get_prune_schedule(prune_schedule)
+    start = _check_fraction(prune_start_pct, 'prune_start_pct')
+    end = _check_fraction(stop_pct if prune_end_pct is None else prune_end_pct, 'prune_end_pct')
+    if end <= start: raise ValueError(f"Pruning must end after it starts: prune_end_pct={end} is not after prune_start_pct={start}")
+
 class DynamicSparseTraining:
     "Drives dynamic sparse training in any loop: call `step(pct_train)` after each optimizer step"
     def __init__(self,
                  model,                             # a sparsified `nn.Module`
                  opt=None,                          # its optimizer
                  keep_score_f='weight_magnitude',   # keep score: function or registered name
-                 grow_score_f='gradient_magnitude', # grow score: function or registered name
-                 redistribution_f=None,             # per-layer share of regrowth (SNFS); None keeps counts
-                 initial_drop_grow_pct:float=0.3,   # fraction of active weights dropped (and grown) at first
+                 grow_score_f='gradient_magnitude', # grow score: function or registered name (None: nothing regrows, GMP)
+                 redistribution_f=None,             # per-layer share of regrowth (SNFS, DSR); None keeps counts
+                 initial_drop_grow_pct:float=0.3,   # fraction of active weights dropped (and grown) at first; DSR: its target
                  stop_pct:float=0.75,               # fraction of training after which masks stay fixed
                  batches_per_update:int=100,        # optimizer steps between updates; None: once per epoch (mark epoch ends)
                  drop_schedule='cosine',            # decay of the drop fraction: 'cosine', 'linear', 'constant' or f(initial, t)
                  start_step:int=0,                  # no update before this many optimizer steps
                  seed:int=None,                     # seed of random scores (default: drawn from torch's RNG)
                  resume:bool=False,                 # continue the counters and statistics saved in the model
+                 scope:str='layer',                 # 'layer': each layer drops its own share; 'global': one ranking of all layers
+                 layer_floor:float=0.01,            # fraction of each layer that a ranking across layers never drops
+                 drop_by:str='fraction',            # 'fraction' of the active weights, or 'threshold' (DSR; with scope='global')
+                 threshold:float=None,              # DSR's first threshold (None: the one that drops its target)
+                 threshold_tolerance:float=0.1,     # DSR's tolerance around its target before the threshold moves
+                 final_sparsity:float=None,         # prune gradually to this sparsity of the masked weights (GMP, GraNet)
+                 final_sparse_f='uniform',          # per-layer final sparsities (a distribution or its name), or 'global'
+                 prune_schedule='cubic',            # how pruning proceeds: 'cubic' (Zhu & Gupta), 'linear' or g(t)
+                 prune_start_pct:float=0.,          # where in training pruning starts
+                 prune_end_pct:float=None,          # where it reaches `final_sparsity` (None: `stop_pct`)
                 ):
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
-        saved = _as_model(model)._buffers.get(STATE_KEY)
+        _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
+                      grow_score_f, drop_by, initial_drop_grow_pct)
+        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance)
+        m = _as_model(model)
+        saved = m._buffers.get(STATE_KEY)
         resume = resume and saved is not None
-        self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed, keep_init=resume)
+        self.final_sparsity, self.prune_schedule = final_sparsity, prune_schedule
+        self.prune_start_pct = float(prune_start_pct)
+        self.prune_end_pct = float(stop_pct if prune_end_pct is None else prune_end_pct)
+        self.finals, self.final_total = self._final_budget(m, final_sparsity, final_sparse_f, layer_floor) if final_sparsity is not None else (None, None)
+        self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed, keep_init=resume, scope=scope,
+                                   layer_floor=layer_floor, drop_by=drop_by, threshold=threshold, threshold_tolerance=threshold_tolerance)
+        if final_sparsity is not None and self.engine.sparse and _dist() is not None:
+            raise ValueError("Pruning changes how many weights a layer holds, which DistributedDataParallel cannot follow in sparse "
+                             "compute: train with `compute='masked'` under DDP")
         self.model, self.log = self.engine.model, UpdateLog(self.engine.model, resume=resume)
-        if resume: self.n_steps, self.n_updates, self.engine.seed = (int(x) for x in saved.tolist())
+        self.prune_start_total = None        # active weights when pruning started
+        if resume:
+            st = [int(x) for x in saved.tolist()] + [_NO_BITS] * 2
+            self.n_steps, self.n_updates, self.engine.seed = st[:3]
+            self.prune_start_total = None if st[3] == _NO_BITS else st[3]
+            if (h := _from_bits(st[4])) is not None: self.engine.threshold = h
         else: self.n_steps, self.n_updates = 0, 0
         self.n_epochs, self._ended, self._end_due = 0, False, False    # epoch ends marked; marked at a step; carried to the next step
         self._save_state()
 
     @staticmethod
+    def _final_budget(model, final_sparsity, final_sparse_f, layer_floor):
+        "Per layer (None with 'global') and in all, the active weights at the end of pruning; raises if the model cannot get there"
+        ts = masked_params(model)
+        if not ts: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
+        numel = [t.mask.numel() for t in ts]
+        active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in ts]
+        if final_sparse_f == 'global': finals, total = None, round((1 - final_sparsity) * sum(numel))
+        else:
+            sps = get_distribution(final_sparse_f)([t.param for t in ts], final_sparsity)
+            total = sum(round((1 - s) * n) for n, s in zip(numel, sps))
+            finals = final_counts(numel, active, sps) if total <= sum(active) else None
+        if total > sum(active):
+            raise ValueError(f"final_sparsity={final_sparsity} keeps {total} weights, but the model holds {sum(active)} "
+                             f"(sparsity {1 - sum(active) / sum(numel):.4f}): pruning cannot add weights. Give a final sparsity at "
+                             "or above the current one, or sparsify the model less (`sparsify_model(model, 0.)` starts dense).")
+        floors = layer_floors(numel, active, layer_floor)
+        if final_sparse_f == 'global' and sum(floors) > total:
+            raise ValueError(f"final_sparsity={final_sparsity} keeps {total} weights, fewer than the per-layer floors "
+                             f"({sum(floors)}, layer_floor={layer_floor}): lower `layer_floor` or the final sparsity")
+        return finals, total
+
+    @staticmethod
     def check_args(**kwargs):
-        "Check the arguments that need no model (names, scores, schedule), as a callback does before training starts"
+        "Check the arguments that need no model (names, scores, schedules, budget), as a callback does before training starts"
         sig = inspect.signature(DynamicSparseTraining.__init__).parameters
         unknown = sorted(set(kwargs) - set(sig) - {'self', 'model', 'opt'})
         if unknown: raise TypeError(f"Unknown arguments {unknown}: DynamicSparseTraining takes {[k for k in sig if k not in ('self', 'model', 'opt')]}")
         a = {**{k: p.default for k, p in sig.items() if p.default is not p.empty}, **kwargs}
         UpdateSchedule(a['initial_drop_grow_pct'], a['stop_pct'], a['batches_per_update'], a['drop_schedule'], a['start_step'])
-        get_score(a['keep_score_f']); get_score(a['grow_score_f'])
+        get_score(a['keep_score_f'])
+        if a['grow_score_f'] is not None: get_score(a['grow_score_f'])
         if a['redistribution_f'] is not None: get_score(a['redistribution_f'], 'redistribution')
+        _check_budget(a['final_sparsity'], a['final_sparse_f'], a['prune_schedule'], a['prune_start_pct'], a['prune_end_pct'],
+                      a['stop_pct'], a['grow_score_f'], a['drop_by'], a['initial_drop_grow_pct'])
+        check_selection(a['scope'], a['layer_floor'], a['drop_by'], a['threshold'], a['threshold_tolerance'])
 
     opt = property(lambda self: self.engine.opt, lambda self, o: setattr(self.engine, 'opt', o), doc="The optimizer whose state updates reset")
     history = property(lambda self: self.log.history, doc="The records of every update, one list per update (see `UpdateLog`)")
@@ -461,28 +721,48 @@ class DynamicSparseTraining:
 
     def _save_state(self):
         "Keep the counters in a model buffer, so that every checkpoint of the model carries them"
-        st = torch.tensor([self.n_steps, self.n_updates, self.engine.seed], dtype=torch.int64)
+        st = torch.tensor([self.n_steps, self.n_updates, self.engine.seed,
+                           _NO_BITS if self.prune_start_total is None else self.prune_start_total,
+                           _to_bits(self.engine.threshold)], dtype=torch.int64)
         buf = self.model._buffers.get(STATE_KEY)
         if buf is None or buf.shape != st.shape: self.model.register_buffer(STATE_KEY, st)
         else: buf.copy_(st)
+
+    def n_active(self)->int:
+        "Active masked weights in all, now"
+        return sum(t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in self.engine.targets)
+
+    def budget(self, pct_train:float)->int|None:
+        "Active weights in all that pruning wants at `pct_train` (None: no pruning, or it has not started)"
+        if self.final_sparsity is None or pct_train < self.prune_start_pct: return None
+        start = self.n_active() if self.prune_start_total is None else self.prune_start_total
+        return budget_at(pct_train, start, self.final_total, self.prune_start_pct, self.prune_end_pct, self.prune_schedule)
 
     def step(self,
              pct_train:float,       # position in training after this step, 0 to 1
              update:bool=None,      # force (True) or skip (False) an update; None follows the schedule
              epoch_end:bool=False,  # this step is the last of an epoch (what `batches_per_update=None` updates after)
             )->list|None:           # the update's records, or None when no update was made
-        "After an optimizer step: count it, keep masked weights at zero, and update the topology when due"
+        "After an optimizer step: count it, keep masked weights at zero, and update the topology (and prune) when due"
         pct_train = _check_fraction(pct_train, 'pct_train')
         self.n_steps += 1
         at_end, self._end_due = epoch_end or self._end_due, False
         if epoch_end: self._ended = True
         if at_end: self.n_epochs += 1
-        if update is None: update = self.schedule.is_due(self.n_steps, pct_train, at_end)
+        s = self.schedule
+        due = s.is_due(self.n_steps, pct_train, at_end) if update is None else update
+        after_start = self.n_steps > s.start_step
+        exchange = due and after_start and pct_train < s.stop_pct and self.engine.grow_score_f is not None
+        target = self.budget(pct_train) if after_start and update is not False else None
+        on_time = update is True or pct_train >= self.prune_end_pct or s.on_cadence(self.n_steps, at_end)
+        prune = target is not None and on_time and target < self.n_active()
         self.engine.observe_step()
         records = None
-        if update and self.n_steps > self.schedule.start_step and pct_train < self.schedule.stop_pct:
-            frac = self.schedule.drop_fraction(pct_train)
-            records = self.log.record(self.engine.update(frac, step=self.n_steps, n_update=self.n_updates), pct_train)
+        if exchange or prune:
+            if prune and self.prune_start_total is None: self.prune_start_total = self.n_active()
+            frac = s.drop_fraction(pct_train) if exchange else 0.
+            records = self.log.record(self.engine.update(frac, step=self.n_steps, n_update=self.n_updates,
+                                                         n_active=target if prune else None, finals=self.finals), pct_train)
             self.n_updates += 1
         for t in self.engine.sparse: t.module.clear_record()   # the next step's backward passes start a new record
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
@@ -507,6 +787,7 @@ class DynamicSparseTraining:
         "Fraction of the masked weights that were active at some point of this training run (Liu et al., 2021)"
         return self.log.exploration_rate()
 
+
 # %% ../nbs/04_engine.ipynb #047e9e81
 # SET (Mocanu et al., 2018): drop the smallest weights, grow at random, constant fraction 0.3
 SET_presets = dict(keep_score_f='weight_magnitude', grow_score_f='random_score', initial_drop_grow_pct=0.3,
@@ -521,6 +802,23 @@ SNFS_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_mome
 RigL_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_magnitude', initial_drop_grow_pct=0.3,
                     drop_schedule='cosine', stop_pct=0.75)
 
+# DSR (Mostafa & Wang, 2019): drop below one adaptive global threshold that aims at 1% of the active weights,
+# reallocate the freed weights to layers in proportion to their survivors, grow them at random
+DSR_presets = dict(keep_score_f='weight_magnitude', grow_score_f='random_score', redistribution_f='survivors',
+                   scope='global', drop_by='threshold', threshold=1e-3, threshold_tolerance=0.1,
+                   initial_drop_grow_pct=0.01, drop_schedule='constant', stop_pct=0.75)
+
+# GMP (Zhu & Gupta, 2017): prune the smallest weights of each layer on a cubic schedule to `final_sparsity`; no regrowth.
+# Give the target: `DynamicSparseTrainingCallback(**GMP_presets, final_sparsity=0.9)`, from a dense start (`sparsify_model(m, 0.)`)
+GMP_presets = dict(keep_score_f='weight_magnitude', grow_score_f=None, initial_drop_grow_pct=0., final_sparse_f='uniform',
+                   prune_schedule='cubic', prune_start_pct=0.1, prune_end_pct=0.75)
+
+# GraNet (Liu et al., 2021): global magnitude pruning on a cubic schedule, and at every update each layer also drops
+# the smallest of its remaining weights and regrows as many by gradient (0.5, cosine). Needs `final_sparsity`.
+GraNet_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_magnitude', initial_drop_grow_pct=0.5,
+                      drop_schedule='cosine', stop_pct=0.75, final_sparse_f='global', prune_schedule='cubic',
+                      prune_start_pct=0., prune_end_pct=0.75)
+
 class _Presets(dict):
     "Presets by name; a name in another case finds its preset, an unknown name says which exist"
     def __missing__(self, key):
@@ -528,7 +826,8 @@ class _Presets(dict):
         if k is None: raise KeyError(f"Unknown preset {key!r}: known presets are {list(self)}")
         return self[k]
 
-PRESETS = _Presets(SET=SET_presets, SNFS=SNFS_presets, RigL=RigL_presets)   # by name, as the command line takes them
+PRESETS = _Presets(SET=SET_presets, SNFS=SNFS_presets, RigL=RigL_presets, DSR=DSR_presets, GMP=GMP_presets,
+                   GraNet=GraNet_presets)   # by name, as the command line takes them
 
 # %% ../nbs/04_engine.ipynb #9cd8779e
 class DynamicSparseTrainingOptimizerWrapper:

@@ -14,8 +14,8 @@ from .distributions import _check_sparsity, uniform_sparsity, get_distribution
 # %% auto #0
 __all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget',
            'mask_name', 'values_name', 'sparsifiable_params', 'masked_params', 'is_sparse', 'apply_masks',
-           'explored_name', 'grown_name', 'init_name', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks', 'n_keep',
-           'sparsify_model', 'unsparsify', 'load_sparse']
+           'explored_name', 'grown_name', 'init_name', 'prev_name', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks',
+           'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -209,6 +209,10 @@ def init_name(attr:str)->str:
     "Name of the buffer keeping the initial values of `attr` for scores that ask for them (e.g. `movement`)"
     return f'{attr}_init'
 
+def prev_name(attr:str)->str:
+    "Name of the buffer keeping the values of `attr` at the previous update for scores that ask for them (e.g. `updating_movement`)"
+    return f'{attr}_prev'
+
 # %% ../nbs/01_masks.ipynb #c63390ad
 class SparseHooks:
     "The hooks that enforce the masks of a model; `remove()` takes them off"
@@ -339,7 +343,7 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
             buffers.append((module, name, v.detach().to(like.device if like is not None else (cur.device if cur is not None else v.device), copy=True)))
     for name in (STATE_KEY, HISTORY_KEY): sync(model, name, prefix + name)
     for w, (m, n, p) in final.items():
-        for f in (explored_name, init_name): sync(m, f(n), f(w), like=p)
+        for f in (explored_name, init_name, prev_name): sync(m, f(n), f(w), like=p)
         sync(m, grown_name(n), grown_name(w))
     meta = getattr(sd, '_metadata', None) or {}
     for key, (m, n, t) in entries.items():
@@ -499,6 +503,7 @@ def unsparsify(model)->nn.Module:
         t.module._buffers.pop(explored_name(t.attr), None)
         t.module._buffers.pop(grown_name(t.attr), None)
         t.module._buffers.pop(init_name(t.attr), None)
+        t.module._buffers.pop(prev_name(t.attr), None)
     for k in (STATE_KEY, HISTORY_KEY): model._buffers.pop(k, None)
     return model
 

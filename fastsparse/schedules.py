@@ -79,8 +79,15 @@ class UpdateSchedule:
                epoch_end:bool=False,  # this step is the last of an epoch
               )->bool:
         "Whether optimizer step number `step` is followed by an update"
+        return self.on_cadence(step, epoch_end) and pct_train < self.stop_pct
+
+    def on_cadence(self,
+                   step:int,              # optimizer steps taken so far, this one included (counting from 1)
+                   epoch_end:bool=False,  # this step is the last of an epoch
+                  )->bool:
+        "Whether step number `step` falls on the update cadence (every `batches_per_update` steps or epoch end, after `start_step`), whatever `stop_pct` says: when pruning updates"
         every = epoch_end if self.per_epoch else step % self.batches_per_update == 0
-        return bool(every) and step > self.start_step and pct_train < self.stop_pct
+        return bool(every) and step > self.start_step
 
     def drop_fraction(self, pct_train:float)->float:
         "Fraction of active weights an update at `pct_train` drops and regrows"

@@ -13,7 +13,8 @@ from .distributions import erdos_renyi_sparsity, uniform_sparsity
 
 # %% auto #0
 __all__ = ['HISTORY_COLS', 'SparsityReport', 'sparsity_report', 'UpdateLog', 'update_table', 'count_flops', 'training_flops',
-           'inference_flops', 'plot_densities', 'plot_updates', 'plot_schedule', 'plot_input_connectivity']
+           'inference_flops', 'plot_densities', 'plot_updates', 'plot_active', 'plot_schedule',
+           'plot_input_connectivity']
 
 # %% ../nbs/05_stats.ipynb #e04292fa
 class SparsityReport:
@@ -253,6 +254,19 @@ def plot_updates(dst, ax=None):
     ax.set_xlabel('optimizer step'); ax.set_ylabel('weights'); ax.legend(fontsize=8)
     ax2 = ax.twinx(); ax2.plot(g.step, g.explored / df.groupby('update').numel.sum(), 'k-', alpha=0.4)
     ax2.set_ylabel('exploration rate (grey line)')
+    return ax
+
+def plot_active(x, ax=None, title:str=None):
+    "Density of every masked layer after each update, against the position in training: how a method moves (or prunes) the budget"
+    df = update_table(x)
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    if not len(df): ax.set_title('no update yet'); return ax
+    for name, g in df.groupby('layer', sort=False):
+        ax.plot(g.pct_train, g.active_after / g.numel, '.-', label=name, alpha=0.8)
+    tot = df.groupby('update').agg(pct=('pct_train', 'first'), active=('active_after', 'sum'), numel=('numel', 'sum'))
+    ax.plot(tot.pct, tot.active / tot.numel, 'k--', lw=2, label='all masked weights')
+    ax.set_xlabel('pct_train'); ax.set_ylabel('density after the update'); ax.set_yscale('log')
+    ax.legend(fontsize=7, ncol=2); ax.set_title(title or 'active weights per layer')
     return ax
 
 def plot_schedule(schedule, n_steps:int, steps_per_epoch:int=None, ax=None):

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from fastai.basics import *
 from fastai.callback.all import *
-from fastsparse import sparsify_model, DynamicSparseTrainingCallback, PRESETS, masked_params, erdos_renyi_sparsity
+from fastsparse import sparsify_model, DynamicSparseTrainingCallback, PRESETS, masked_params, erdos_renyi_sparsity, normalized
 from fastsparse.data import digits_dls, digits_mlp
 
 def main(preset, out, compute='masked'):
@@ -20,8 +20,12 @@ def main(preset, out, compute='masked'):
     sparsify_model(model, 0.9, erdos_renyi_sparsity, compute=compute)
     learn = Learner(digits_dls(seed=rank), DDP(model), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                     opt_func=partial(SGD, mom=0.9))
+    if preset == 'RigL-global': kw = {**PRESETS['RigL'], 'scope': 'global', 'grow_score_f': normalized('gradient_magnitude')}
+    else: kw = dict(PRESETS[preset])
+    if 'final_sparse_f' in kw: kw['final_sparsity'] = 0.95           # GMP, GraNet: prune from 90% to 95%
+    if preset == 'DSR': kw['initial_drop_grow_pct'] = 0.1             # a threshold that moves within 3 epochs
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(3, 1e-2, cbs=DynamicSparseTrainingCallback(**PRESETS[preset], batches_per_update=4))
+        learn.fit_one_cycle(3, 1e-2, cbs=DynamicSparseTrainingCallback(**kw, batches_per_update=4))
     torch.save({'state': model.state_dict(), 'updates': len(learn.dst.history),
                 'budget': [int(t.mask.sum()) for t in masked_params(model)], 'compute': [t.sparse for t in masked_params(model)]}, Path(out)/f'rank{rank}.pt')
     learn.save(Path(out).resolve()/'learn')          # fastai writes the checkpoint on rank 0 only

@@ -15,10 +15,13 @@ def bench(script, *args):
 def test_accuracy_smoke(tmp_path):
     out = bench('accuracy.py', '--smoke', '--out', str(tmp_path/'smoke.csv'))
     rows = list(csv.DictReader(open(tmp_path/'smoke.csv')))
-    assert {r['method'] for r in rows} == {'dense', 'static', 'SET', 'SNFS', 'RigL'}
+    assert {r['method'] for r in rows} == {'dense', 'static', 'SET', 'SNFS', 'RigL', 'RigL-global', 'DSR', 'GMP', 'GraNet'}
     for r in rows:
         if r['method'] != 'dense': assert abs(float(r['realised_sparsity']) - 0.9) < 1e-3
     assert 'mean accuracy and 95% interval' in out
+    bench('accuracy.py', '--smoke', '--opt', 'sgd', '--methods', 'GraNet', '--out', str(tmp_path/'sgd.csv'))
+    rows = list(csv.DictReader(open(tmp_path/'sgd.csv')))
+    assert {(r['opt'], r['method']) for r in rows} == {('sgd', 'dense'), ('sgd', 'GraNet')}
 
 def test_speed_smoke():
     out = bench('speed.py', '--repeats', '3', '--steps', '1')

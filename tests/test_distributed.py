@@ -40,12 +40,15 @@ def test_plain_pytorch_ddp(tmp_path, preset):
     single = torch.load(tmp_path/'model.pth', weights_only=True)
     assert [int(single[k].sum()) for k in single if k.endswith('_mask')] == a['budget']
 
-@pytest.mark.parametrize('preset,compute', [('SET', 'masked'), ('RigL', 'masked'), ('SET', 'sparse'), ('RigL', 'sparse')])
+@pytest.mark.parametrize('preset,compute', [('SET', 'masked'), ('RigL', 'masked'), ('SET', 'sparse'), ('RigL', 'sparse'),
+                                            ('DSR', 'masked'), ('GraNet', 'masked'), ('RigL-global', 'masked')])
 def test_fastai_callback_ddp(tmp_path, preset, compute):
     launch(ROOT/'tests'/'dist_fastai.py', preset, str(tmp_path), compute)
     a = check_identical(tmp_path)            # sparse compute: the same checkpoint keys, masks and weights on every rank
     assert (tmp_path/'learn.pth').exists()
     assert a['compute'] == [compute == 'sparse'] * len(a['budget'])
+    if preset == 'GraNet':   # pruned to 95% exactly, the same on every rank
+        assert sum(a['budget']) == round(0.05 * sum(v.numel() for k, v in a['state'].items() if k.endswith('_mask')))
 
 def test_single_process_script():
     r = subprocess.run([sys.executable, str(ROOT/'examples'/'train_ddp.py'), '--epochs', '2'], capture_output=True, text=True, cwd=ROOT)
