@@ -71,11 +71,14 @@ MOMENTUM_KEYS = ('grad_avg', 'exp_avg', 'momentum_buffer')
 # ... and of its running mean square: fastai Adam/RMSProp, torch Adam(W), torch RMSprop
 SECOND_MOMENT_KEYS = ('sqr_avg', 'exp_avg_sq', 'square_avg')
 
-def _state_tensor(opt, param, keys, what, fix, score=None):
+def _find_state(opt, param, keys):
+    "The first per-weight state tensor of `param` named in `keys`, or None"
     st = opt_state(opt, param)
-    for k in keys:
-        v = st.get(k)
-        if isinstance(v, torch.Tensor) and v.shape == param.shape: return v
+    return next((st[k] for k in keys if isinstance(st.get(k), torch.Tensor) and st[k].shape == param.shape), None)
+
+def _state_tensor(opt, param, keys, what, fix, score=None):
+    if (v := _find_state(opt, param, keys)) is not None: return v
+    st = opt_state(opt, param)
     who = f"`{score}` needs" if score else "Needs"
     if opt is None: raise ValueError(f"{who} {what}, but no optimizer was given")
     if not st and not _lacks_momentum(opt):
@@ -209,9 +212,7 @@ def gradient_momentum(param, opt):
 def momentum_redistribution(param, opt, mask, eps:float=1e-8):
     "Mean momentum magnitude of the layer's active weights (SNFS), each divided by the root of its second moment where the optimizer keeps one (Adam)"
     m = momentum(opt, param, 'momentum_redistribution').detach().float()
-    st = opt_state(opt, param)
-    v = next((st[k] for k in SECOND_MOMENT_KEYS if isinstance(st.get(k), torch.Tensor) and st[k].shape == param.shape), None)
-    if v is not None: m = m / (v.detach().float().sqrt() + eps)   # Adam: on one scale in every layer
+    if (v := _find_state(opt, param, SECOND_MOMENT_KEYS)) is not None: m = m / (v.detach().float().sqrt() + eps)   # Adam: on one scale in every layer
     return m.abs()[mask].mean().item() if mask.any() else 0.
 
 @register_redistribution

@@ -669,6 +669,7 @@ class DynamicSparseTraining:
                              "compute: train with `compute='masked'` under DDP")
         self.model, self.log = self.engine.model, UpdateLog(self.engine.model, resume=resume)
         self.prune_start_total = None        # active weights when pruning started
+        self._at_final = False               # pruning reached `final_total` (recounted once after a resume)
         if resume:
             st = [int(x) for x in saved.tolist()] + [_NO_BITS] * 2
             self.n_steps, self.n_updates, self.engine.seed = st[:3]
@@ -755,7 +756,7 @@ class DynamicSparseTraining:
         exchange = due and after_start and pct_train < s.stop_pct and self.engine.grow_score_f is not None
         target = self.budget(pct_train) if after_start and update is not False else None
         on_time = update is True or pct_train >= self.prune_end_pct or s.on_cadence(self.n_steps, at_end)
-        prune = target is not None and on_time and target < self.n_active()
+        prune = target is not None and on_time and not self._at_final and target < self.n_active()
         self.engine.observe_step()
         records = None
         if exchange or prune:
@@ -763,6 +764,8 @@ class DynamicSparseTraining:
             frac = s.drop_fraction(pct_train) if exchange else 0.
             records = self.log.record(self.engine.update(frac, step=self.n_steps, n_update=self.n_updates,
                                                          n_active=target if prune else None, finals=self.finals), pct_train)
+            # once at the final count, later steps need not count the active weights again to know it
+            if prune: self._at_final = sum(r['active_after'] for r in records) == self.final_total
             self.n_updates += 1
         for t in self.engine.sparse: t.module.clear_record()   # the next step's backward passes start a new record
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
