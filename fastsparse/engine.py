@@ -19,9 +19,9 @@ from .distributions import get_distribution
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['SCOPES', 'DROP_BY', 'REDISTRIBUTION_FILL', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'DSR_presets',
-           'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change', 'SparseEngine', 'check_selection',
-           'reset_opt_state', 'snapshot', 'check_invariants', 'DynamicSparseTraining',
+__all__ = ['SCOPES', 'DROP_BY', 'REDISTRIBUTION_FILL', 'REDISTRIBUTION_FLOOR', 'SET_presets', 'SNFS_presets', 'RigL_presets',
+           'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change', 'SparseEngine',
+           'check_selection', 'reset_opt_state', 'snapshot', 'check_invariants', 'DynamicSparseTraining',
            'DynamicSparseTrainingOptimizerWrapper']
 
 # %% ../nbs/04_engine.ipynb #bbfbf0c7
@@ -259,6 +259,7 @@ def plan(self:SparseEngine,
                   for c, s, l in zip(ctxs, stats, live)]
         numel = [t.mask.numel() for t in self.targets]
         n_drop = _dense_layer_drops(n_drop, shares, rest, numel, live)
+        n_drop = _floor_drops(n_drop, rest, numel, live)
         free = [n - r + d if l else 0 for n, r, d, l in zip(numel, rest, n_drop, live)]
         caps = [math.floor(REDISTRIBUTION_FILL * f) for f in free]    # no layer is filled to the last free place
         n_grow = allocate(sum(n_drop), shares, caps if sum(caps) >= sum(n_drop) else free)
@@ -266,6 +267,13 @@ def plan(self:SparseEngine,
 
 
 REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
+REDISTRIBUTION_FLOOR = 0.5   # no layer is left below this fraction of the model's density by redistribution
+
+def _floor_drops(n_drop, rest, numel, live, floor:float=None):
+    "Drops capped so that each layer keeps `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight, at most what it holds)"
+    floor = REDISTRIBUTION_FLOOR if floor is None else floor
+    density = sum(r for r, l in zip(rest, live) if l) / max(1, sum(n for n, l in zip(numel, live) if l))
+    return [min(d, r - min(r, max(1, math.ceil(floor * density * n)))) for d, r, n in zip(n_drop, rest, numel)]
 
 def _dense_layer_drops(n_drop, shares, rest, numel, live, dense:float=0.2):
     "SNFS's rule for nearly dense layers: one sparser than `dense` whose share of regrowth is above the even share drops at most its sparsity"

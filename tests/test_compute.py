@@ -308,3 +308,40 @@ def test_fastai_learner_in_sparse_compute(tmp_path):
     assert fl.sparse_macs.tolist() == [4 * int(t.mask.sum()) for t in masked_params(s.model)]
     exported, report = sparse_export(s.model)
     assert torch.allclose(exported(x[:8]), s.model(x[:8]), atol=1e-5) and report.converted.any()
+
+_TWO_THREADS = r'''
+import torch
+from torch.nn import functional as F
+from fastsparse.compute import CSRLayout, sparse_linear, kernels
+import fastsparse.compute as compute
+assert compute.kernels() is not compute._TorchKernels, 'the compiled kernels did not build'
+from fastsparse.engine import _top_where
+assert torch.get_num_threads() == 2
+g = torch.Generator().manual_seed(0)
+w = torch.randn(1100, 1100, generator=g); mask = torch.rand(1100, 1100, generator=g) < 0.5
+w = w * mask; x = torch.randn(64, 1100, generator=g, requires_grad=True)
+lay = CSRLayout.from_mask(mask)
+vals = w[mask].requires_grad_()
+y = sparse_linear(x, vals, lay, None)                      # 605k weights x 64 rows: past the one-thread cut-off
+ref_x = x.detach().clone().requires_grad_(); ref_w = w.clone().requires_grad_()
+ref = F.linear(ref_x, ref_w)
+torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+go = torch.randn_like(y, generator=g); y.backward(go); ref.backward(go)
+torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(vals.grad, ref_w.grad[mask], rtol=1e-4, atol=1e-4)
+scores, m = torch.randn(1 << 21, generator=g), torch.rand(1 << 21, generator=g) < 0.3
+for tau in (3.0, 0.5, -10.0):                               # few, many and all candidates, over 2M scores
+    assert torch.equal(kernels().above(scores, m, tau), ((scores >= tau) & ~m).nonzero().squeeze(1))
+none = torch.empty(0, dtype=torch.long)
+for fast in (False, True):
+    top = _top_where(scores, m, none, int((~m).sum()), 5000, torch.Generator().manual_seed(1), fast=fast)
+    torch.testing.assert_close(scores[top].sort().values, scores[~m].topk(5000).values.sort().values)
+print('ok')
+'''
+
+def test_kernels_on_two_threads():
+    "The compiled kernels' parallel paths (the other tests run on one thread): the same product, gradients and selections"
+    import os, subprocess, sys
+    r = subprocess.run([sys.executable, '-c', _TWO_THREADS], capture_output=True, text=True,
+                       env={**os.environ, 'OMP_NUM_THREADS': '2'})
+    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-3000:]
