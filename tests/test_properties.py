@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck, assume
 
 from fastsparse import (sparsify_model, masked_params, uniform_sparsity, erdos_renyi_sparsity, load_sparse,
                         SparseEngine, opt_state, n_keep, overall_sparsity, first_layer_dense_uniform,
-                        snapshot, check_invariants)
+                        snapshot, check_invariants, REDISTRIBUTION_FLOOR)
 
 SETTINGS = dict(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -114,6 +114,11 @@ def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed, dat
         if f: assert torch.equal(t.mask, snap[t.name][0]) and a == b
         grown, dropped = t.mask & ~snap[t.name][0], snap[t.name][0] & ~t.mask
         assert r['grown'] == int(grown.sum()) and r['dropped'] == int(dropped.sum()) and r['active_after'] == a
+    if redist is not None:   # redistribution leaves no layer that trains below half the model's density (or what it held)
+        live = [(b, t.mask.numel()) for t, f, b in zip(masked_params(model), frozen, before) if not f]
+        density = sum(b for b, _ in live) / max(1, sum(n for _, n in live))
+        for t, f, b, a in zip(masked_params(model), frozen, before, after):
+            if not f: assert a >= min(b, max(1, math.ceil(REDISTRIBUTION_FLOOR * density * t.mask.numel()))), (t.name, a, b)
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.data())
