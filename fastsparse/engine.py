@@ -269,11 +269,10 @@ def plan(self:SparseEngine,
 REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
 REDISTRIBUTION_FLOOR = 0.5   # no layer is left below this fraction of the model's density by redistribution
 
-def _floor_drops(n_drop, rest, numel, live, floor:float=None):
-    "Drops capped so that each layer keeps `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight, at most what it holds)"
-    floor = REDISTRIBUTION_FLOOR if floor is None else floor
+def _floor_drops(n_drop, rest, numel, live):
+    "Drops capped so that each layer keeps `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight)"
     density = sum(r for r, l in zip(rest, live) if l) / max(1, sum(n for n, l in zip(numel, live) if l))
-    return [min(d, r - min(r, max(1, math.ceil(floor * density * n)))) for d, r, n in zip(n_drop, rest, numel)]
+    return [min(d, max(0, r - max(1, math.ceil(REDISTRIBUTION_FLOOR * density * n)))) for d, r, n in zip(n_drop, rest, numel)]
 
 def _dense_layer_drops(n_drop, shares, rest, numel, live, dense:float=0.2):
     "SNFS's rule for nearly dense layers: one sparser than `dense` whose share of regrowth is above the even share drops at most its sparsity"

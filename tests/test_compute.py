@@ -312,9 +312,8 @@ def test_fastai_learner_in_sparse_compute(tmp_path):
 _TWO_THREADS = r'''
 import torch
 from torch.nn import functional as F
-from fastsparse.compute import CSRLayout, sparse_linear, kernels
-import fastsparse.compute as compute
-assert compute.kernels() is not compute._TorchKernels, 'the compiled kernels did not build'
+from fastsparse.compute import CSRLayout, sparse_linear, kernels, _TorchKernels
+assert kernels() is not _TorchKernels, 'the compiled kernels did not build'
 from fastsparse.engine import _top_where
 assert torch.get_num_threads() == 2
 g = torch.Generator().manual_seed(0)
