@@ -16,9 +16,10 @@ from .budgets import *
 from .engine import *
 from .stats import *
 from .compute import *
-from . import distributions, masks, criteria, schedules, budgets, engine, stats, compute
+from .structure import *
+from . import distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure
 import importlib as _importlib, importlib.abc as _abc, sys as _sys
-_CORE = (distributions, masks, criteria, schedules, budgets, engine, stats, compute)
+_CORE = (distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure)
 _FASTAI = ('callback', 'data')   # modules that need fastai: imported on first use, so the core stays fastai-free
 
 def __getattr__(name):

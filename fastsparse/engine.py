@@ -16,6 +16,7 @@ from .stats import UpdateLog
 from .budgets import (allocate, layer_floors, global_drop, global_grow, threshold_drop, adjust_threshold, prune_counts,
                                 final_counts, budget_at, get_prune_schedule)
 from .distributions import get_distribution
+from .structure import ELEMENT, REDUCERS, group_drop, group_grow, pattern_grow
 from fastcore.basics import patch
 
 # %% auto #0
@@ -96,11 +97,20 @@ class SparseEngine:
                  drop_by:str='fraction',                # 'fraction' of the active weights, or 'threshold' (DSR, `scope='global'`)
                  threshold:float=None,                  # DSR's first threshold (None: the one that drops the target)
                  threshold_tolerance:float=0.1,         # DSR's tolerance around its target before the threshold moves
+                 group_reduce:str='mean',               # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
                 ):
         self.model = _as_model(model)
         self.targets = masked_params(self.model)
         if not self.targets: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
         check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance)
+        if group_reduce not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {group_reduce!r}")
+        self.group_reduce = group_reduce
+        self.structured = [t for t in self.targets if t.structure is not ELEMENT]
+        if self.structured and (redistribution_f is not None or scope != 'layer' or drop_by != 'fraction'):
+            s = self.structured[0]
+            raise ValueError(f"Structured masks ({s.structure.name!r} on '{s.name}'{' and more' if len(self.structured) > 1 else ''}) keep "
+                             "each layer's count and pattern: train them with scope='layer' and no redistribution (SET_presets, "
+                             "RigL_presets), not SNFS, DSR or global selection")
         self.opt = opt
         self.keep_score_f = get_score(keep_score_f)
         self.grow_score_f = None if grow_score_f is None else get_score(grow_score_f)
@@ -252,6 +262,10 @@ def plan(self:SparseEngine,
     prune = prune or [0] * len(active)
     rest = [a - p for a, p in zip(active, prune)]
     n_drop = [min(round(drop_fraction * r), r - 1) if l and r > 0 else 0 for r, l in zip(rest, live)]
+    for i, t in enumerate(self.targets):   # whole groups: a share of the active groups, at least one kept
+        if t.structure.kind == 'group' and live[i]:
+            S = t.structure.size(tuple(t.mask.shape)); g = rest[i] // S
+            n_drop[i] = max(0, min(round(drop_fraction * g), g - 1)) * S
     if self.redistribution_f is None: n_grow = n_drop
     else:
         stats = self._stats(active, [p + d for p, d in zip(prune, n_drop)])
@@ -259,20 +273,23 @@ def plan(self:SparseEngine,
                   for c, s, l in zip(ctxs, stats, live)]
         numel = [t.mask.numel() for t in self.targets]
         n_drop = _dense_layer_drops(n_drop, shares, rest, numel, live)
-        n_drop = _floor_drops(n_drop, rest, numel, live)
         free = [n - r + d if l else 0 for n, r, d, l in zip(numel, rest, n_drop, live)]
-        caps = [math.floor(REDISTRIBUTION_FILL * f) for f in free]    # no layer is filled to the last free place
-        n_grow = allocate(sum(n_drop), shares, caps if sum(caps) >= sum(n_drop) else free)
+        least = _floor_growth(n_drop, rest, numel, live)   # a layer at its floor regrows what it drops: it still explores
+        caps = [max(0, math.floor(REDISTRIBUTION_FILL * f) - m) for f, m in zip(free, least)]   # none filled to its last free place
+        left = sum(n_drop) - sum(least)
+        more = allocate(left, shares, caps if sum(caps) >= left else [f - m for f, m in zip(free, least)])
+        n_grow = [m + g for m, g in zip(least, more)]
     return [LayerPlan(a, p + d, g) for a, p, d, g in zip(active, prune, n_drop, n_grow)]
 
 
 REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
 REDISTRIBUTION_FLOOR = 0.5   # no layer is left below this fraction of the model's density by redistribution
 
-def _floor_drops(n_drop, rest, numel, live):
-    "Drops capped so that each layer keeps `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight)"
+def _floor_growth(n_drop, rest, numel, live):
+    "Per layer, the growth that ends it at `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight, at most what it holds)"
     density = sum(r for r, l in zip(rest, live) if l) / max(1, sum(n for n, l in zip(numel, live) if l))
-    return [min(d, max(0, r - max(1, math.ceil(REDISTRIBUTION_FLOOR * density * n)))) for d, r, n in zip(n_drop, rest, numel)]
+    return [max(0, min(r, max(1, math.ceil(REDISTRIBUTION_FLOOR * density * n))) - (r - d)) if l else 0
+            for d, r, n, l in zip(n_drop, rest, numel, live)]
 
 def _dense_layer_drops(n_drop, shares, rest, numel, live, dense:float=0.2):
     "SNFS's rule for nearly dense layers: one sparser than `dense` whose share of regrowth is above the even share drops at most its sparsity"
@@ -315,12 +332,33 @@ def select(self:SparseEngine,
           )->Change:
     "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
     active_idx = self._active_idx(t, plan.active)
+    if t.structure.kind == 'group': return self._select_groups(t, ctx, plan, active_idx)
     drop_idx = grow_idx = local = t.mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
         local = torch.topk(self._keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
         drop_idx = active_idx.index_select(0, local)
     if plan.grow > 0:   # inactive weights, and the ones just dropped, may be grown
-        grow_idx = self._grow_at(t, ctx, self._grow_scores(t, ctx, drop_idx, local), drop_idx, plan.active, plan.grow)
+        grow = self._grow_scores(t, ctx, drop_idx, local)
+        if t.structure.kind == 'pattern': grow_idx = pattern_grow(t.structure, tuple(t.mask.shape), grow, t.mask, drop_idx)
+        else: grow_idx = self._grow_at(t, ctx, grow, drop_idx, plan.active, plan.grow)
+    return Change(drop_idx, grow_idx, local)
+
+@patch
+def _select_groups(self:SparseEngine, t, ctx, plan, active_idx)->Change:
+    "`select` for masks of whole groups: element scores reduce to group scores (`group_reduce`), and whole groups drop and grow"
+    st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
+    drop_idx = grow_idx = local = dropped = mask.new_empty(0, dtype=torch.long)
+    if plan.drop > 0:
+        keep = torch.zeros(mask.numel(), dtype=torch.float32, device=mask.device)
+        keep.index_copy_(0, active_idx, self._keep(t, ctx, active_idx).float())
+        dropped = group_drop(st, shape, keep, mask, plan.drop, self.group_reduce); del keep
+        drop_idx = st.flat_of(dropped, shape)
+        pos = torch.full((mask.numel(),), -1, dtype=torch.long, device=mask.device)
+        pos[active_idx] = torch.arange(len(active_idx), device=mask.device)
+        local = pos.index_select(0, drop_idx)
+    if plan.grow > 0:
+        grown = group_grow(st, shape, self._grow_scores(t, ctx, drop_idx, local).float(), mask, dropped, plan.grow, self.group_reduce)
+        grow_idx = st.flat_of(grown, shape)
     return Change(drop_idx, grow_idx, local)
 
 @patch
@@ -376,6 +414,7 @@ def update(self:SparseEngine,
     active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in ts]
     n_prune = 0 if n_active is None else sum(active) - int(n_active)
     if n_prune < 0: raise ValueError(f"Pruning cannot grow the model: {n_active} active weights asked for, {sum(active)} now")
+    if n_prune and self.structured: raise ValueError("Pruning changes a layer's count, which structured masks keep: prune unstructured layers only")
     if self.grow_score_f is None and drop_fraction > 0:
         raise ValueError(f"drop_fraction={drop_fraction} regrows weights, but this engine has no grow score: give `grow_score_f`")
     ranked = self.scope == 'global' or self.drop_by == 'threshold' or (n_prune > 0 and finals is None)
@@ -589,6 +628,7 @@ def check_invariants(model,         # a sparsified `nn.Module`
     for t in ts:
         n = int(torch.count_nonzero(t.param.detach()[~t.mask]))
         if n: _fail(f"'{t.name}': {n} masked weights are not exactly 0")
+        if t.structure is not ELEMENT and (why := t.structure.violation(t.mask)): _fail(f"'{t.name}' breaks {t.structure}: {why}")
         if t.sparse:   # the values and their layout describe the mask exactly
             L, v = t.module.weight_layout, t.trainable
             if v.numel() != int(t.mask.sum()): _fail(f"'{t.name}': {v.numel()} active values for {int(t.mask.sum())} active weights")
@@ -657,6 +697,7 @@ class DynamicSparseTraining:
                  prune_schedule='cubic',            # how pruning proceeds: 'cubic' (Zhu & Gupta), 'linear' or g(t)
                  prune_start_pct:float=0.,          # where in training pruning starts
                  prune_end_pct:float=None,          # where it reaches `final_sparsity` (None: `stop_pct`)
+                 group_reduce:str='mean',           # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
                 ):
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
         _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
@@ -670,7 +711,11 @@ class DynamicSparseTraining:
         self.prune_end_pct = float(stop_pct if prune_end_pct is None else prune_end_pct)
         self.finals, self.final_total = self._final_budget(m, final_sparsity, final_sparse_f, layer_floor) if final_sparsity is not None else (None, None)
         self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed, keep_init=resume, scope=scope,
-                                   layer_floor=layer_floor, drop_by=drop_by, threshold=threshold, threshold_tolerance=threshold_tolerance)
+                                   layer_floor=layer_floor, drop_by=drop_by, threshold=threshold, threshold_tolerance=threshold_tolerance,
+                                   group_reduce=group_reduce)
+        if final_sparsity is not None and self.engine.structured:
+            raise ValueError("Gradual pruning changes a layer's count, which structured masks keep: give `final_sparsity` only "
+                             "to models without a `structure`")
         if final_sparsity is not None and self.engine.sparse and _dist() is not None:
             raise ValueError("Pruning changes how many weights a layer holds, which DistributedDataParallel cannot follow in sparse "
                              "compute: train with `compute='masked'` under DDP")
@@ -722,6 +767,7 @@ class DynamicSparseTraining:
         _check_budget(a['final_sparsity'], a['final_sparse_f'], a['prune_schedule'], a['prune_start_pct'], a['prune_end_pct'],
                       a['stop_pct'], a['grow_score_f'], a['drop_by'], a['initial_drop_grow_pct'])
         check_selection(a['scope'], a['layer_floor'], a['drop_by'], a['threshold'], a['threshold_tolerance'])
+        if a['group_reduce'] not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {a['group_reduce']!r}")
 
     opt = property(lambda self: self.engine.opt, lambda self, o: setattr(self.engine, 'opt', o), doc="The optimizer whose state updates reset")
     history = property(lambda self: self.log.history, doc="The records of every update, one list per update (see `UpdateLog`)")

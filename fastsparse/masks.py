@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 from .distributions import _check_sparsity, uniform_sparsity, get_distribution
+from .structure import ELEMENT, get_structure
 
 # %% auto #0
 __all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget',
@@ -52,6 +53,12 @@ class SparseTarget(NamedTuple):
         return self.module._parameters[values_name(self.attr) if self.sparse else self.attr]
     @property
     def mask(self)->torch.Tensor|None: return self.module._buffers.get(mask_name(self.attr))
+    @property
+    def structure(self):
+        "The `Structure` its mask keeps (see `fastsparse.structure`): `ELEMENT` unless `sparsify_model` was given one"
+        return self.module.__dict__.get(_STRUCTURE, {}).get(self.attr, ELEMENT)
+
+_STRUCTURE = '_fastsparse_structure'   # module attribute: `{weight name: Structure}` of its structured masks
 
 def mask_name(attr:str)->str:
     "Name of the mask buffer of weight `attr`"
@@ -313,7 +320,7 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
         raise ValueError("The checkpoint has no masks: load it with `load_state_dict`, then call `sparsify_model`" + (
             f" (its entries {_names(odd)} are not tensors: another format needs a function in "
             "`fastsparse.masks._CHECKPOINT_ADAPTERS`)" if odd else ''))
-    P = {k: [] for k in ('shape', 'lacks', 'dense', 'values', 'type', 'missing', 'unexpected')}
+    P = {k: [] for k in ('shape', 'lacks', 'dense', 'values', 'type', 'missing', 'unexpected', 'structure')}
     updates, buffers, new, done = {}, [], [], set()
     final = {w: (t.module, t.attr, t.param) for w, t in masks.items()}              # weight key -> what is masked after loading
     for w, k in ckpt_masks.items():
@@ -328,6 +335,8 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
         if v.dtype != torch.bool:
             if ((v != 0) & (v != 1)).any(): P['values'].append(k); continue
             updates[k] = v = v.bool()
+        if w in masks and masks[w].structure is not ELEMENT and (why := masks[w].structure.violation(v)):
+            P['structure'].append((k, masks[w].structure.name, why)); continue
         if w not in masks: new.append((SparseTarget(w[len(prefix):], m, n), v)); final[w] = (m, n, p)
     for w, t in masks.items():
         if w not in ckpt_masks: updates[mask_name(w)] = t.mask.clone(); done.add(mask_name(w))   # a dense checkpoint: keep the model's mask
@@ -372,6 +381,7 @@ def _load_error(model, P, prefix)->str:
     if P['lacks']: says.append(f"the checkpoint has masks for {_names(P['lacks'])}, which this model lacks")
     if P['dense']: says.append(f"the checkpoint has masks for {_names(P['dense'])}, which this model keeps dense")
     if P['values']: says.append(f"the masks {_names(P['values'])} hold values other than 0 and 1")
+    if P['structure']: says.append('masks break their structure: ' + '; '.join(f"'{k}' ({s!r}): {why}" for k, s, why in P['structure'][:4]))
     if P['type']: says.append(f"{_names(P['type'])} are not tensors (or not str keys)")
     if P['missing']: says.append(f"the checkpoint lacks {_names(P['missing'])}")
     if P['unexpected']: says.append(f"this model has no {_names(P['unexpected'])}")
@@ -384,6 +394,7 @@ def _load_error(model, P, prefix)->str:
                     "; to load only the entries both have, pass `strict=False`."))
     if P['dense']: todo.append("Sparsify this model as the saved one was, or `unsparsify` it and `load_sparse` the checkpoint to take its masks.")
     if P['values']: todo.append("A mask holds only 0 and 1 (or False and True).")
+    if P['structure']: todo.append("Load it into a model sparsified with the structure it was trained with (`sparsify_model(..., structure=)`).")
     if P['type']: todo.append("`state` must be a model's `state_dict`: another format needs a function in `fastsparse.masks._CHECKPOINT_ADAPTERS`.")
     where = f"{type(model).__name__}" + (f" at '{prefix[:-1]}'" if prefix else '')
     return (f"This checkpoint does not fit {where}" + (" (nothing was changed)" if not prefix else '') + ":\n  - "
@@ -430,6 +441,21 @@ def n_keep(numel:int, sparsity:float)->int:
     return round((1. - sparsity) * numel)
 
 # %% ../nbs/01_masks.ipynb #405df1b3
+def _check_structure(st, targets, sparsities, model_sparsity):
+    "Raise one clear error naming every layer that cannot carry structure `st` at its sparsity"
+    bad = []
+    for t in targets:
+        if isinstance(t.module, nn.modules.conv._ConvTransposeNd): bad.append(f"'{t.name}' ({type(t.module).__name__}: dim 0 of its weight is its inputs)")
+        elif (p := st.problem(tuple(t.param.shape))): bad.append(f"'{t.name}' ({p})")
+    if bad:
+        raise ValueError(f"Structure {st.name!r} cannot be carried by {', '.join(bad[:4])}{' and more' if len(bad) > 4 else ''}. "
+                         f"Leave these layers out with `exclude=[...]`, or pick another structure.")
+    if getattr(st, 'm', None):
+        s = 1 - st.n / st.m
+        if any(abs(x - s) > 1e-9 for x in sparsities):
+            raise ValueError(f"Structure {st.name!r} keeps {st.n} of every {st.m} weights: every layer is at sparsity {s:g}. "
+                             f"Pass `model_sparsity={s:g}` with the uniform distribution and no overrides (asked: {model_sparsity:g}).")
+
 def sparsify_model(model,                         # an `nn.Module` or a fastai `Learner`
                    model_sparsity:float=0.9,      # fraction of the sparsified weights set to zero
                    sparse_f:Callable|str=uniform_sparsity, # `(params, model_sparsity) -> sparsities`, or its name in `DISTRIBUTIONS`
@@ -441,11 +467,13 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
                    types:dict=None,               # extra `{ModuleType: [weight names] or f(module)}`
                    seed:int=None,                 # seed of the random initial masks (default: torch's RNG)
                    compute:str='masked',          # 'sparse': layers that can train their active weights only (see `set_compute`)
+                   structure='element',           # what masks keep: 'element', 'fan_in', 'N:M' ('2:4'), 'row', 'column', 'kernel', 'RxC' blocks
                   )->SparseHooks:                 # call `.remove()` to stop enforcing masks
-    "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights"
+    "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights (rounded to what `structure` allows)"
     model = _as_model(model)
     model_sparsity = _check_sparsity(model_sparsity)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
+    st = get_structure(structure)
     sparse_f = get_distribution(sparse_f)
     if is_sparse(model):
         raise ValueError("The model is already sparsified. Call `unsparsify(model)` first to start again "
@@ -470,15 +498,21 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
             s = _check_sparsity(s, f"override for '{pat}'")
             sparsities = [s if _match(n, [pat]) else old for n, old in zip(names, sparsities)]
     keeps = [n_keep(p.numel(), s) for p, s in zip(params, sparsities)]
+    if st is not ELEMENT:
+        _check_structure(st, targets, sparsities, model_sparsity)
+        keeps = [st.count(tuple(p.shape), k) for p, k in zip(params, keeps)]
     empty = [t.name for t, k in zip(targets, keeps) if k < 1]
     if empty:
-        raise ValueError(f"At these sparsities {empty} would keep no weight at all. Lower the sparsity, "
+        raise ValueError(f"At these sparsities {empty} would keep no weight at all" + ('' if st is ELEMENT else
+                         f" (structure {st.name!r} keeps whole groups of weights)") + ". Lower the sparsity, "
                          "exclude these layers, or give them an override.")
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    masks = _broadcast_masks([_random_mask(p.shape, k, g) for p, k in zip(params, keeps)], [p.device for p in params])
+    new = _random_mask if st is ELEMENT else (lambda shape, k, g: st.random_mask(tuple(shape), k, g))
+    masks = _broadcast_masks([new(p.shape, k, g) for p, k in zip(params, keeps)], [p.device for p in params])
     # nothing above changed the model; from here on nothing can fail
     for t, m in zip(targets, masks):
         t.module.register_buffer(mask_name(t.attr), m.to(t.param.device))
+        if st is not ELEMENT: t.module.__dict__.setdefault(_STRUCTURE, {})[t.attr] = st
     apply_masks(model)
     _checkpoint_hooks(targets, model)
     if compute != 'masked':
@@ -505,6 +539,7 @@ def unsparsify(model)->nn.Module:
         t.module._buffers.pop(init_name(t.attr), None)
         t.module._buffers.pop(prev_name(t.attr), None)
     for k in (STATE_KEY, HISTORY_KEY): model._buffers.pop(k, None)
+    for m in model.modules(): m.__dict__.pop(_STRUCTURE, None)
     return model
 
 # %% ../nbs/01_masks.ipynb #cb90d03d

@@ -12,12 +12,13 @@ from fastai.callback.all import *
 from fastsparse import sparsify_model, DynamicSparseTrainingCallback, PRESETS, masked_params, erdos_renyi_sparsity, normalized
 from fastsparse.data import digits_dls, digits_mlp
 
-def main(preset, out, compute='masked'):
+def main(preset, out, compute='masked', structure='element'):
     dist.init_process_group('gloo')
     rank = dist.get_rank()
     torch.manual_seed(rank)
     model = digits_mlp()
-    sparsify_model(model, 0.9, erdos_renyi_sparsity, compute=compute)
+    if structure == 'element': sparsify_model(model, 0.9, erdos_renyi_sparsity, compute=compute)
+    else: sparsify_model(model, 0.5 if ':' in structure else 0.9, compute=compute, structure=structure)   # N:M: 1 - N/M
     learn = Learner(digits_dls(seed=rank), DDP(model), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                     opt_func=partial(SGD, mom=0.9))
     if preset == 'RigL-global': kw = {**PRESETS['RigL'], 'scope': 'global', 'grow_score_f': normalized('gradient_magnitude')}

@@ -50,6 +50,15 @@ def test_fastai_callback_ddp(tmp_path, preset, compute):
     if preset == 'GraNet':   # pruned to 95% exactly, the same on every rank
         assert sum(a['budget']) == round(0.05 * sum(v.numel() for k, v in a['state'].items() if k.endswith('_mask')))
 
+@pytest.mark.parametrize('preset,compute,structure', [('RigL', 'masked', 'fan_in'), ('RigL', 'sparse', '2:4'), ('SET', 'masked', 'row')])
+def test_structured_ddp(tmp_path, preset, compute, structure):
+    "Structured masks under DDP: identical on every rank, and every mask keeps its pattern"
+    from fastsparse import get_structure
+    launch(ROOT/'tests'/'dist_fastai.py', preset, str(tmp_path), compute, structure)
+    a = check_identical(tmp_path)
+    for k, m in a['state'].items():
+        if k.endswith('_mask'): assert get_structure(structure).violation(m) is None, k
+
 def test_single_process_script():
     r = subprocess.run([sys.executable, str(ROOT/'examples'/'train_ddp.py'), '--epochs', '2'], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and 'RigL on 1 process(es)' in r.stdout, r.stderr[-3000:]

@@ -145,3 +145,40 @@ def test_sparse_conv_matches_dense(nd, cin, cout, data):
         want, got = conv(x), sc(x)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+STRUCTURES = ['fan_in', '1:2', '2:4', '1:4', 'row', 'column', 'kernel', '2x2', '1x4']
+
+@settings(**SETTINGS)
+@given(models(), st.sampled_from(STRUCTURES), st.floats(0.3, 0.95), st.floats(0.05, 0.9),
+       st.sampled_from(['weight_magnitude', 'random_score']), st.sampled_from(['gradient_magnitude', 'random_score']),
+       st.sampled_from(['mean', 'sum', 'norm', 'max']), st.booleans(), st.integers(0, 2**31))
+def test_structure_invariants(spec, structure, s, frac, keep, grow, reduce, sparse, seed):
+    "Every structure: refused with a clear error that changes nothing, or kept exactly (pattern, counts, zeros) by every update and checkpoint"
+    from fastsparse import get_structure, set_compute
+    model, xshape = spec
+    stc = get_structure(structure)
+    if getattr(stc, 'm', None): s = 1 - stc.n / stc.m
+    keys = set(model.state_dict())
+    try: sparsify_model(model, s, seed=seed, structure=structure)
+    except ValueError as e:
+        assert any(w in str(e) for w in ('cannot be carried', 'would keep no weight')), str(e)
+        assert set(model.state_dict()) == keys and not masked_params(model)
+        if 'cannot be carried' in str(e):
+            assert isinstance(model[0], nn.ConvTranspose2d) or any(stc.problem(tuple(m.weight.shape)) for m in model)
+        return
+    assert not isinstance(model[0], nn.ConvTranspose2d)
+    if sparse and all(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model): set_compute(model, 'sparse')
+    counts = [int(t.mask.sum()) for t in masked_params(model)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    engine = SparseEngine(model, opt, keep, grow, seed=seed, group_reduce=reduce)
+    torch.manual_seed(seed)
+    for i in range(3):
+        model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step()
+        snap = snapshot(model, opt)
+        engine.update(frac, n_update=i)
+        check_invariants(model, opt, counts=counts, before=snap)      # the pattern too: `check_invariants` knows every structure
+        opt.zero_grad()
+    fresh = nn.Sequential(*[next(c for c in (nn.Linear, nn.Conv1d, nn.Conv2d) if isinstance(m, c))(*_args(m)) for m in model])
+    sparsify_model(fresh, s, seed=seed + 1, structure=structure)
+    fresh.load_state_dict(model.state_dict())
+    for a, b in zip(masked_params(model), masked_params(fresh)): assert torch.equal(a.mask, b.mask) and torch.equal(a.param, b.param)
