@@ -7,6 +7,9 @@
 - linear: `nn.Linear(4096, 4096)` at batch 64 as `SparseLinear`, per sparsity.
   Goals (single thread): >= 4x faster than dense at 95% sparsity, >= 12x at 99%.
 - conv: resnet18's 3x3 convolutions (and a strided 1x1) as `SparseConv`, at batch 1 and 64, per sparsity.
+- condensed: `nn.Linear(4096, 4096)` with constant fan-in masks (`structure='fan_in'`) as `CondensedLinear`, against
+  dense and against the same weights as `SparseLinear` (CSR), per sparsity and batch.
+- sliced: the same layer with whole rows or columns kept (`structure='row'`, `'column'`) as `SlicedLinear`.
 - resnet18: torchvision `resnet18(weights=None)` with ERK masks, exported by `sparse_export` with its default,
   deterministic thresholds (`EXPORT_MIN_SPARSITY`); whole-model time dense against exported on a batch of 224x224
   images (1 and 64), and how many layers it converted. "Dense" is the same weights without masks or mask hooks
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from fastsparse import sparsify_model, erdos_renyi_sparsity, apply_masks, unsparsify
-from fastsparse.export import SparseLinear, SparseConv, sparse_export, EXPORT_MIN_SPARSITY
+from fastsparse.export import SparseLinear, SparseConv, CondensedLinear, SlicedLinear, sparse_export, EXPORT_MIN_SPARSITY
 from _timing import median_ms                   # benchmarks/_timing.py: the script's directory is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / 'results' / 'export.json'
@@ -63,6 +66,41 @@ def conv(a):
                 print(f"{name:>13} {bs:>5} {s:>8.2f} {times(r)}")
     return rows
 
+def structured_(size, sparsity, structure):
+    "An `nn.Linear(size, size)` with a random mask of `structure` (masked weights 0, no hooks left) and the mask"
+    lin = nn.Linear(size, size)
+    sparsify_model(lin, sparsity, seed=0, structure=structure)
+    mask = lin.weight_mask.clone(); unsparsify(lin)
+    return lin, mask
+
+def condensed(a):
+    print(f"\nnn.Linear({a.size}, {a.size}) with constant fan-in as CondensedLinear, {a.threads} thread(s); CSR: the same weights as SparseLinear")
+    print(f"{'sparsity':>8} {'batch':>5} {TIMES} {'CSR ms':>9} {'CSR x':>7}")
+    rows = []
+    for s in a.struct_sparsities:
+        lin, mask = structured_(a.size, s, 'fan_in')
+        c, csr = CondensedLinear(lin, mask), SparseLinear(lin)
+        for bs in a.struct_bs:
+            x = torch.randn(bs, a.size)
+            r = dict(sparsity=s, bs=bs, **compare(lin, c, x, a.repeats))
+            with torch.no_grad(): r['csr_ms'] = median_ms(lambda: csr(x), reps=a.repeats, n=5)
+            r['csr_speedup'] = r['dense_ms'] / r['csr_ms']; rows.append(r)
+            print(f"{s:>8.2f} {bs:>5} {times(r)} {r['csr_ms']:>9.2f} {r['csr_speedup']:>6.2f}x")
+    return rows
+
+def sliced(a):
+    print(f"\nnn.Linear({a.size}, {a.size}) with whole rows or columns kept, as SlicedLinear, {a.threads} thread(s)")
+    print(f"{'structure':>9} {'sparsity':>8} {'batch':>5} {TIMES}")
+    rows = []
+    for structure in ('row', 'column'):
+        for s in a.sliced_sparsities:
+            lin, mask = structured_(a.size, s, structure)
+            sl = SlicedLinear(lin, mask)
+            for bs in a.struct_bs:
+                r = dict(structure=structure, sparsity=s, bs=bs, **compare(lin, sl, torch.randn(bs, a.size), a.repeats)); rows.append(r)
+                print(f"{structure:>9} {s:>8.2f} {bs:>5} {times(r)}")
+    return rows
+
 def resnet(a):
     from torchvision.models import resnet18
     print(f"\nresnet18(weights=None), ERK masks, 224x224 images, {a.threads} thread(s), "
@@ -90,7 +128,8 @@ def resnet(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--only', choices=['linear', 'conv', 'resnet18'], nargs='+', default=['linear', 'conv', 'resnet18'])
+    parts = ['linear', 'conv', 'condensed', 'sliced', 'resnet18']
+    p.add_argument('--only', choices=parts, nargs='+', default=parts)
     p.add_argument('--size', type=int, default=4096)
     p.add_argument('--bs', type=int, default=64)
     p.add_argument('--conv-bs', type=int, nargs='+', default=[1, 64])
@@ -98,15 +137,21 @@ def main():
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--repeats', type=int, default=15)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
+    p.add_argument('--struct-sparsities', type=float, nargs='+', default=[0.5, 0.75, 0.9, 0.95, 0.98])
+    p.add_argument('--sliced-sparsities', type=float, nargs='+', default=[0.25, 0.5, 0.75, 0.9])
+    p.add_argument('--struct-bs', type=int, nargs='+', default=[1, 8, 16, 64])
     p.add_argument('--conv-sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.99])
     p.add_argument('--measure', action='store_true', help="resnet18: also count the layers sparse_export(measure=True) converts")
-    p.add_argument('--save', action='store_true', help='also write the figures to benchmarks/results/export.json')
+    p.add_argument('--save', action='store_true', help='also write the figures to benchmarks/results/export.json (the parts run replace theirs)')
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     out = {'threads': a.threads, 'torch': torch.__version__}
-    for part, f in (('linear', linear), ('conv', conv), ('resnet18', resnet)):
+    for part, f in (('linear', linear), ('conv', conv), ('condensed', condensed), ('sliced', sliced), ('resnet18', resnet)):
         if part in a.only: out[part] = f(a)
-    if a.save: RESULTS.write_text(json.dumps(out, indent=1) + '\n')
+    if a.save:
+        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        if saved.get('threads', a.threads) != a.threads: saved = {}      # figures of another thread count are not kept
+        RESULTS.write_text(json.dumps({**saved, **out}, indent=1) + '\n')
 
 if __name__ == '__main__': main()

@@ -21,9 +21,9 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SCOPES', 'DROP_BY', 'REDISTRIBUTION_FILL', 'REDISTRIBUTION_FLOOR', 'SET_presets', 'SNFS_presets', 'RigL_presets',
-           'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change', 'SparseEngine',
-           'check_selection', 'reset_opt_state', 'snapshot', 'check_invariants', 'DynamicSparseTraining',
-           'DynamicSparseTrainingOptimizerWrapper']
+           'SRigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change',
+           'SparseEngine', 'check_selection', 'reset_opt_state', 'snapshot', 'check_invariants',
+           'DynamicSparseTraining', 'DynamicSparseTrainingOptimizerWrapper']
 
 # %% ../nbs/04_engine.ipynb #bbfbf0c7
 def _dist():
@@ -98,6 +98,7 @@ class SparseEngine:
                  threshold:float=None,                  # DSR's first threshold (None: the one that drops the target)
                  threshold_tolerance:float=0.1,         # DSR's tolerance around its target before the threshold moves
                  group_reduce:str='mean',               # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
+                 neuron_ablation:float=None,            # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
                 ):
         self.model = _as_model(model)
         self.targets = masked_params(self.model)
@@ -106,6 +107,7 @@ class SparseEngine:
         if group_reduce not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {group_reduce!r}")
         self.group_reduce = group_reduce
         self.structured = [t for t in self.targets if t.structure is not ELEMENT]
+        self.neuron_ablation = _check_ablation(neuron_ablation, self.structured)
         if self.structured and (redistribution_f is not None or scope != 'layer' or drop_by != 'fraction'):
             s = self.structured[0]
             raise ValueError(f"Structured masks ({s.structure.name!r} on '{s.name}'{' and more' if len(self.structured) > 1 else ''}) keep "
@@ -133,7 +135,7 @@ class SparseEngine:
         # sparse compute: a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
         self.momentum_layers = self.sparse if self.grow_score_f is gradient_momentum else []
         if self.sparse:
-            if (self.redistribution_f is not None or scope == 'global') and _dist() is not None:
+            if (self.redistribution_f is not None or scope == 'global' or self.neuron_ablation) and _dist() is not None:
                 raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
                                  "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
                                  "DDP, or with `scope='layer'` and no redistribution")
@@ -194,6 +196,16 @@ class SparseEngine:
                     prev=t.module._buffers[prev_name(t.attr)] if self.uses_prev else None)
 
 SCOPES, DROP_BY = ('layer', 'global'), ('fraction', 'threshold')
+
+def _check_ablation(gamma, structured=None):
+    "`neuron_ablation` checked: None, or a fraction in (0, 1] (and, given the `structured` targets, a model with 'fan_in' masks)"
+    if gamma is None: return None
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+        raise ValueError(f"neuron_ablation is the fraction of an output's fan-in that must stay salient, in (0, 1] (SRigL: 0.3); got {gamma!r}")
+    if structured is not None and not any(t.structure.name == 'fan_in' for t in structured):
+        raise ValueError("neuron_ablation (SRigL) removes outputs of constant fan-in layers: sparsify the model with "
+                         "`sparsify_model(model, ..., structure='fan_in')` first")
+    return float(gamma)
 
 def check_selection(scope='layer', layer_floor=0.01, drop_by='fraction', threshold=None, threshold_tolerance=0.1):
     "Raise a clear error unless the selection arguments of `SparseEngine` are valid"
@@ -333,6 +345,7 @@ def select(self:SparseEngine,
     "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
     active_idx = self._active_idx(t, plan.active)
     if t.structure.kind == 'group': return self._select_groups(t, ctx, plan, active_idx)
+    if self.neuron_ablation and t.structure.name == 'fan_in': return self._select_ablating(t, ctx, plan, active_idx)
     drop_idx = grow_idx = local = t.mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
         local = torch.topk(self._keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
@@ -342,6 +355,38 @@ def select(self:SparseEngine,
         if t.structure.kind == 'pattern': grow_idx = pattern_grow(t.structure, tuple(t.mask.shape), grow, t.mask, drop_idx)
         else: grow_idx = self._grow_at(t, ctx, grow, drop_idx, plan.active, plan.grow)
     return Change(drop_idx, grow_idx, local)
+
+@patch
+def _select_ablating(self:SparseEngine, t, ctx, plan, active_idx)->Change:
+    """`select` for SRigL: outputs with fewer salient weights (kept by magnitude, or among the best to grow) than
+    `neuron_ablation` x their fan-in are removed, and the others share their budget at a new constant fan-in"""
+    st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
+    S = st.size(shape); G = mask.numel() // S
+    keep = self._keep(t, ctx, active_idx)
+    local = torch.topk(keep, plan.drop, largest=False, sorted=False).indices
+    drop_idx = active_idx.index_select(0, local)
+    grow = self._grow_scores(t, ctx, drop_idx, local)
+    stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
+    kept = active_idx[stays]
+    n_cand = min(plan.drop, mask.numel() - len(active_idx))
+    best = torch.topk(grow.masked_fill(mask, -math.inf), n_cand, sorted=False).indices if n_cand else kept[:0]
+    salient = torch.bincount(torch.cat([kept, best]) // S, minlength=G)
+    rows = torch.bincount(active_idx // S, minlength=G); live = rows > 0
+    k = int(rows[live][0])
+    ablate = live & (salient < self.neuron_ablation * k)
+    n_min = -(-k * int(live.sum()) // S)          # the outputs that must stay to hold the budget at a fan-in of at most S
+    spare = int((live & ~ablate).sum()) - n_min
+    if spare < 0:                                  # too many to remove: the most salient of them stay
+        back = torch.topk(torch.where(ablate, salient, -1), -spare).indices; ablate[back] = False
+    left = live & ~ablate
+    k2 = min(S, k * int(live.sum()) // int(left.sum()))        # the budget of the removed outputs goes to the others
+    gone = ablate.index_select(0, kept // S)
+    drop_idx = torch.cat([drop_idx, kept[gone]])
+    remaining = torch.bincount(kept[~gone] // S, minlength=G)
+    grow_idx = pattern_grow(st, shape, grow, t.mask, drop_idx, need=torch.where(left, k2 - remaining, 0))
+    pos = torch.full((mask.numel(),), -1, dtype=torch.long, device=mask.device)
+    pos[active_idx] = torch.arange(len(active_idx), device=mask.device)
+    return Change(drop_idx, grow_idx, pos.index_select(0, drop_idx))
 
 @patch
 def _select_groups(self:SparseEngine, t, ctx, plan, active_idx)->Change:
@@ -698,6 +743,7 @@ class DynamicSparseTraining:
                  prune_start_pct:float=0.,          # where in training pruning starts
                  prune_end_pct:float=None,          # where it reaches `final_sparsity` (None: `stop_pct`)
                  group_reduce:str='mean',           # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
+                 neuron_ablation:float=None,        # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
                 ):
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
         _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
@@ -712,7 +758,7 @@ class DynamicSparseTraining:
         self.finals, self.final_total = self._final_budget(m, final_sparsity, final_sparse_f, layer_floor) if final_sparsity is not None else (None, None)
         self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed, keep_init=resume, scope=scope,
                                    layer_floor=layer_floor, drop_by=drop_by, threshold=threshold, threshold_tolerance=threshold_tolerance,
-                                   group_reduce=group_reduce)
+                                   group_reduce=group_reduce, neuron_ablation=neuron_ablation)
         if final_sparsity is not None and self.engine.structured:
             raise ValueError("Gradual pruning changes a layer's count, which structured masks keep: give `final_sparsity` only "
                              "to models without a `structure`")
@@ -768,6 +814,7 @@ class DynamicSparseTraining:
                       a['stop_pct'], a['grow_score_f'], a['drop_by'], a['initial_drop_grow_pct'])
         check_selection(a['scope'], a['layer_floor'], a['drop_by'], a['threshold'], a['threshold_tolerance'])
         if a['group_reduce'] not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {a['group_reduce']!r}")
+        _check_ablation(a['neuron_ablation'])
 
     opt = property(lambda self: self.engine.opt, lambda self, o: setattr(self.engine, 'opt', o), doc="The optimizer whose state updates reset")
     history = property(lambda self: self.log.history, doc="The records of every update, one list per update (see `UpdateLog`)")
@@ -857,6 +904,10 @@ SNFS_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_mome
 # RigL (Evci et al., 2020): grow by the dense gradient's magnitude, 0.3 with cosine decay until 75% of training
 RigL_presets = dict(keep_score_f='weight_magnitude', grow_score_f='gradient_magnitude', initial_drop_grow_pct=0.3,
                     drop_schedule='cosine', stop_pct=0.75)
+
+# SRigL (Lasby et al., 2024): RigL on constant fan-in masks (`sparsify_model(..., structure='fan_in')`), each output
+# regrowing what it lost, and outputs with less than 30% of their fan-in salient removed, their budget shared by the rest
+SRigL_presets = dict(RigL_presets, neuron_ablation=0.3)
 
 # DSR (Mostafa & Wang, 2019): drop below one adaptive global threshold that aims at 1% of the active weights,
 # reallocate the freed weights to layers in proportion to their survivors, grow them at random

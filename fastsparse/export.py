@@ -4,17 +4,19 @@
 
 # %% ../nbs/09_export.ipynb #708b2ad8
 from __future__ import annotations
-import contextlib, copy, math, numbers, time, statistics, warnings
+import contextlib, copy, functools, math, numbers, time, statistics, warnings
 from collections.abc import Mapping
 import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
 from .masks import masked_params, apply_masks, _as_model, unsparsify
+from .structure import ELEMENT
 from .compute import set_compute
 
 # %% auto #0
-__all__ = ['EXPORT_MIN_SPARSITY', 'SparseLinear', 'SparseConv', 'sparse_export']
+__all__ = ['CONDENSED_MIN_ROWS', 'EXPORT_MIN_SPARSITY', 'SparseLinear', 'SparseConv', 'CondensedLinear', 'SlicedLinear',
+           'sparse_export']
 
 # %% ../nbs/09_export.ipynb #a05ea38d
 @contextlib.contextmanager
@@ -115,9 +117,79 @@ class SparseConv(_CSRLayer):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'pad={self.pad}, dilation={self.dilation}, density={self.density:.4f}')
 
+# %% ../nbs/09_export.ipynb #31d1ce48
+CONDENSED_MIN_ROWS = 16   # below this many rows of input, `CondensedLinear` multiplies as CSR
+
+class CondensedLinear(nn.Module):
+    "An `nn.Linear` whose outputs all keep the same number of inputs, stored as `(out, k)` values and input indices and run as a gather-matmul (inference only)"
+    def __init__(self,
+                 linear:nn.Linear,            # the layer, its masked weights exactly 0
+                 mask:torch.Tensor=None,      # its mask (default: the non-zero weights), the same count in every row
+                ):
+        super().__init__()
+        w = linear.weight.detach()
+        mask = (w != 0) if mask is None else mask.to(torch.bool)
+        per_row = mask.sum(1)
+        if len(per_row) and not (per_row == per_row[0]).all():
+            raise ValueError(f"CondensedLinear needs the same number of inputs in every output, got {int(per_row.min())} to "
+                             f"{int(per_row.max())}: train with `structure='fan_in'` or an 'N:M' structure, or use SparseLinear")
+        k = int(per_row[0]) if len(per_row) else 0
+        idx = mask.nonzero()[:, 1].view(w.shape[0], k)          # row by row, inputs in order
+        self.register_buffer('indices', idx.clone())
+        self.register_buffer('values', w.gather(1, idx).clone())
+        self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    @property
+    def fan_in(self)->int: return self.indices.shape[1]
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] < CONDENSED_MIN_ROWS:      # few rows: the same parts as a CSR matrix
+            crow = torch.arange(0, self.values.numel() + 1, max(self.fan_in, 1), device=x.device)[:self.out_features + 1]
+            with _quiet():
+                w = torch.sparse_csr_tensor(crow, self.indices.reshape(-1), self.values.reshape(-1), (self.out_features, self.in_features))
+                y = (w @ x2.t()).t()
+        else: y = F.embedding_bag(self.indices, x2.t().contiguous(), per_sample_weights=self.values, mode='sum').t()
+        if self.bias is not None: y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self):
+        return f'in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}'
+
+# %% ../nbs/09_export.ipynb #3f28631a
+class SlicedLinear(nn.Module):
+    "An `nn.Linear` reduced to its kept outputs (rows) and kept inputs (columns): a smaller dense product (inference only)"
+    def __init__(self,
+                 linear:nn.Linear,         # the layer, its masked weights exactly 0
+                 mask:torch.Tensor=None,   # its mask (default: the non-zero weights)
+                ):
+        super().__init__()
+        w = linear.weight.detach()
+        mask = (w != 0) if mask is None else mask.to(torch.bool)
+        rows, cols = mask.any(1).nonzero().squeeze(1), mask.any(0).nonzero().squeeze(1)
+        self.register_buffer('rows', rows.clone()); self.register_buffer('cols', cols.clone())
+        self.register_buffer('weight', w.index_select(0, rows).index_select(1, cols).clone())
+        self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x):
+        xs = x if len(self.cols) == self.in_features else x.index_select(-1, self.cols)
+        y = F.linear(xs, self.weight)
+        if len(self.rows) < self.out_features:
+            out = x.new_zeros(*x.shape[:-1], self.out_features) if self.bias is None else self.bias.expand(*x.shape[:-1], -1).clone()
+            return out.index_add_(-1, self.rows, y)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self):
+        return f'in_features={self.in_features}, out_features={self.out_features}, kept={tuple(self.weight.shape)}'
+
 # %% ../nbs/09_export.ipynb #22344aaa
-EXPORT_MIN_SPARSITY = {'linear': 0.8,   # nn.Linear
-                       'conv': 0.95}    # nn.Conv1d/2d/3d with groups=1
+EXPORT_MIN_SPARSITY = {'linear': 0.8,      # nn.Linear
+                       'conv': 0.95,       # nn.Conv1d/2d/3d with groups=1
+                       'condensed': 0.9,   # nn.Linear trained with structure 'fan_in' or 'N:M' (CondensedLinear)
+                       'sliced': 0.25}     # nn.Linear trained with structure 'row' or 'column' (SlicedLinear)
 
 
 # %% ../nbs/09_export.ipynb #a394454a
@@ -131,9 +203,12 @@ def _median_ms(f, reps=7, n=3):
         ts.append((time.perf_counter() - t) / n * 1e3)
     return statistics.median(ts)
 
-def _sparse_kind(module)->tuple:
-    "The sparse layer class and the kind (a key of `EXPORT_MIN_SPARSITY`) for `module`, or None, None and why not"
-    if type(module) is nn.Linear: return SparseLinear, 'linear', ''
+def _sparse_kind(module, structure=ELEMENT, mask=None)->tuple:
+    "The sparse layer class and the kind (a key of `EXPORT_MIN_SPARSITY`) for `module` with `structure`, or None, None and why not"
+    if type(module) is nn.Linear:
+        if structure.kind == 'pattern': return functools.partial(CondensedLinear, mask=mask), 'condensed', ''
+        if structure.name in ('row', 'column'): return functools.partial(SlicedLinear, mask=mask), 'sliced', ''
+        return SparseLinear, 'linear', ''
     if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         if module.groups == 1: return SparseConv, 'conv', ''
         return None, None, f'grouped convolution (groups={module.groups}): kept dense'
@@ -188,7 +263,8 @@ def sparse_export(model,                       # a trained sparse `nn.Module` (o
     rows, swap = [], []
     for t in masked_params(model):
         row = dict(layer=t.name, type=type(t.module).__name__, sparsity=int((~t.mask).sum()) / t.mask.numel())
-        kind_cls, kind, why = _sparse_kind(t.module)
+        kind_cls, kind, why = _sparse_kind(t.module, t.structure, t.mask)
+        form = {'condensed': 'CondensedLinear', 'sliced': 'SlicedLinear'}.get(kind, 'CSR')
         if kind_cls is None: ok = False
         elif t.attr != 'weight': ok, why = False, f'a masked {t.attr}: only weights are stored as CSR, it stays as it is'
         elif inputs is not None and t.name not in inputs: ok, why = False, 'not called by the forward pass on x: kept dense'
@@ -198,8 +274,8 @@ def sparse_export(model,                       # a trained sparse `nn.Module` (o
             speedup = dense_ms / sparse_ms
             ok = speedup >= min_speedup
             row.update(dense_ms=dense_ms, sparse_ms=sparse_ms, speedup=speedup)
-            why = (f'measured {speedup:.2f}x faster as CSR' if ok else
-                   f'measured {speedup:.2f}x as CSR, below min_speedup={min_speedup:g}: kept dense')
+            why = (f'measured {speedup:.2f}x faster as {form}' if ok else
+                   f'measured {speedup:.2f}x as {form}, below min_speedup={min_speedup:g}: kept dense')
         elif thresholds[kind] is None: ok, why = False, f'min_sparsity[{kind!r}] is None: kept dense'
         else:
             s, limit = row['sparsity'], thresholds[kind]

@@ -112,10 +112,11 @@ class Pattern(Structure):
     def violation(self, mask):
         shape = tuple(mask.shape)
         s = self.grouped(mask.reshape(-1), shape).sum(1)
-        want = self.n if self.m else int(s[0])
+        if not self.m: s = s[s > 0]                  # an output without inputs was removed (SRigL's neuron ablation)
+        want = self.n if self.m else (int(s[0]) if len(s) else 0)
         bad = int((s != want).sum())
         if bad: return (f"{bad} of its {len(s)} groups of {self.size(shape)} hold other than {want} active weights"
-                        + ('' if self.m else ' (every output keeps the same fan-in)'))
+                        + ('' if self.m else ' (every output that has inputs keeps the same fan-in)'))
 
 # %% ../nbs/15_structure.ipynb #e505ea2e
 _ALIASES = {'neuron': 'row', 'output': 'row', 'filter': 'row', 'channel': 'column', 'input': 'column', 'fan-in': 'fan_in'}
@@ -171,10 +172,11 @@ def pattern_grow(st:Structure,           # a pattern structure ('fan_in', 'N:M')
                  grow:torch.Tensor,      # flat grow scores, one per weight
                  mask:torch.Tensor,      # the layer's mask (before this update)
                  drop_idx:torch.Tensor,  # flat indices this update drops
+                 need:torch.Tensor=None, # how many each group grows (default: as many as it lost in `drop_idx`)
                 )->torch.Tensor:         # flat indices to grow
-    "In each group, as many of its inactive (or just dropped) weights as it lost in `drop_idx`, highest grow scores first"
+    "In each group, as many of its inactive (or just dropped) weights as it lost in `drop_idx` (or `need`), highest grow scores first"
     S = st.size(shape)
-    lost = torch.bincount(drop_idx // S, minlength=math.prod(shape) // S)
+    lost = torch.bincount(drop_idx // S, minlength=math.prod(shape) // S) if need is None else need
     k = int(lost.max()) if len(drop_idx) else 0
     if k == 0: return drop_idx.new_empty(0)
     allowed = ~mask.reshape(-1); allowed[drop_idx] = True

@@ -29,8 +29,10 @@ def test_speed_smoke():
 
 def test_export_smoke():
     out = bench('export.py', '--size', '512', '--bs', '16', '--repeats', '3', '--sparsities', '0.9', '0.99',
-                '--conv-bs', '1', '--conv-sparsities', '0.99', '--resnet-bs', '1')
+                '--conv-bs', '1', '--conv-sparsities', '0.99', '--resnet-bs', '1', '--struct-sparsities', '0.9',
+                '--sliced-sparsities', '0.5', '--struct-bs', '1', '16')
     assert 'nn.Linear(512, 512)' in out and 'layer4 3x3' in out and 'resnet18' in out
+    assert 'as CondensedLinear' in out and 'as SlicedLinear' in out
 
 def test_compute_smoke():
     out = bench('compute.py', '--size', '256', '--bs', '16', '--repeats', '2', '--n', '1', '--sparsities', '0.9')

@@ -151,8 +151,8 @@ STRUCTURES = ['fan_in', '1:2', '2:4', '1:4', 'row', 'column', 'kernel', '2x2', '
 @settings(**SETTINGS)
 @given(models(), st.sampled_from(STRUCTURES), st.floats(0.3, 0.95), st.floats(0.05, 0.9),
        st.sampled_from(['weight_magnitude', 'random_score']), st.sampled_from(['gradient_magnitude', 'random_score']),
-       st.sampled_from(['mean', 'sum', 'norm', 'max']), st.booleans(), st.integers(0, 2**31))
-def test_structure_invariants(spec, structure, s, frac, keep, grow, reduce, sparse, seed):
+       st.sampled_from(['mean', 'sum', 'norm', 'max']), st.booleans(), st.booleans(), st.integers(0, 2**31))
+def test_structure_invariants(spec, structure, s, frac, keep, grow, reduce, sparse, ablate, seed):
     "Every structure: refused with a clear error that changes nothing, or kept exactly (pattern, counts, zeros) by every update and checkpoint"
     from fastsparse import get_structure, set_compute
     model, xshape = spec
@@ -170,13 +170,17 @@ def test_structure_invariants(spec, structure, s, frac, keep, grow, reduce, spar
     if sparse and all(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model): set_compute(model, 'sparse')
     counts = [int(t.mask.sum()) for t in masked_params(model)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    engine = SparseEngine(model, opt, keep, grow, seed=seed, group_reduce=reduce)
+    ablate = ablate and structure == 'fan_in'        # SRigL: outputs may be removed, their budget shared by the others
+    engine = SparseEngine(model, opt, keep, grow, seed=seed, group_reduce=reduce, neuron_ablation=0.3 if ablate else None)
     torch.manual_seed(seed)
     for i in range(3):
         model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step()
-        snap = snapshot(model, opt)
+        snap = snapshot(model, opt); held = [int(t.mask.sum()) for t in masked_params(model)]
         engine.update(frac, n_update=i)
-        check_invariants(model, opt, counts=counts, before=snap)      # the pattern too: `check_invariants` knows every structure
+        check_invariants(model, opt, counts=None if ablate else counts, before=snap)   # the pattern too: it knows every structure
+        if ablate:   # an update loses less than one weight per output that stays, and never gains
+            for t, h in zip(masked_params(model), held):
+                assert h - int(t.mask.flatten(1).any(1).sum()) < int(t.mask.sum()) <= h
         opt.zero_grad()
     fresh = nn.Sequential(*[next(c for c in (nn.Linear, nn.Conv1d, nn.Conv2d) if isinstance(m, c))(*_args(m)) for m in model])
     sparsify_model(fresh, s, seed=seed + 1, structure=structure)
