@@ -17,9 +17,10 @@ from .engine import *
 from .stats import *
 from .compute import *
 from .structure import *
-from . import distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure
+from .activations import *
+from . import distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure, activations
 import importlib as _importlib, importlib.abc as _abc, sys as _sys
-_CORE = (distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure)
+_CORE = (distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure, activations)
 _FASTAI = ('callback', 'data')   # modules that need fastai: imported on first use, so the core stays fastai-free
 
 def __getattr__(name):

@@ -12,13 +12,14 @@ from fastai.optimizer import Optimizer, OptimWrapper
 from . import masks, criteria
 from .distributions import uniform_sparsity
 from .masks import sparsify_model, load_sparse, is_sparse
+from .activations import SparseActivation, activation_penalty
 from .engine import (DynamicSparseTraining, SET_presets, SNFS_presets, RigL_presets, DSR_presets, GMP_presets,
-                               GraNet_presets, PRESETS)
-_all_ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS']
+                               GraNet_presets, SRigL_presets, PRESETS)
+_all_ = ['SET_presets', 'SNFS_presets', 'RigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'SRigL_presets', 'PRESETS']
 
 # %% auto #0
-__all__ = ['DynamicSparseTrainingCallback', 'SET_presets', 'SNFS_presets', 'RigL_presets', 'DSR_presets', 'GMP_presets',
-           'GraNet_presets', 'PRESETS']
+__all__ = ['DynamicSparseTrainingCallback', 'ActivationSparsityCallback', 'SET_presets', 'SNFS_presets', 'RigL_presets',
+           'DSR_presets', 'GMP_presets', 'GraNet_presets', 'SRigL_presets', 'PRESETS']
 
 # %% ../nbs/06_callback.ipynb #f4646102
 @delegates(DynamicSparseTraining, but=['model', 'opt', 'resume'])
@@ -117,3 +118,48 @@ masks._CHECKPOINT_SAFE_GLOBALS.extend(_fastai_safe_globals())
 criteria._OPTIMIZER_ADAPTERS.append(_optim_wrapper_opt); criteria._LACKS_MOMENTUM.append(_fastai_lacks_momentum)
 criteria._MOMENTUM_RULES.append(_fastai_momentum_rule)
 criteria._PARAM_LISTS.append(lambda o: o.param_lists if isinstance(o, Optimizer) else None)
+
+# %% ../nbs/06_callback.ipynb #a17a5136
+class ActivationSparsityCallback(Callback):
+    "Record the activation sparsity of every `SparseActivation` while training, show it in the epoch table, and add `lam` x their penalty to the loss"
+    order = 0           # the penalty joins the loss before MixedPrecision scales it
+    run_valid = False
+    def __init__(self,
+                 lam:float=0.,           # weight of the activations' Lp penalty in the loss (0: none)
+                 log_stats:bool=True,    # add an `act_sparsity` column (mean over layers and the epoch's batches) to the table
+                ):
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0 or lam != lam:
+            raise ValueError(f"lam weighs the activation penalty in the loss: a number >= 0, got {lam!r}")
+        store_attr()
+
+    def before_fit(self):
+        "Find the `SparseActivation` layers; start the history and the table column"
+        if self.learn.lock.locked(): return
+        self.acts = [(n, m) for n, m in self.learn.model.named_modules() if isinstance(m, SparseActivation)]
+        if not self.acts: raise ValueError("The model has no SparseActivation: add some (fastsparse.activations), or leave this callback out")
+        self.history, self._start = [], 0
+        if self.log_stats:
+            col = ValueMetric(self._epoch_sparsity, 'act_sparsity'); col._fastsparse = True
+            self.learn.metrics = [m for m in self.learn.metrics if getattr(m, 'name', None) != 'act_sparsity'] + [col]
+
+    def before_epoch(self): "Mark where this epoch's records start"; self._start = len(self.history)
+    def after_loss(self):
+        "Add the penalty to the loss that is backpropagated (what fastai logs as the loss stays the task loss)"
+        if self.lam: self.learn.loss_grad = self.learn.loss_grad + self.lam * activation_penalty(self.learn.model)
+    def after_batch(self): "Record each layer's activation sparsity"; self.history.append({n: m.sparsity for n, m in self.acts})
+    def after_fit(self):
+        "Take the column out of the `Learner`'s metrics again"
+        if not self.learn.lock.locked(): self.learn.metrics = [m for m in self.learn.metrics if getattr(m, 'name', None) != 'act_sparsity']
+
+    def _epoch_sparsity(self)->float:
+        rows = self.history[self._start:]
+        vals = [v for r in rows for v in r.values() if v is not None]
+        return sum(vals) / len(vals) if vals else float('nan')
+
+    def plot(self, ax=None):
+        "Each layer's activation sparsity over the training batches"
+        import matplotlib.pyplot as plt
+        if ax is None: _, ax = plt.subplots(figsize=(6, 3))
+        for n, _ in self.acts: ax.plot([r[n] for r in self.history], label=n)
+        ax.set_xlabel('training batch'); ax.set_ylabel('activation sparsity'); ax.set_ylim(0, 1.02); ax.legend(fontsize=8)
+        return ax

@@ -117,7 +117,7 @@ class SparseConv(_CSRLayer):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'pad={self.pad}, dilation={self.dilation}, density={self.density:.4f}')
 
-# %% ../nbs/09_export.ipynb #31d1ce48
+# %% ../nbs/09_export.ipynb #edec852f
 CONDENSED_MIN_ROWS = 16   # below this many rows of input, `CondensedLinear` multiplies as CSR
 
 class CondensedLinear(nn.Module):
@@ -158,7 +158,7 @@ class CondensedLinear(nn.Module):
     def extra_repr(self):
         return f'in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}'
 
-# %% ../nbs/09_export.ipynb #3f28631a
+# %% ../nbs/09_export.ipynb #dcac4126
 class SlicedLinear(nn.Module):
     "An `nn.Linear` reduced to its kept outputs (rows) and kept inputs (columns): a smaller dense product (inference only)"
     def __init__(self,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from .masks import masked_params, _as_model, HISTORY_KEY, explored_name, grown_name
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
+from .activations import activation_report
 
 # %% auto #0
 __all__ = ['HISTORY_COLS', 'SparsityReport', 'sparsity_report', 'UpdateLog', 'update_table', 'count_flops', 'training_flops',
@@ -18,10 +19,13 @@ __all__ = ['HISTORY_COLS', 'SparsityReport', 'sparsity_report', 'UpdateLog', 'up
 
 # %% ../nbs/05_stats.ipynb #e04292fa
 class SparsityReport:
-    "Model-level and per-layer sparsity of a model, as DataFrames that print well in notebooks and terminals"
-    def __init__(self, model:pd.DataFrame, layers:pd.DataFrame): self.model, self.layers = model, layers
-    def _repr_html_(self): return self.model.to_html(index=False) + self.layers.to_html(index=False)
-    def __str__(self): return self.model.to_string(index=False) + '\n\n' + self.layers.to_string(index=False)
+    "Model-level and per-layer sparsity of a model (and of its `SparseActivation`s, if any), as DataFrames that print well in notebooks and terminals"
+    def __init__(self, model:pd.DataFrame, layers:pd.DataFrame, activations:pd.DataFrame=None):
+        self.model, self.layers = model, layers
+        self.activations = activation_report(nn.Module()) if activations is None else activations
+    def _tables(self): return [self.model, self.layers] + ([self.activations] if len(self.activations) else [])
+    def _repr_html_(self): return ''.join(t.to_html(index=False) for t in self._tables())
+    def __str__(self): return '\n\n'.join(t.to_string(index=False) for t in self._tables())
     __repr__ = __str__
 
 def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Learner`)
@@ -50,7 +54,7 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
                               sparsity=1 - nonzero / total if total else 0.,
                               sparse_layers_active=sparse_active,
                               sparse_layers_sparsity=1 - sparse_active / sparse_total if sparse_total else 0.)])
-    return SparsityReport(mtab, layers)
+    return SparsityReport(mtab, layers, activation_report(model))
 
 # %% ../nbs/05_stats.ipynb #86377832
 # the update statistics kept in the model's `dst_history` buffer, one row per layer and update

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian'
 # building the docs is a development task: it needs nbdev 2, which the pass against the newest fastcore does not have
 pytest.importorskip('nbdev.processors', reason='the docs build needs nbdev (the development environment)')
 pytest.importorskip('mkdocs', reason='the docs build needs mkdocs (pip install -e ".[dev]")')
-MODULES = ['distributions', 'masks', 'criteria', 'schedules', 'engine', 'stats', 'callback', 'data', 'cli', 'export', 'compute', 'budgets', 'structure']
+MODULES = ['distributions', 'masks', 'criteria', 'schedules', 'engine', 'stats', 'callback', 'data', 'cli', 'export', 'compute', 'budgets', 'structure', 'activations']
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args): pass
@@ -71,7 +71,7 @@ def test_navigation_and_links_resolve(site, browser):
     visit(browser, f'{base}/callback.html')
     browser.save_screenshot(str(out/'callback.png'))
     nav = [a.get_attribute('href') for a in browser.find_elements('css selector', 'nav.md-nav a.md-nav__link[href]')]
-    for mod in MODULES + ['tutorial_criteria', 'tutorial_pytorch', 'results']: assert any(h.split('#')[0].endswith(f'/{mod}.html') for h in nav), mod
+    for mod in MODULES + ['tutorial_criteria', 'tutorial_pytorch', 'tutorial_activations', 'results']: assert any(h.split('#')[0].endswith(f'/{mod}.html') for h in nav), mod
     pages, checked = sorted(p.name for p in out.glob('*.html') if p.name != '404.html'), set()
     for page in pages:
         html = (out/page).read_text()
