@@ -519,4 +519,5 @@ d = { 'settings': { 'branch': 'main',
                                       'fastsparse.structure.get_structure': ('structure.html#get_structure', 'fastsparse/structure.py'),
                                       'fastsparse.structure.group_drop': ('structure.html#group_drop', 'fastsparse/structure.py'),
                                       'fastsparse.structure.group_grow': ('structure.html#group_grow', 'fastsparse/structure.py'),
-                                      'fastsparse.structure.pattern_grow': ('structure.html#pattern_grow', 'fastsparse/structure.py')}}}
+                                      'fastsparse.structure.pattern_grow': ('structure.html#pattern_grow', 'fastsparse/structure.py'),
+                                      'fastsparse.structure.reduce_groups': ('structure.html#reduce_groups', 'fastsparse/structure.py')}}}

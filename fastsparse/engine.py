@@ -390,19 +390,20 @@ def _select_ablating(self:SparseEngine, t, ctx, plan, active_idx)->Change:
 
 @patch
 def _select_groups(self:SparseEngine, t, ctx, plan, active_idx)->Change:
-    "`select` for masks of whole groups: element scores reduce to group scores (`group_reduce`), and whole groups drop and grow"
+    "`select` for masks of whole groups: element scores reduce to group scores (a score's own `reduce_groups`, else `group_reduce`), and whole groups drop and grow"
     st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
     drop_idx = grow_idx = local = dropped = mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:
         keep = torch.zeros(mask.numel(), dtype=torch.float32, device=mask.device)
         keep.index_copy_(0, active_idx, self._keep(t, ctx, active_idx).float())
-        dropped = group_drop(st, shape, keep, mask, plan.drop, self.group_reduce); del keep
+        dropped = group_drop(st, shape, keep, mask, plan.drop, getattr(self.keep_score_f, 'group_reduce', self.group_reduce)); del keep
         drop_idx = st.flat_of(dropped, shape)
         pos = torch.full((mask.numel(),), -1, dtype=torch.long, device=mask.device)
         pos[active_idx] = torch.arange(len(active_idx), device=mask.device)
         local = pos.index_select(0, drop_idx)
     if plan.grow > 0:
-        grown = group_grow(st, shape, self._grow_scores(t, ctx, drop_idx, local).float(), mask, dropped, plan.grow, self.group_reduce)
+        grown = group_grow(st, shape, self._grow_scores(t, ctx, drop_idx, local).float(), mask, dropped, plan.grow,
+                           getattr(self.grow_score_f, 'group_reduce', self.group_reduce))
         grow_idx = st.flat_of(grown, shape)
     return Change(drop_idx, grow_idx, local)
 

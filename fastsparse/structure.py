@@ -9,7 +9,7 @@ import torch
 
 # %% auto #0
 __all__ = ['REDUCERS', 'ELEMENT', 'STRUCTURES', 'Structure', 'Groups', 'Pattern', 'get_structure', 'group_drop', 'group_grow',
-           'pattern_grow']
+           'pattern_grow', 'reduce_groups']
 
 # %% ../nbs/15_structure.ipynb #d717a254
 REDUCERS = {'mean': lambda s: s.mean(1), 'sum': lambda s: s.sum(1), 'norm': lambda s: s.norm(dim=1), 'max': lambda s: s.amax(1)}
@@ -183,3 +183,12 @@ def pattern_grow(st:Structure,           # a pattern structure ('fan_in', 'N:M')
     top = torch.topk(grow.reshape(-1).masked_fill(~allowed, -math.inf).view(-1, S), k, dim=1).indices   # best first
     take = torch.arange(k, device=top.device) < lost[:, None]
     return (top + torch.arange(len(top), device=top.device)[:, None] * S)[take]
+
+# %% ../nbs/15_structure.ipynb #80323181
+def reduce_groups(how:str):
+    "Decorator: structured masks reduce this score to one per group with `how` (a key of `REDUCERS`), whatever the engine's `group_reduce`"
+    if how not in REDUCERS: raise ValueError(f"A group reducer is one of {list(REDUCERS)}, got {how!r}")
+    def deco(f):
+        f.group_reduce = how
+        return f
+    return deco
