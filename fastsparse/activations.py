@@ -37,7 +37,19 @@ class SparseActivation(nn.Module):
         self.k, self.threshold, self.mode, self.momentum, self.p = _check_k(k), threshold, mode, float(momentum), float(p)
         self.register_buffer('unit_mask', None)       # 'static' and 'running': the units kept (saved in checkpoints once set)
         self.register_buffer('running_mean', None)    # 'running': the mean activation of each unit
-        self.sparsity, self.penalty = None, None      # of the last output: fraction of zeros; mean Lp norm per sample (with grad)
+        self._last = None                             # the last training output, with its graph: what `sparsity` and `penalty` read
+
+    @property
+    def sparsity(self)->float|None:
+        "Fraction of zeros in the last training output (None before one)"
+        return None if self._last is None else 1 - int(torch.count_nonzero(self._last)) / self._last.numel()
+
+    @property
+    def penalty(self)->torch.Tensor|None:
+        "Mean Lp norm per sample of the last training output, with its gradient (None before one): add `lam *` it to the loss"
+        return None if self._last is None else self._last.norm(p=self.p, dim=1).mean()
+
+    def __getstate__(self): return {**self.__dict__, '_last': None}   # copies and pickles leave the last output and its graph behind
 
     def n_keep(self, width:int)->int:
         "Activations kept per sample when each has `width`; raises if `k` is above it"
@@ -66,8 +78,7 @@ class SparseActivation(nn.Module):
                         self.unit_mask = self._units(mean if self.running_mean is None else self.running_mean, k)
                 keep = self.unit_mask.expand_as(flat)
         out = flat * keep
-        with torch.no_grad(): self.sparsity = float(1 - (out != 0).float().mean())
-        self.penalty = out.norm(p=self.p, dim=1).mean()
+        if self.training: self._last = out          # nothing is measured at inference
         return out.view_as(x)
 
     def extra_repr(self):
@@ -104,7 +115,7 @@ class SparseBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 # %% ../nbs/16_activations.ipynb #74fa7488
 def activation_report(model:nn.Module)->'pd.DataFrame':
-    "One row per `SparseActivation` of `model`: its settings and the sparsity and penalty of its last output"
+    "One row per `SparseActivation` of `model`: its settings and the sparsity and penalty of its last training output"
     import pandas as pd
     rows = [dict(layer=n, k=m.k, threshold=m.threshold, mode=m.mode, sparsity=m.sparsity,
                  penalty=None if m.penalty is None else float(m.penalty.detach()))
@@ -114,5 +125,5 @@ def activation_report(model:nn.Module)->'pd.DataFrame':
 def activation_penalty(model:nn.Module)->torch.Tensor:
     "The sum of the `penalty` of every `SparseActivation` of `model` after a forward pass: add `lam *` it to the loss"
     ps = [m.penalty for m in model.modules() if isinstance(m, SparseActivation) and m.penalty is not None]
-    if not ps: raise ValueError("No SparseActivation of this model has run a forward pass yet: call the model first")
+    if not ps: raise ValueError("No SparseActivation of this model has run a training forward pass yet: call the model in training mode first")
     return torch.stack(ps).sum()

@@ -103,8 +103,7 @@ class SparseEngine:
         self.model = _as_model(model)
         self.targets = masked_params(self.model)
         if not self.targets: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
-        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance)
-        if group_reduce not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {group_reduce!r}")
+        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance, group_reduce)
         self.group_reduce = group_reduce
         self.structured = [t for t in self.targets if t.structure is not ELEMENT]
         self.neuron_ablation = _check_ablation(neuron_ablation, self.structured)
@@ -207,9 +206,10 @@ def _check_ablation(gamma, structured=None):
                          "`sparsify_model(model, ..., structure='fan_in')` first")
     return float(gamma)
 
-def check_selection(scope='layer', layer_floor=0.01, drop_by='fraction', threshold=None, threshold_tolerance=0.1):
+def check_selection(scope='layer', layer_floor=0.01, drop_by='fraction', threshold=None, threshold_tolerance=0.1, group_reduce='mean'):
     "Raise a clear error unless the selection arguments of `SparseEngine` are valid"
     if scope not in SCOPES: raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+    if group_reduce not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {group_reduce!r}")
     if drop_by not in DROP_BY: raise ValueError(f"drop_by must be one of {list(DROP_BY)}, got {drop_by!r}")
     _check_fraction(layer_floor, 'layer_floor', hi_closed=False)
     if drop_by == 'threshold':
@@ -345,29 +345,26 @@ def select(self:SparseEngine,
     "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
     active_idx = self._active_idx(t, plan.active)
     if t.structure.kind == 'group': return self._select_groups(t, ctx, plan, active_idx)
-    if self.neuron_ablation and t.structure.name == 'fan_in': return self._select_ablating(t, ctx, plan, active_idx)
+    ablating = self.neuron_ablation is not None and t.structure.name == 'fan_in'
     drop_idx = grow_idx = local = t.mask.new_empty(0, dtype=torch.long)
     if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
         local = torch.topk(self._keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
         drop_idx = active_idx.index_select(0, local)
     if plan.grow > 0:   # inactive weights, and the ones just dropped, may be grown
         grow = self._grow_scores(t, ctx, drop_idx, local)
+        if ablating: return self._ablate(t, plan, active_idx, local, drop_idx, grow)
         if t.structure.kind == 'pattern': grow_idx = pattern_grow(t.structure, tuple(t.mask.shape), grow, t.mask, drop_idx)
         else: grow_idx = self._grow_at(t, ctx, grow, drop_idx, plan.active, plan.grow)
     return Change(drop_idx, grow_idx, local)
 
 @patch
-def _select_ablating(self:SparseEngine, t, ctx, plan, active_idx)->Change:
-    """`select` for SRigL: outputs with fewer salient weights (kept by magnitude, or among the best to grow) than
-    `neuron_ablation` x their fan-in are removed, and the others share their budget at a new constant fan-in"""
+def _ablate(self:SparseEngine, t, plan, active_idx, local, drop_idx, grow)->Change:
+    """SRigL's part of `select`: outputs with fewer salient weights (kept by magnitude, or among the best to grow) than
+    `neuron_ablation` x their fan-in are removed too, and the others share their budget at a new constant fan-in"""
     st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
     S = st.size(shape); G = mask.numel() // S
-    keep = self._keep(t, ctx, active_idx)
-    local = torch.topk(keep, plan.drop, largest=False, sorted=False).indices
-    drop_idx = active_idx.index_select(0, local)
-    grow = self._grow_scores(t, ctx, drop_idx, local)
     stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
-    kept = active_idx[stays]
+    kept_local = stays.nonzero().squeeze(1); kept = active_idx.index_select(0, kept_local)
     n_cand = min(plan.drop, mask.numel() - len(active_idx))
     best = torch.topk(grow.masked_fill(mask, -math.inf), n_cand, sorted=False).indices if n_cand else kept[:0]
     salient = torch.bincount(torch.cat([kept, best]) // S, minlength=G)
@@ -381,12 +378,10 @@ def _select_ablating(self:SparseEngine, t, ctx, plan, active_idx)->Change:
     left = live & ~ablate
     k2 = min(S, k * int(live.sum()) // int(left.sum()))        # the budget of the removed outputs goes to the others
     gone = ablate.index_select(0, kept // S)
-    drop_idx = torch.cat([drop_idx, kept[gone]])
+    drop_idx, local = torch.cat([drop_idx, kept[gone]]), torch.cat([local, kept_local[gone]])
     remaining = torch.bincount(kept[~gone] // S, minlength=G)
     grow_idx = pattern_grow(st, shape, grow, t.mask, drop_idx, need=torch.where(left, k2 - remaining, 0))
-    pos = torch.full((mask.numel(),), -1, dtype=torch.long, device=mask.device)
-    pos[active_idx] = torch.arange(len(active_idx), device=mask.device)
-    return Change(drop_idx, grow_idx, pos.index_select(0, drop_idx))
+    return Change(drop_idx, grow_idx, local)
 
 @patch
 def _select_groups(self:SparseEngine, t, ctx, plan, active_idx)->Change:
@@ -674,7 +669,7 @@ def check_invariants(model,         # a sparsified `nn.Module`
     for t in ts:
         n = int(torch.count_nonzero(t.param.detach()[~t.mask]))
         if n: _fail(f"'{t.name}': {n} masked weights are not exactly 0")
-        if t.structure is not ELEMENT and (why := t.structure.violation(t.mask)): _fail(f"'{t.name}' breaks {t.structure}: {why}")
+        if (why := t.structure.violation(t.mask)): _fail(f"'{t.name}' breaks {t.structure}: {why}")
         if t.sparse:   # the values and their layout describe the mask exactly
             L, v = t.module.weight_layout, t.trainable
             if v.numel() != int(t.mask.sum()): _fail(f"'{t.name}': {v.numel()} active values for {int(t.mask.sum())} active weights")
@@ -749,7 +744,7 @@ class DynamicSparseTraining:
         self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
         _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
                       grow_score_f, drop_by, initial_drop_grow_pct)
-        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance)
+        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance, group_reduce)
         m = _as_model(model)
         saved = m._buffers.get(STATE_KEY)
         resume = resume and saved is not None
@@ -813,8 +808,7 @@ class DynamicSparseTraining:
         if a['redistribution_f'] is not None: get_score(a['redistribution_f'], 'redistribution')
         _check_budget(a['final_sparsity'], a['final_sparse_f'], a['prune_schedule'], a['prune_start_pct'], a['prune_end_pct'],
                       a['stop_pct'], a['grow_score_f'], a['drop_by'], a['initial_drop_grow_pct'])
-        check_selection(a['scope'], a['layer_floor'], a['drop_by'], a['threshold'], a['threshold_tolerance'])
-        if a['group_reduce'] not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {a['group_reduce']!r}")
+        check_selection(a['scope'], a['layer_floor'], a['drop_by'], a['threshold'], a['threshold_tolerance'], a['group_reduce'])
         _check_ablation(a['neuron_ablation'])
 
     opt = property(lambda self: self.engine.opt, lambda self, o: setattr(self.engine, 'opt', o), doc="The optimizer whose state updates reset")

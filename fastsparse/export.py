@@ -147,7 +147,7 @@ class CondensedLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] < CONDENSED_MIN_ROWS:      # few rows: the same parts as a CSR matrix
-            crow = torch.arange(0, self.values.numel() + 1, max(self.fan_in, 1), device=x.device)[:self.out_features + 1]
+            crow = torch.arange(self.out_features + 1, device=x.device) * self.fan_in
             with _quiet():
                 w = torch.sparse_csr_tensor(crow, self.indices.reshape(-1), self.values.reshape(-1), (self.out_features, self.in_features))
                 y = (w @ x2.t()).t()

@@ -335,7 +335,7 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
         if v.dtype != torch.bool:
             if ((v != 0) & (v != 1)).any(): P['values'].append(k); continue
             updates[k] = v = v.bool()
-        if w in masks and masks[w].structure is not ELEMENT and (why := masks[w].structure.violation(v)):
+        if w in masks and (why := masks[w].structure.violation(v)):
             P['structure'].append((k, masks[w].structure.name, why)); continue
         if w not in masks: new.append((SparseTarget(w[len(prefix):], m, n), v)); final[w] = (m, n, p)
     for w, t in masks.items():
@@ -417,12 +417,6 @@ def _checkpoint_hooks(targets, model):
     if not any(_is_ours(h, _load_pre_hook) for h in model._load_state_dict_pre_hooks.values()):
         model.register_load_state_dict_pre_hook(_load_pre_hook)
 
-def _random_mask(shape, n_keep, generator=None)->torch.Tensor:
-    "A bool mask of `shape` with exactly `n_keep` True entries at random positions"
-    n = math.prod(shape)
-    m = torch.zeros(n, dtype=torch.bool)
-    m[torch.randperm(n, generator=generator)[:n_keep]] = True
-    return m.view(shape)
 
 def _broadcast_masks(masks, devices):
     "Under `torch.distributed`, give every process rank 0's masks (on each weight's device, as NCCL needs)"
@@ -497,18 +491,15 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
         for pat, s in overrides.items():
             s = _check_sparsity(s, f"override for '{pat}'")
             sparsities = [s if _match(n, [pat]) else old for n, old in zip(names, sparsities)]
-    keeps = [n_keep(p.numel(), s) for p, s in zip(params, sparsities)]
-    if st is not ELEMENT:
-        _check_structure(st, targets, sparsities, model_sparsity)
-        keeps = [st.count(tuple(p.shape), k) for p, k in zip(params, keeps)]
+    if st is not ELEMENT: _check_structure(st, targets, sparsities, model_sparsity)
+    keeps = [st.count(tuple(p.shape), n_keep(p.numel(), s)) for p, s in zip(params, sparsities)]   # whole groups, if structured
     empty = [t.name for t, k in zip(targets, keeps) if k < 1]
     if empty:
         raise ValueError(f"At these sparsities {empty} would keep no weight at all" + ('' if st is ELEMENT else
                          f" (structure {st.name!r} keeps whole groups of weights)") + ". Lower the sparsity, "
                          "exclude these layers, or give them an override.")
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    new = _random_mask if st is ELEMENT else (lambda shape, k, g: st.random_mask(tuple(shape), k, g))
-    masks = _broadcast_masks([new(p.shape, k, g) for p, k in zip(params, keeps)], [p.device for p in params])
+    masks = _broadcast_masks([st.random_mask(tuple(p.shape), k, g) for p, k in zip(params, keeps)], [p.device for p in params])
     # nothing above changed the model; from here on nothing can fail
     for t, m in zip(targets, masks):
         t.module.register_buffer(mask_name(t.attr), m.to(t.param.device))
