@@ -295,7 +295,7 @@ def plan(self:SparseEngine,
 
 
 REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
-REDISTRIBUTION_FLOOR = 0.5   # no layer is left below this fraction of the model's density by redistribution
+REDISTRIBUTION_FLOOR = 0.75  # no layer is left below this fraction of the model's density by redistribution
 
 def _floor_growth(n_drop, rest, numel, live):
     "Per layer, the growth that ends it at `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight, at most what it holds)"
