@@ -13,8 +13,8 @@ from .distributions import erdos_renyi_sparsity, uniform_sparsity
 from .activations import activation_report
 
 # %% auto #0
-__all__ = ['HISTORY_COLS', 'SparsityReport', 'sparsity_report', 'UpdateLog', 'update_table', 'count_flops', 'training_flops',
-           'inference_flops', 'plot_densities', 'plot_updates', 'plot_active', 'plot_schedule',
+__all__ = ['HISTORY_COLS', 'FLOP_RULES', 'SparsityReport', 'sparsity_report', 'UpdateLog', 'update_table', 'count_flops',
+           'training_flops', 'inference_flops', 'plot_densities', 'plot_updates', 'plot_active', 'plot_schedule',
            'plot_input_connectivity']
 
 # %% ../nbs/05_stats.ipynb #e04292fa
@@ -211,17 +211,54 @@ def count_flops(model,   # an `nn.Module` or fastai `Learner`, sparse or dense
     return df
 
 # %% ../nbs/05_stats.ipynb #f11e4ce1
-def training_flops(fwd:pd.DataFrame,   # `count_flops` of the model on one batch
-                   method:str='RigL',  # 'dense', 'static', 'SET', 'SNFS' or 'RigL'
+# what each method's training step needs: sparse products only, the dense gradient every step, or on update steps only
+FLOP_RULES = dict(dense='dense', static='sparse', SET='sparse', DSR='sparse', GMP='sparse',
+                  SNFS='dense_grad', RigL='update_grad', GraNet='update_grad')
+
+def _module_of(name): return name.rsplit('.', 1)[0] if '.' in name else ''
+
+def _segments(fwd, table, n_steps):
+    "Steps and sparse forward MACs of each stretch of the fit between updates, and the MACs in force at each update"
+    t = table.assign(module=table['layer'].map(_module_of))
+    ups = sorted(t['update'].unique())
+    steps = [int(t['step'][t['update'] == u].iloc[0]) for u in ups]
+    if steps[-1] > n_steps:
+        raise ValueError(f"`n_steps`={n_steps} is before the last update of `history` (step {steps[-1]}): "
+                         "pass the number of optimizer steps of the whole fit")
+    def density(rows, col):
+        g = rows.groupby('module')[[col, 'numel']].sum()
+        return (g[col] / g.numel).to_dict()
+    states = [density(t[t['update'] == ups[0]], 'active_before')] + [density(t[t['update'] == u], 'active_after') for u in ups]
+
+    now = states[-1]                     # `fwd` is counted on the final masks: a layer's MACs are a + b * density
+    ab = []
+    for r in fwd.itertuples():
+        d = now.get(r.layer)
+        if d is None: ab.append((r.sparse_macs, 0., r.layer)); continue
+        b = (r.dense_macs - r.sparse_macs) / (1 - d) if d < 1 else r.dense_macs
+        ab.append((r.dense_macs - b, b, r.layer))
+    macs = [sum(a + b * s.get(l, 1.) for a, b, l in ab) for s in states]
+    bounds = [0, *steps, n_steps]
+    return [(hi - lo, m) for lo, hi, m in zip(bounds[:-1], bounds[1:], macs)], macs[:-1]
+
+def training_flops(fwd:pd.DataFrame,   # `count_flops` of the model on one batch (at the end of the fit, with `history`)
+                   method:str='RigL',  # one of `FLOP_RULES`: 'dense', 'static', 'SET', 'DSR', 'GMP', 'SNFS', 'RigL', 'GraNet'
                    n_steps:int=1,      # optimizer steps of the fit
-                   n_updates:int=0,    # topology updates of the fit (RigL computes dense gradients on these)
+                   n_updates:int=0,    # topology updates of the fit (RigL and GraNet compute dense gradients on these)
+                   history=None,       # the fit's `update_table`, or what it reads (a `Learner`, driver, model): per-layer counts over the fit
                   )->float:            # training MACs relative to dense training
     "Training cost of a fit with `method`, relative to dense training of the same model (RigL paper, Appendix H)"
-    fS, fD = fwd.sparse_macs.sum(), fwd.dense_macs.sum()
-    per = {'dense': n_steps * 3 * fD, 'static': n_steps * 3 * fS, 'SET': n_steps * 3 * fS,
-           'SNFS': n_steps * (2 * fS + fD), 'RigL': n_steps * 3 * fS + n_updates * (fD - fS)}
-    if method not in per: raise ValueError(f"Unknown method {method!r}: one of {list(per)}")
-    return float(per[method] / (n_steps * 3 * fD))
+    if method not in FLOP_RULES: raise ValueError(f"Unknown method {method!r}: one of {list(FLOP_RULES)}")
+    if n_steps < 1: raise ValueError(f"`n_steps` must be at least 1, got {n_steps}")
+    fS, fD = float(fwd.sparse_macs.sum()), float(fwd.dense_macs.sum())
+    table = None if history is None else history if isinstance(history, pd.DataFrame) else update_table(history)
+    if table is None or not len(table): segs, at_updates = [(n_steps, fS)], [fS] * n_updates
+    else: segs, at_updates = _segments(fwd, table, n_steps)
+    rule = FLOP_RULES[method]
+    if rule == 'dense': cost = n_steps * 3 * fD
+    elif rule == 'dense_grad': cost = sum(n * (2 * m + fD) for n, m in segs)
+    else: cost = sum(n * 3 * m for n, m in segs) + (sum(fD - m for m in at_updates) if rule == 'update_grad' else 0.)
+    return float(cost / (n_steps * 3 * fD))
 
 def inference_flops(fwd:pd.DataFrame)->float:
     "Inference cost of the sparse model relative to the dense one"

@@ -41,14 +41,17 @@ def test_plain_pytorch_ddp(tmp_path, preset):
     assert [int(single[k].sum()) for k in single if k.endswith('_mask')] == a['budget']
 
 @pytest.mark.parametrize('preset,compute', [('SET', 'masked'), ('RigL', 'masked'), ('SET', 'sparse'), ('RigL', 'sparse'),
-                                            ('DSR', 'masked'), ('GraNet', 'masked'), ('RigL-global', 'masked')])
+                                            ('DSR', 'masked'), ('GMP', 'masked'), ('GraNet', 'masked'), ('RigL-global', 'masked')])
 def test_fastai_callback_ddp(tmp_path, preset, compute):
     launch(ROOT/'tests'/'dist_fastai.py', preset, str(tmp_path), compute)
     a = check_identical(tmp_path)            # sparse compute: the same checkpoint keys, masks and weights on every rank
     assert (tmp_path/'learn.pth').exists()
     assert a['compute'] == [compute == 'sparse'] * len(a['budget'])
-    if preset == 'GraNet':   # pruned to 95% exactly, the same on every rank
-        assert sum(a['budget']) == round(0.05 * sum(v.numel() for k, v in a['state'].items() if k.endswith('_mask')))
+    numels = [v.numel() for k, v in a['state'].items() if k.endswith('_mask')]
+    if preset == 'GraNet':   # pruned to 95% exactly (one global ranking), the same on every rank
+        assert sum(a['budget']) == round(0.05 * sum(numels))
+    if preset == 'GMP':      # pruned from 90% ERK to 95% in every layer (the preset's uniform final distribution)
+        assert a['budget'] == [round(0.05 * n) for n in numels]
 
 @pytest.mark.parametrize('preset,compute,structure', [('RigL', 'masked', 'fan_in'), ('RigL', 'sparse', '2:4'), ('SET', 'masked', 'row')])
 def test_structured_ddp(tmp_path, preset, compute, structure):
