@@ -9,15 +9,15 @@ from typing import Callable
 import torch
 
 # %% auto #0
-__all__ = ['CONTEXT', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'large_final', 'small_final',
+__all__ = ['CONTEXT', 'NEEDS', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'large_final', 'small_final',
            'large_init', 'updating_large_init', 'small_init', 'updating_small_init', 'large_init_large_final',
            'updating_large_init_large_final', 'small_init_small_final', 'updating_small_init_small_final',
            'magnitude_increase', 'updating_magnitude_increase', 'updating_movement', 'movmag', 'updating_movmag',
-           'score_kwargs', 'opt_state', 'momentum_rule', 'momentum', 'second_moment', 'register_score', 'comparable',
-           'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude', 'random_score', 'movement',
-           'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum', 'momentum_redistribution',
-           'variance_redistribution', 'survivors', 'check_score', 'normalized', 'compare_with', 'negated',
-           'squared_final']
+           'score_kwargs', 'needs', 'score_needs', 'opt_state', 'momentum_rule', 'momentum', 'second_moment',
+           'register_score', 'comparable', 'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude',
+           'random_score', 'movement', 'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum',
+           'momentum_redistribution', 'variance_redistribution', 'survivors', 'check_score', 'normalized',
+           'compare_with', 'negated', 'squared_final']
 
 # %% ../nbs/02_criteria.ipynb #cb8ef033
 CONTEXT = ('mask', 'grad', 'state', 'init', 'prev', 'name', 'module', 'step', 'generator', 'stats')   # what a score can ask for
@@ -29,6 +29,22 @@ def score_kwargs(f:Callable)->tuple:
     ps = sig.parameters.values()
     if any(p.kind == p.VAR_KEYWORD for p in ps): return CONTEXT
     return tuple(p.name for p in ps if p.name in CONTEXT)
+
+
+# %% ../nbs/02_criteria.ipynb #a4044c08
+NEEDS = CONTEXT + ('momentum', 'second_moment')   # what a score can declare it reads beyond its arguments (from the optimizer)
+
+def needs(*what:str)->Callable:
+    "Decorator: declare that a score reads `what` beyond its arguments (`'momentum'`, `'second_moment'`), so the engine provides it"
+    bad = [w for w in what if w not in NEEDS]
+    if bad: raise ValueError(f"needs({', '.join(map(repr, bad))}): a score can declare {list(NEEDS)}")
+    def mark(f): f.needs = tuple(dict.fromkeys(getattr(f, 'needs', ()) + what)); return f
+    return mark
+
+def score_needs(f:Callable)->set:
+    "Everything score `f` reads: the context names it accepts and what it declares with `needs` (kept by wrappers such as `normalized`)"
+    return set(score_kwargs(f)) | set(getattr(f, 'needs', ()))
+
 
 # %% ../nbs/02_criteria.ipynb #745c8326
 # filled by framework modules (`fastsparse.callback` adds fastai's): functions `opt -> the optimizer inside a wrapper
@@ -185,6 +201,7 @@ def taylor_score(param, opt=None, grad=None):
 # %% ../nbs/02_criteria.ipynb #db390f2b
 @register_score
 @elementwise
+@needs('second_moment')
 def magnitude_variance(param, opt, eps:float=1e-8):
     "$|w| / \\sqrt{v}$: large weights whose gradient varies little are kept (needs Adam's second moment $v$)"
     v = second_moment(opt, param, 'magnitude_variance')
@@ -202,6 +219,7 @@ def gradient_magnitude(param, opt=None, grad=None):
 # %% ../nbs/02_criteria.ipynb #992e922e
 @register_score
 @elementwise
+@needs('momentum')
 def gradient_momentum(param, opt):
     "$|m|$, the magnitude of the gradient's running average kept by the optimizer (SNFS)"
     return momentum(opt, param, 'gradient_momentum').detach().float().abs()
@@ -209,6 +227,7 @@ def gradient_momentum(param, opt):
 # %% ../nbs/02_criteria.ipynb #42a4d0a6
 @register_redistribution
 @elementwise
+@needs('momentum')
 def momentum_redistribution(param, opt, mask, eps:float=1e-8):
     "Mean momentum magnitude of the layer's active weights (SNFS), each divided by the root of its second moment where the optimizer keeps one (Adam)"
     m = momentum(opt, param, 'momentum_redistribution').detach().float()
@@ -217,6 +236,7 @@ def momentum_redistribution(param, opt, mask, eps:float=1e-8):
 
 @register_redistribution
 @elementwise
+@needs('second_moment')
 def variance_redistribution(param, opt, mask):
     "Mean $\\sqrt{v}$ (root of Adam's second moment) over the layer's active weights"
     v = second_moment(opt, param, 'variance_redistribution')
@@ -271,6 +291,7 @@ def normalized(score,          # a keep or grow score: function or registered na
         d = float(_NORMS[by](nz)) if nz.numel() else 0.
         return s / d if d > 0 else s
     g.__signature__ = inspect.signature(f)      # the engine gives it what `f` asks for, and no more
+    if hasattr(f, 'needs'): g.needs = f.needs   # ... and what `f` declares it reads
     g.__name__ = g.__qualname__ = f"normalized_{getattr(f, '__name__', 'score')}"
     g.__doc__ = f"`{getattr(f, '__name__', f)}` divided by its layer's {by} (non-zero values): comparable across layers"
     return comparable(g)
@@ -306,8 +327,8 @@ def _like(g, f, name):
     "`g` with the signature, name and marks of `f` (so the engine gives it exactly what `f` asks for)"
     g.__signature__ = inspect.signature(f)
     g.__name__ = g.__qualname__ = name
-    for mark in ('elementwise', 'comparable'):
-        if getattr(f, mark, False): setattr(g, mark, True)
+    for mark in ('elementwise', 'comparable', 'needs'):
+        if getattr(f, mark, False): setattr(g, mark, getattr(f, mark))
     return g
 
 def negated(score,          # a keep or grow score: function or registered name

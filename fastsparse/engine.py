@@ -8,7 +8,7 @@ import inspect, math, warnings
 from typing import NamedTuple
 import torch
 from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name, prev_name, values_name
-from .criteria import get_score, check_score, opt_state, score_kwargs, gradient_momentum, momentum_rule, _inner, _PARAM_LISTS
+from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, momentum_rule, _inner, _PARAM_LISTS
 from torch import nn
 from .compute import CSRLayout, kernels, _MOMENTUM
 from .schedules import UpdateSchedule, _check_fraction
@@ -17,12 +17,15 @@ from .budgets import (allocate, layer_floors, global_drop, global_grow, threshol
                                 final_counts, budget_at, get_prune_schedule)
 from .distributions import get_distribution
 from .structure import ELEMENT, REDUCERS, group_drop, group_grow, pattern_grow
+from fastcore.meta import delegates
 from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SCOPES', 'DROP_BY', 'REDISTRIBUTION_FILL', 'REDISTRIBUTION_FLOOR', 'SET_presets', 'SNFS_presets', 'RigL_presets',
-           'SRigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change',
-           'SparseEngine', 'check_selection', 'reset_opt_state', 'snapshot', 'check_invariants',
+           'SRigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change', 'Round',
+           'check_selection', 'SparseEngine', 'Scorer', 'layer_stats', 'Regrowth', 'Redistribution', 'Placement',
+           'NeuronAblation', 'LayerSelection', 'RankedSelection', 'GlobalSelection', 'PruneSelection',
+           'ThresholdSelection', 'reset_opt_state', 'snapshot', 'check_invariants', 'GradualPruning',
            'DynamicSparseTraining', 'DynamicSparseTrainingOptimizerWrapper']
 
 # %% ../nbs/04_engine.ipynb #bbfbf0c7
@@ -66,6 +69,8 @@ def _fill_at(t, idx, value):
     if t.is_contiguous(): t.view(-1).index_fill_(0, idx, value)
     else: t.index_put_(torch.unravel_index(idx, t.shape), torch.tensor(value, dtype=t.dtype, device=t.device))
 
+def _none(like): return like.new_empty(0, dtype=torch.long)
+
 class LayerPlan(NamedTuple):
     "How many weights one update takes from a layer and gives to it"
     active:int; drop:int; grow:int
@@ -73,6 +78,10 @@ class LayerPlan(NamedTuple):
 class Change(NamedTuple):
     "Flat indices one update drops and grows in a layer, and where the dropped ones sit among its active indices (None: unknown)"
     drop:torch.Tensor; grow:torch.Tensor; local:torch.Tensor|None
+
+class Round(NamedTuple):
+    "What one update knows before it selects: its drop fraction, step and index; per layer, whether it trains and its active count; pruning"
+    frac:float; step:int; n_update:int; live:list; active:list; n_prune:int=0; finals:list|None=None
 
 def _agree(mask, change, dist):
     "Under `torch.distributed`: every process takes rank 0's change of `mask`"
@@ -82,117 +91,14 @@ def _agree(mask, change, dist):
     old = mask.view(-1)
     return Change((old & ~new).nonzero().squeeze(1), (new & ~old).nonzero().squeeze(1), None)
 
-class SparseEngine:
-    "Topology updates of every masked weight of `model`: plan how many weights move, select which (keep and grow scores), commit"
-    def __init__(self,
-                 model,                                 # a sparsified `nn.Module`
-                 opt=None,                              # its optimizer (torch, or fastai's through the callback module)
-                 keep_score_f='weight_magnitude',       # keep score: function or registered name
-                 grow_score_f='gradient_magnitude',     # grow score: function or registered name
-                 redistribution_f=None,                 # per-layer share of regrowth; None keeps each layer's count
-                 seed:int=None,                         # seed of random scores (default: drawn from torch's RNG)
-                 keep_init:bool=False,                  # reuse initial weights saved in the model (when resuming)
-                 scope:str='layer',                     # 'layer': each layer drops its own share; 'global': one ranking of all
-                 layer_floor:float=0.01,                # fraction of each layer that a ranking across layers never drops
-                 drop_by:str='fraction',                # 'fraction' of the active weights, or 'threshold' (DSR, `scope='global'`)
-                 threshold:float=None,                  # DSR's first threshold (None: the one that drops the target)
-                 threshold_tolerance:float=0.1,         # DSR's tolerance around its target before the threshold moves
-                 group_reduce:str='mean',               # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
-                 neuron_ablation:float=None,            # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
-                ):
-        self.model = _as_model(model)
-        self.targets = masked_params(self.model)
-        if not self.targets: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
-        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance, group_reduce)
-        self.group_reduce = group_reduce
-        self.structured = [t for t in self.targets if t.structure is not ELEMENT]
-        self.neuron_ablation = _check_ablation(neuron_ablation, self.structured)
-        if self.structured and (redistribution_f is not None or scope != 'layer' or drop_by != 'fraction'):
-            s = self.structured[0]
-            raise ValueError(f"Structured masks ({s.structure.name!r} on '{s.name}'{' and more' if len(self.structured) > 1 else ''}) keep "
-                             "each layer's count and pattern: train them with scope='layer' and no redistribution (SET_presets, "
-                             "RigL_presets), not SNFS, DSR or global selection")
-        self.opt = opt
-        self.keep_score_f = get_score(keep_score_f)
-        self.grow_score_f = None if grow_score_f is None else get_score(grow_score_f)
-        self.redistribution_f = None if redistribution_f is None else get_score(redistribution_f, 'redistribution')
-        self.scope, self.layer_floor, self.drop_by = scope, float(layer_floor), drop_by
-        self.threshold, self.threshold_tolerance = (None if threshold is None else float(threshold)), float(threshold_tolerance)
-        self.last_threshold = None         # DSR: the threshold of the latest update (`threshold` is the next one's)
-        _warn_incomparable(self.keep_score_f, self.grow_score_f, self.redistribution_f, scope, drop_by)
-        self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
-        if (dist := _dist()) is not None:       # one seed for all processes: identical random scores everywhere
-            s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
-            dist.broadcast(s, src=0); self.seed = int(s.item())
-        self._active, self.uses_init = {}, False
-        if any('init' in score_kwargs(f) for f in self.scores): self.record_init(keep=keep_init)
-        self.uses_prev = False
-        if any('prev' in score_kwargs(f) for f in self.scores): self.record_prev(keep=keep_init)
-        self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
-        self._wants_state = any('state' in score_kwargs(f) for f in self.scores)
-        self._elementwise = all(getattr(f, 'elementwise', False) for f in self.scores)   # sparse compute: no dense view needed
-        # sparse compute: a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
-        self.momentum_layers = self.sparse if self.grow_score_f is gradient_momentum else []
-        if self.sparse:
-            if (self.redistribution_f is not None or scope == 'global' or self.neuron_ablation) and _dist() is not None:
-                raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
-                                 "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
-                                 "DDP, or with `scope='layer'` and no redistribution")
-            wants_grad = any('grad' in score_kwargs(f) for f in self.scores)
-            for t in self.sparse: t.module.record_grad(wants_grad)    # the dense gradient is made on update steps only
-            for t in self.momentum_layers: t.module.track_momentum()
-        if opt is not None and self.sparse: _check_opt(opt, self.sparse)
+def _buffer(t, kind): return t.module._buffers[{'init': init_name, 'prev': prev_name}[kind](t.attr)]
+def _copy_buffer(t, kind, keep):
+    "Register a copy of `t`'s weight as its `kind` buffer ('init', 'prev'; `keep`: reuse a saved one of the right shape)"
+    name = {'init': init_name, 'prev': prev_name}[kind](t.attr)
+    saved = t.module._buffers.get(name)
+    if not keep or saved is None or saved.shape != t.param.shape: t.module.register_buffer(name, t.param.detach().clone())
 
-    @property
-    def scores(self)->list:
-        "The keep, grow and redistribution scores this engine uses"
-        return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
-
-    def observe_step(self):
-        "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"
-        for t in self.momentum_layers:
-            rule = momentum_rule(self.opt, t.trainable)
-            if rule is None: raise ValueError(f"`gradient_momentum` needs an optimizer with momentum for '{t.name}': use fastai's Adam "
-                                              "or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW")
-            t.module.update_momentum(*rule)
-
-    def _copy_weights(self, name_f, keep):
-        "Register a copy of every masked weight as the buffer `name_f(attr)` of its module (`keep`: reuse a saved one of the right shape)"
-        for t in self.targets:
-            saved = t.module._buffers.get(name_f(t.attr))
-            if not keep or saved is None or saved.shape != t.param.shape:
-                t.module.register_buffer(name_f(t.attr), t.param.detach().clone())
-
-    def record_init(self, keep:bool=False):
-        "Keep a copy of the current weights for scores that ask for `init`, as model buffers (`keep`: reuse saved ones)"
-        self._copy_weights(init_name, keep); self.uses_init = True
-
-    @property
-    def init(self)->dict|None:
-        "Per layer, the initial weights that `init` scores see (grown weights count from 0), or None if none is kept"
-        return {t.name: t.module._buffers[init_name(t.attr)] for t in self.targets} if self.uses_init else None
-
-    def record_prev(self, keep:bool=False):
-        "Keep a copy of the current weights for scores that ask for `prev` (the weights at the previous update), as model buffers"
-        self._copy_weights(prev_name, keep); self.uses_prev = True
-
-    @property
-    def prev(self)->dict|None:
-        "Per layer, the weights at the previous update (at the start of training before the first), or None if none are kept"
-        return {t.name: t.module._buffers[prev_name(t.attr)] for t in self.targets} if self.uses_prev else None
-
-    def _ctx(self, i, t, step, n_update, fs=None):
-        "What the scores `fs` (default: all) of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
-        w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
-        g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
-        wants_grad = any('grad' in score_kwargs(f) for f in (self.scores if fs is None else fs) if f is not None)
-        grad = (t.module.weight_grad() if wants_grad else None) if t.sparse else w.grad   # sparse: made only if a score reads it
-        if t.sparse and grad is not None and (dist := _dist()) is not None:   # as DDP averages the gradient of a masked weight
-            dist.all_reduce(grad); grad /= dist.get_world_size()
-        state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
-        return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
-                    step=step, generator=g, init=t.module._buffers[init_name(t.attr)] if self.uses_init else None,
-                    prev=t.module._buffers[prev_name(t.attr)] if self.uses_prev else None)
+def _n_active(t)->int: return t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask))
 
 SCOPES, DROP_BY = ('layer', 'global'), ('fraction', 'threshold')
 
@@ -228,22 +134,6 @@ def _warn_incomparable(keep, grow, redistribution, scope, drop_by):
                           f"between layers. Pass `normalized({name!r})` (fastsparse.criteria), or mark your score `@comparable`.",
                           stacklevel=3)
 
-def _zeros_like_weight(t):
-    "A stand-in for the dense view of a weight in sparse compute, for elementwise scores: zeros (no memory), with the values' state"
-    v, L = t.trainable, t.module.weight_layout
-    z = v.new_zeros(()).expand(*t.mask.shape)
-    z._fastsparse_values = (v, L, t.module.__dict__.get(_MOMENTUM))
-    return z
-
-def _at(ctx, idx, values, f):
-    "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
-    wants = score_kwargs(f)                 # gather only what the score reads
-    pick = lambda k: None if ctx[k] is None or k not in wants else ctx[k].reshape(-1).index_select(0, idx)
-    out = dict(ctx, mask=torch.ones_like(values, dtype=torch.bool), grad=pick('grad'), init=pick('init'), prev=pick('prev'),
-               weight=values)
-    del out['state']                  # `check_score` gives the values' own state
-    return out
-
 def _opt_params(opt)->list|None:
     "The parameters `opt` trains, if it says (torch optimizers, fastai's and wrappers registered in `criteria`)"
     groups = getattr(_inner(opt), 'param_groups', None)
@@ -262,316 +152,152 @@ def _check_opt(opt, targets):
                               "after sparsifying (in fastai, `learn.create_opt()`).")
 
 # %% ../nbs/04_engine.ipynb #97e6bfa8
-@patch
-def plan(self:SparseEngine,
-         drop_fraction:float, # fraction of each layer's active weights to drop (after pruning)
-         ctxs:list=None,      # the score context of each layer (what redistribution scores see; only they need it)
-         prune:list=None,     # per layer, how many weights it prunes first (a shrinking budget)
-        )->list:              # one `LayerPlan` per layer
-    "How many weights each layer drops and grows; layers whose weight does not train are left alone"
-    live = [t.trainable.requires_grad for t in self.targets]
-    active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in self.targets]
-    prune = prune or [0] * len(active)
-    rest = [a - p for a, p in zip(active, prune)]
-    n_drop = [min(round(drop_fraction * r), r - 1) if l and r > 0 else 0 for r, l in zip(rest, live)]
-    for i, t in enumerate(self.targets):   # whole groups: a share of the active groups, at least one kept
-        if t.structure.kind == 'group' and live[i]:
-            S = t.structure.size(tuple(t.mask.shape)); g = rest[i] // S
-            n_drop[i] = max(0, min(round(drop_fraction * g), g - 1)) * S
-    if self.redistribution_f is None: n_grow = n_drop
-    else:
-        stats = self._stats(active, [p + d for p, d in zip(prune, n_drop)])
-        shares = [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.
-                  for c, s, l in zip(ctxs, stats, live)]
-        numel = [t.mask.numel() for t in self.targets]
-        n_drop = _dense_layer_drops(n_drop, shares, rest, numel, live)
-        free = [n - r + d if l else 0 for n, r, d, l in zip(numel, rest, n_drop, live)]
-        least = _floor_growth(n_drop, rest, numel, live)   # a layer at its floor regrows what it drops: it still explores
-        caps = [max(0, math.floor(REDISTRIBUTION_FILL * f) - m) for f, m in zip(free, least)]   # none filled to its last free place
-        left = sum(n_drop) - sum(least)
-        more = allocate(left, shares, caps if sum(caps) >= left else [f - m for f, m in zip(free, least)])
-        n_grow = [m + g for m, g in zip(least, more)]
-    return [LayerPlan(a, p + d, g) for a, p, d, g in zip(active, prune, n_drop, n_grow)]
+class SparseEngine:
+    "Topology updates of every masked weight of `model`: plan how many weights move, select which (keep and grow scores), commit"
+    def __init__(self,
+                 model,                                 # a sparsified `nn.Module`
+                 opt=None,                              # its optimizer (torch, or fastai's through the callback module)
+                 keep_score_f='weight_magnitude',       # keep score: function or registered name
+                 grow_score_f='gradient_magnitude',     # grow score: function or registered name
+                 redistribution_f=None,                 # per-layer share of regrowth; None keeps each layer's count
+                 seed:int=None,                         # seed of random scores (default: drawn from torch's RNG)
+                 keep_init:bool=False,                  # reuse initial weights saved in the model (when resuming)
+                 scope:str='layer',                     # 'layer': each layer drops its own share; 'global': one ranking of all
+                 layer_floor:float=0.01,                # fraction of each layer that a ranking across layers never drops
+                 drop_by:str='fraction',                # 'fraction' of the active weights, or 'threshold' (DSR, `scope='global'`)
+                 threshold:float=None,                  # DSR's first threshold (None: the one that drops the target)
+                 threshold_tolerance:float=0.1,         # DSR's tolerance around its target before the threshold moves
+                 group_reduce:str='mean',               # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
+                 neuron_ablation:float=None,            # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
+                ):
+        self.model = _as_model(model)
+        self.targets = masked_params(self.model)
+        if not self.targets: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
+        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance, group_reduce)
+        self.group_reduce = group_reduce
+        self.structured = [t for t in self.targets if t.structure is not ELEMENT]
+        gamma = _check_ablation(neuron_ablation, self.structured)
+        if self.structured and (redistribution_f is not None or scope != 'layer' or drop_by != 'fraction'):
+            s = self.structured[0]
+            raise ValueError(f"Structured masks ({s.structure.name!r} on '{s.name}'{' and more' if len(self.structured) > 1 else ''}) keep "
+                             "each layer's count and pattern: train them with scope='layer' and no redistribution (SET_presets, "
+                             "RigL_presets), not SNFS, DSR or global selection")
+        self.scorer = Scorer(keep_score_f, grow_score_f, redistribution_f)
+        self.opt = opt
+        self.scope, self.layer_floor, self.drop_by = scope, float(layer_floor), drop_by
+        self.threshold, self.threshold_tolerance = (None if threshold is None else float(threshold)), float(threshold_tolerance)
+        self.last_threshold = None         # DSR: the threshold of the latest update (`threshold` is the next one's)
+        _warn_incomparable(self.keep_score_f, self.grow_score_f, self.redistribution_f, scope, drop_by)
+        self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        if (dist := _dist()) is not None:       # one seed for all processes: identical random scores everywhere
+            s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
+            dist.broadcast(s, src=0); self.seed = int(s.item())
+        self._active = {}
+        if self.scorer.reads('init'): self.record_init(keep=keep_init)
+        if self.scorer.reads('prev'): self.record_prev(keep=keep_init)
+        # the method's rules, at their declared points: how layers share regrowth, where one layer's growth goes
+        self.regrowth = Regrowth() if self.redistribution_f is None else Redistribution()
+        self.placement = Placement() if gamma is None else NeuronAblation(gamma)
+        self.selection = (LayerSelection if scope == 'layer' else GlobalSelection if drop_by == 'fraction' else ThresholdSelection)(self)
+        self._setup_compute(opt)
 
+    keep_score_f = property(lambda self: self.scorer.keep_score_f, doc="The keep score")
+    grow_score_f = property(lambda self: self.scorer.grow_score_f, doc="The grow score (None: nothing regrows)")
+    redistribution_f = property(lambda self: self.scorer.redistribution_f, doc="The redistribution score (None: counts kept)")
+    scores = property(lambda self: self.scorer.scores, doc="The keep, grow and redistribution scores this engine uses")
+    neuron_ablation = property(lambda self: getattr(self.placement, 'gamma', None), doc="SRigL's ablation fraction (None: off)")
+    opt = property(lambda self: self.scorer.opt, lambda self, o: setattr(self.scorer, 'opt', o), doc="The optimizer whose state updates reset")
+    seed = property(lambda self: self.scorer.seed, lambda self, s: setattr(self.scorer, 'seed', s), doc="Seed of random scores")
+    uses_init = property(lambda self: self.scorer.uses_init, doc="Whether a score reads the initial weights")
+    uses_prev = property(lambda self: self.scorer.uses_prev, doc="Whether a score reads the weights at the previous update")
 
-REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
-REDISTRIBUTION_FLOOR = 0.75  # no layer is left below this fraction of the model's density by redistribution
+    def _setup_compute(self, opt):
+        "What sparse compute must keep for these scores: the dense gradient on update steps, the momentum of inactive weights"
+        self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
+        # a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
+        self.momentum_layers = self.sparse if self.scorer.reads('momentum', [self.grow_score_f]) else []
+        if self.sparse:
+            if (self.redistribution_f is not None or self.scope == 'global' or self.neuron_ablation) and _dist() is not None:
+                raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
+                                 "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
+                                 "DDP, or with `scope='layer'` and no redistribution")
+            for t in self.sparse: t.module.record_grad(self.scorer.reads('grad'))    # the dense gradient is made on update steps only
+            for t in self.momentum_layers: t.module.track_momentum()
+        if opt is not None and self.sparse: _check_opt(opt, self.sparse)
 
-def _floor_growth(n_drop, rest, numel, live):
-    "Per layer, the growth that ends it at `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight, at most what it holds)"
-    density = sum(r for r, l in zip(rest, live) if l) / max(1, sum(n for n, l in zip(numel, live) if l))
-    return [max(0, min(r, max(1, math.ceil(REDISTRIBUTION_FLOOR * density * n))) - (r - d)) if l else 0
-            for d, r, n, l in zip(n_drop, rest, numel, live)]
+    def observe_step(self):
+        "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"
+        for t in self.momentum_layers:
+            rule = momentum_rule(self.opt, t.trainable)
+            if rule is None: raise ValueError(f"`{getattr(self.grow_score_f, '__name__', 'the grow score')}` needs an optimizer with momentum "
+                                              f"for '{t.name}': use fastai's Adam or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW")
+            t.module.update_momentum(*rule)
 
-def _dense_layer_drops(n_drop, shares, rest, numel, live, dense:float=0.2):
-    "SNFS's rule for nearly dense layers: one sparser than `dense` whose share of regrowth is above the even share drops at most its sparsity"
-    total, n_live = sum(s for s, l in zip(shares, live) if l), sum(live)
-    if total <= 0: return n_drop
-    out = list(n_drop)
-    for i, (s, r, n, l) in enumerate(zip(shares, rest, numel, live)):
-        sp = 1 - r / n
-        if l and sp < dense and s / total > 1 / n_live: out[i] = min(out[i], round(sp * r))
-    return out
+    def record_init(self, keep:bool=False):
+        "Keep a copy of the current weights for scores that ask for `init`, as model buffers (`keep`: reuse saved ones)"
+        self.scorer.record(self.targets, 'init', keep)
 
-@patch
-def _keep(self:SparseEngine, t, ctx, active_idx):
-    "Keep scores of the active weights of `t`, in the order of `active_idx`"
-    if t.sparse and getattr(self.keep_score_f, 'elementwise', False):   # on the active values: no dense score
-        return check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, self.keep_score_f))
-    return check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
+    def record_prev(self, keep:bool=False):
+        "Keep a copy of the current weights for scores that ask for `prev` (the weights at the previous update), as model buffers"
+        self.scorer.record(self.targets, 'prev', keep)
 
-@patch
-def _grow_scores(self:SparseEngine, t, ctx, idx, local):
-    "Flat grow scores of `t`; in sparse compute with a zero stand-in for the weight, the active weights at flat `idx` (`local`: their place among the values) score with their values"
-    grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
-    if t.sparse and len(idx) and all(s == 0 for s in ctx['weight'].stride()):
-        sub = t.trainable.detach().index_select(0, local); sub._fastsparse_at = (t.trainable, local)
-        grow.index_copy_(0, idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, idx, sub, self.grow_score_f)))
-    return grow
+    init = property(lambda self: self.scorer.copies(self.targets, 'init'),
+                    doc="Per layer, the initial weights that `init` scores see (grown weights count from 0), or None if none is kept")
+    prev = property(lambda self: self.scorer.copies(self.targets, 'prev'),
+                    doc="Per layer, the weights at the previous update (at the start of training before the first), or None if none are kept")
 
-@patch
-def _grow_at(self:SparseEngine, t, ctx, grow, drop_idx, n_active, n_grow):
-    "The flat indices of the `n_grow` highest `grow` scores of `t` where it is inactive or just dropped (`drop_idx`)"
-    mask = t.mask.view(-1)
-    fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
-    return _top_where(grow, mask, drop_idx, mask.numel() - n_active + len(drop_idx), n_grow, ctx['generator'], fast)
+    def _ctx(self, i, t, step, n_update, fs=None): return self.scorer.ctx(i, t, step, n_update, fs)
+    def _stats(self, active, removed=None)->list: return layer_stats(self.targets, active, removed)
 
-@patch
-def select(self:SparseEngine,
-           t,                # the layer's `SparseTarget`
-           ctx:dict,         # its score context
-           plan:LayerPlan,   # how many of its weights to drop and grow
-          )->Change:
-    "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
-    active_idx = self._active_idx(t, plan.active)
-    if t.structure.kind == 'group': return self._select_groups(t, ctx, plan, active_idx)
-    ablating = self.neuron_ablation is not None and t.structure.name == 'fan_in'
-    drop_idx = grow_idx = local = t.mask.new_empty(0, dtype=torch.long)
-    if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
-        local = torch.topk(self._keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
-        drop_idx = active_idx.index_select(0, local)
-    if plan.grow > 0:   # inactive weights, and the ones just dropped, may be grown
-        grow = self._grow_scores(t, ctx, drop_idx, local)
-        if ablating: return self._ablate(t, plan, active_idx, local, drop_idx, grow)
-        if t.structure.kind == 'pattern': grow_idx = pattern_grow(t.structure, tuple(t.mask.shape), grow, t.mask, drop_idx)
-        else: grow_idx = self._grow_at(t, ctx, grow, drop_idx, plan.active, plan.grow)
-    return Change(drop_idx, grow_idx, local)
+    def _active_idx(self, t, n_active:int=None):
+        "Flat indices of the active weights of `t`, cached until its mask changes (or holds other than `n_active`)"
+        if t.sparse: return t.module.weight_layout.flat()     # in sparse compute the layout has them, in order
+        v, idx = self._active.get(t.name, (None, None))
+        if v != t.mask._version or idx is None or (n_active is not None and len(idx) != n_active):
+            idx = t.mask.view(-1).nonzero().squeeze(1)
+            self._active[t.name] = (t.mask._version, idx)
+        return idx
 
-@patch
-def _ablate(self:SparseEngine, t, plan, active_idx, local, drop_idx, grow)->Change:
-    """SRigL's part of `select`: outputs with fewer salient weights (kept by magnitude, or among the best to grow) than
-    `neuron_ablation` x their fan-in are removed too, and the others share their budget at a new constant fan-in"""
-    st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
-    S = st.size(shape); G = mask.numel() // S
-    stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
-    kept_local = stays.nonzero().squeeze(1); kept = active_idx.index_select(0, kept_local)
-    n_cand = min(plan.drop, mask.numel() - len(active_idx))
-    best = torch.topk(grow.masked_fill(mask, -math.inf), n_cand, sorted=False).indices if n_cand else kept[:0]
-    salient = torch.bincount(torch.cat([kept, best]) // S, minlength=G)
-    rows = torch.bincount(active_idx // S, minlength=G); live = rows > 0
-    k = int(rows[live][0])
-    ablate = live & (salient < self.neuron_ablation * k)
-    n_min = -(-k * int(live.sum()) // S)          # the outputs that must stay to hold the budget at a fan-in of at most S
-    spare = int((live & ~ablate).sum()) - n_min
-    if spare < 0:                                  # too many to remove: the most salient of them stay
-        back = torch.topk(torch.where(ablate, salient, -1), -spare).indices; ablate[back] = False
-    left = live & ~ablate
-    k2 = min(S, k * int(live.sum()) // int(left.sum()))        # the budget of the removed outputs goes to the others
-    gone = ablate.index_select(0, kept // S)
-    drop_idx, local = torch.cat([drop_idx, kept[gone]]), torch.cat([local, kept_local[gone]])
-    remaining = torch.bincount(kept[~gone] // S, minlength=G)
-    grow_idx = pattern_grow(st, shape, grow, t.mask, drop_idx, need=torch.where(left, k2 - remaining, 0))
-    return Change(drop_idx, grow_idx, local)
+    @torch.no_grad()
+    def update(self,
+               drop_fraction:float, # fraction of active weights to drop and regrow (DSR: the target of its threshold)
+               step:int=0,          # optimizer steps taken so far (passed to scores as `step`)
+               n_update:int=0,      # index of this update (seeds random scores)
+               n_active:int=None,   # active weights in all after this update, fewer than now when pruning; None keeps the total
+               finals:list=None,    # per layer, its count at the end of pruning (None: pruning ranks all layers together)
+              )->list:              # one record per layer: counts of active, dropped and grown weights
+        "Prune to `n_active`, then drop `drop_fraction` of the active weights and grow as many: plan, select, commit"
+        ts = self.targets
+        active = [_n_active(t) for t in ts]
+        n_prune = 0 if n_active is None else sum(active) - int(n_active)
+        if n_prune < 0: raise ValueError(f"Pruning cannot grow the model: {n_active} active weights asked for, {sum(active)} now")
+        if n_prune and self.structured: raise ValueError("Pruning changes a layer's count, which structured masks keep: prune unstructured layers only")
+        if self.grow_score_f is None and drop_fraction > 0:
+            raise ValueError(f"drop_fraction={drop_fraction} regrows weights, but this engine has no grow score: give `grow_score_f`")
+        r = Round(drop_fraction, step, n_update, [t.trainable.requires_grad for t in ts], active, n_prune, finals)
+        sel = PruneSelection(self) if n_prune and finals is None and isinstance(self.selection, LayerSelection) else self.selection
+        plans, changes = sel(r)
+        if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(ts, changes)]
+        # every score succeeded and every change is checked: commit
+        extra = dict(threshold=self.last_threshold) if self.drop_by == 'threshold' else {}
+        return [dict(self.commit(t, ch, p), drop_fraction=drop_fraction, step=step, update=n_update, **extra)
+                for t, ch, p in zip(ts, changes, plans)]
 
-@patch
-def _select_groups(self:SparseEngine, t, ctx, plan, active_idx)->Change:
-    "`select` for masks of whole groups: element scores reduce to group scores (a score's own `reduce_groups`, else `group_reduce`), and whole groups drop and grow"
-    st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
-    drop_idx = grow_idx = local = dropped = mask.new_empty(0, dtype=torch.long)
-    if plan.drop > 0:
-        keep = torch.zeros(mask.numel(), dtype=torch.float32, device=mask.device)
-        keep.index_copy_(0, active_idx, self._keep(t, ctx, active_idx).float())
-        dropped = group_drop(st, shape, keep, mask, plan.drop, getattr(self.keep_score_f, 'group_reduce', self.group_reduce)); del keep
-        drop_idx = st.flat_of(dropped, shape)
-        pos = torch.full((mask.numel(),), -1, dtype=torch.long, device=mask.device)
-        pos[active_idx] = torch.arange(len(active_idx), device=mask.device)
-        local = pos.index_select(0, drop_idx)
-    if plan.grow > 0:
-        grown = group_grow(st, shape, self._grow_scores(t, ctx, drop_idx, local).float(), mask, dropped, plan.grow,
-                           getattr(self.grow_score_f, 'group_reduce', self.group_reduce))
-        grow_idx = st.flat_of(grown, shape)
-    return Change(drop_idx, grow_idx, local)
-
-@patch
-@torch.no_grad()
-def commit(self:SparseEngine,
-           t,                # the layer's `SparseTarget`
-           change:Change,    # what `select` chose (or what the processes agreed on)
-           plan:LayerPlan,   # the layer's plan (for its record)
-          )->dict:           # the layer's record: counts, and the flat indices grown (`grown_idx`)
-    "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
-    # masked compute caches the active indices (sparse compute reads them from its layout)
-    new_active = None if change.local is None or t.sparse else _replace(self._active_idx(t), change.local, change.grow)
-    old_layout = t.module.weight_layout if t.sparse else None
-    m = t.mask.view(-1)
-    regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
-    m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
-    grown, dropped = change.grow, change.drop
-    if regrown.any(): grown, dropped = grown[~regrown], dropped[~m.index_select(0, dropped)]
-    if t.sparse: _remap(self.opt, t, old_layout, grown)
-    else:
-        changed = torch.cat([dropped, grown])
-        _fill_at(t.param.data, changed, 0.)
-        reset_opt_state(self.opt, t.param, changed)
-    if self.uses_init: _fill_at(t.module._buffers[init_name(t.attr)], grown, 0.)
-    apply_masks([t])                            # the optimizer step may have written masked positions
-    if self.uses_prev: t.module._buffers[prev_name(t.attr)].copy_(t.param.detach())   # the next update compares with these
-    if new_active is None: self._active.pop(t.name, None)
-    else: self._active[t.name] = (t.mask._version, new_active)
-    return dict(layer=t.name, numel=m.numel(), active_before=plan.active, dropped=len(dropped), grown=len(grown),
-                active_after=plan.active - len(change.drop) + len(change.grow), grown_idx=grown)
-
-@patch
-def _stats(self:SparseEngine, active, removed=None)->list:
-    "Per layer, what a score sees as `stats`: counts of this layer (`numel`, `active`, `inactive`, `removed` by this update) and of the model"
-    numel = [t.mask.numel() for t in self.targets]
-    rem = removed if removed is not None else [None] * len(active)
-    model = dict(numel=sum(numel), active=sum(active), inactive=sum(numel) - sum(active),
-                 removed=None if removed is None else sum(removed))
-    return [dict(layer=dict(numel=n, active=a, inactive=n - a, removed=r), model=model) for n, a, r in zip(numel, active, rem)]
-
-@patch
-@torch.no_grad()
-def update(self:SparseEngine,
-           drop_fraction:float, # fraction of active weights to drop and regrow (DSR: the target of its threshold)
-           step:int=0,          # optimizer steps taken so far (passed to scores as `step`)
-           n_update:int=0,      # index of this update (seeds random scores)
-           n_active:int=None,   # active weights in all after this update, fewer than now when pruning; None keeps the total
-           finals:list=None,    # per layer, its count at the end of pruning (None: pruning ranks all layers together)
-          )->list:              # one record per layer: counts of active, dropped and grown weights
-    "Prune to `n_active`, then drop `drop_fraction` of the active weights and grow as many: plan, select, commit"
-    ts = self.targets
-    live = [t.trainable.requires_grad for t in ts]
-    active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in ts]
-    n_prune = 0 if n_active is None else sum(active) - int(n_active)
-    if n_prune < 0: raise ValueError(f"Pruning cannot grow the model: {n_active} active weights asked for, {sum(active)} now")
-    if n_prune and self.structured: raise ValueError("Pruning changes a layer's count, which structured masks keep: prune unstructured layers only")
-    if self.grow_score_f is None and drop_fraction > 0:
-        raise ValueError(f"drop_fraction={drop_fraction} regrows weights, but this engine has no grow score: give `grow_score_f`")
-    ranked = self.scope == 'global' or self.drop_by == 'threshold' or (n_prune > 0 and finals is None)
-    if not ranked: plans, changes = self._layer_update(drop_fraction, step, n_update, live, active, n_prune, finals)
-    else: plans, changes = self._ranked_update(drop_fraction, step, n_update, live, active, n_prune, finals)
-    if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(ts, changes)]
-    # every score succeeded and every change is checked: commit
-    extra = dict(threshold=self.last_threshold) if self.drop_by == 'threshold' else {}
-    return [dict(self.commit(t, ch, p), drop_fraction=drop_fraction, step=step, update=n_update, **extra)
-            for t, ch, p in zip(ts, changes, plans)]
-
-@patch
-def _layer_update(self:SparseEngine, frac, step, n_update, live, active, n_prune, finals):
-    "Each layer drops its own share and grows as many (or a redistributed share): one context at a time unless redistribution needs all"
-    prune = prune_counts([a if l else 0 for a, l in zip(active, live)], finals, n_prune) if n_prune else [0] * len(active)
-    ctxs = None
-    if self.redistribution_f is not None:   # the plan sees every layer's context; else each is made, used and let go in turn
-        ctxs = [self._ctx(i, t, step, n_update) for i, t in enumerate(self.targets)]
-    plans = self.plan(frac, ctxs, prune)
-    changes, stats = [], self._stats(active, [q.drop for q in plans])
-    for i, (t, p) in enumerate(zip(self.targets, plans)):
-        c = self._ctx(i, t, step, n_update) if ctxs is None else ctxs[i]
-        c['stats'] = stats[i]
-        changes.append(self.select(t, c, p))
-        if ctxs is not None: ctxs[i] = None
-        del c
-    return plans, changes
-
-@patch
-def _ranked_update(self:SparseEngine, frac, step, n_update, live, active, n_prune, finals):
-    "Drops ranked across layers (global scope, DSR's threshold, or pruning to a global budget); grows ranked across layers too, or shared out"
-    ts, L = self.targets, len(self.targets)
-    empty = lambda: ts[0].mask.new_empty(0, dtype=torch.long)
-    numel = [t.mask.numel() for t in ts]
-    prune = prune_counts([a if l else 0 for a, l in zip(active, live)], finals, n_prune) if n_prune and finals is not None else None
-    n_exchange = round(frac * (sum(active) - n_prune)) if self.drop_by == 'fraction' else None
-    global_grow_ = self.scope == 'global' and self.redistribution_f is None and self.drop_by == 'fraction'
-    hold = self.redistribution_f is not None          # redistribution scores see every layer's context
-    stats0 = self._stats(active)
-    ctxs, keeps, aidx, cands, at_active = [None] * L, [], [], [], []
-    # one pass over the layers: keep scores of the active weights (and, for global growth, each layer's best candidates)
-    needs = [self.keep_score_f] + ([self.grow_score_f] if global_grow_ or hold else []) + ([self.redistribution_f] if hold else [])
-    for i, t in enumerate(ts):
-        c = dict(self._ctx(i, t, step, n_update, needs), stats=stats0[i])
-        a = self._active_idx(t, active[i]); aidx.append(a)
-        keeps.append(self._keep(t, c, a) if live[i] else a.new_empty(0, dtype=torch.float32))
-        if global_grow_ and n_exchange > 0 and live[i]:
-            grow = self._grow_scores(t, c, a, torch.arange(len(a), device=a.device))
-            at_active.append(grow.index_select(0, a))
-            k = min(n_exchange, numel[i] - active[i])
-            ci = self._grow_at(t, c, grow, empty(), active[i], k) if k > 0 else empty()
-            cands.append((grow.index_select(0, ci), ci))
-            del grow
-        else: at_active.append(None); cands.append(None)
-        if hold: ctxs[i] = c
-        del c
-    if not all(live): keeps = [k if l else k[:0] for k, l in zip(keeps, live)]
-    sizes = [len(k) for k in keeps]
-    floors = [f if l else 0 for f, l in zip(layer_floors(numel, sizes, self.layer_floor), live)]
-    # pruning first: to each layer's share (`finals`), or by the one ranking
-    forced = [empty() for _ in ts]
-    if n_prune:
-        if prune is None: forced = global_drop(keeps, min(n_prune, sum(s - f for s, f in zip(sizes, floors))), floors)
-        else: forced = [torch.topk(k, p, largest=False, sorted=False).indices if p else empty() for k, p in zip(keeps, prune)]
-    left = []   # what may still be dropped: the keep scores of weights not pruned, and where they sit
-    for k, fo in zip(keeps, forced):
-        stay = torch.ones(len(k), dtype=torch.bool, device=k.device); stay[fo] = False
-        pos = stay.nonzero().squeeze(1)
-        left.append((k.index_select(0, pos), pos))
-    lfloors = [min(f, len(p)) for f, (_, p) in zip(floors, left)]
-    if self.drop_by == 'threshold':
-        target = round(frac * sum(active))
-        if self.threshold is None:   # the first update: the threshold that drops the target
-            probe = global_drop([k for k, _ in left], min(target, sum(len(p) - f for (_, p), f in zip(left, lfloors))), lfloors)
-            h = max((float(k[d].max()) for (k, _), d in zip(left, probe) if len(d)), default=0.)
-            self.threshold = math.nextafter(h, math.inf)
-        chosen = threshold_drop([k for k, _ in left], self.threshold, lfloors)
-    else:
-        room = sum(len(p) - f for (_, p), f in zip(left, lfloors))
-        if self.scope == 'global': chosen = global_drop([k for k, _ in left], min(n_exchange, room), lfloors)
-        else:   # layer scope (here: pruning to a global budget, then each layer exchanges its own share)
-            chosen = [torch.topk(k, min(round(frac * len(k)), len(k) - 1), largest=False, sorted=False).indices if len(k) and l
-                      else empty() for (k, _), l in zip(left, live)]
-    local = [torch.cat([fo, p.index_select(0, ch)]) for fo, (_, p), ch in zip(forced, left, chosen)]
-    drop_idx = [a.index_select(0, lo) for a, lo in zip(aidx, local)]
-    exchanged = [len(ch) for ch in chosen]
-    # growth: ranked across layers, shared out by a redistribution score, or each layer regrows what it exchanged
-    if global_grow_:
-        pools = [(keeps[0][:0], empty()) if c is None else (torch.cat([c[0], aa.index_select(0, lo)]), torch.cat([c[1], di]))
-                 for c, aa, lo, di in zip(cands, at_active, local, drop_idx)]
-        picked = global_grow([v for v, _ in pools], sum(exchanged))
-        grow_idx = [ix.index_select(0, pk) for (_, ix), pk in zip(pools, picked)]
-    else:
-        n_free = sum(exchanged)
-        if self.redistribution_f is not None:
-            removed = [len(d) for d in drop_idx]
-            stats = self._stats(active, removed)
-            shares = [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.
-                      for c, s, l in zip(ctxs, stats, live)]
-            n_grow = allocate(n_free, shares, [n - a + r if l else 0 for n, a, r, l in zip(numel, active, removed, live)])
-        else: n_grow = exchanged
-        grow_idx, stats = [], self._stats(active, [len(d) for d in drop_idx])
-        for i, t in enumerate(ts):
-            if n_grow[i] == 0: grow_idx.append(empty()); continue
-            c = ctxs[i] if hold else self._ctx(i, t, step, n_update, [self.grow_score_f])
-            c['stats'] = stats[i]
-            grow_idx.append(self._grow_at(t, c, self._grow_scores(t, c, drop_idx[i], local[i]), drop_idx[i], active[i], n_grow[i]))
-            ctxs[i] = None; del c
-    if self.drop_by == 'threshold':
-        self.last_threshold = self.threshold     # what this update dropped below (its records say)
-        self.threshold = adjust_threshold(self.threshold, sum(exchanged), round(frac * sum(active)), self.threshold_tolerance)
-        if (dist := _dist()) is not None:
-            h = torch.tensor([self.threshold], dtype=torch.float64, device=ts[0].param.device); dist.broadcast(h, src=0)
-            self.threshold = float(h.item())
-    plans = [LayerPlan(a, len(d), len(g)) for a, d, g in zip(active, drop_idx, grow_idx)]
-    return plans, [Change(d, g, lo) for d, g, lo in zip(drop_idx, grow_idx, local)]
+    def select(self,
+               t,                # the layer's `SparseTarget`
+               ctx:dict,         # its score context
+               plan:LayerPlan,   # how many of its weights to drop and grow
+              )->Change:
+        "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
+        active_idx = self._active_idx(t, plan.active)
+        if t.structure.kind == 'group': return _select_groups(self, t, ctx, plan, active_idx)
+        drop_idx = local = _none(t.mask)
+        if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
+            local = torch.topk(self.scorer.keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
+            drop_idx = active_idx.index_select(0, local)
+        if plan.grow == 0: return Change(drop_idx, _none(t.mask), local)
+        # inactive weights, and the ones just dropped, may be grown
+        return self.placement(t, ctx, plan, active_idx, local, drop_idx, self.scorer.grow(t, ctx, drop_idx, local))
 
 def _remap(opt, t, old, grown):
     """Sparse compute: rebuild the layout of `t` after its mask changed (`old`: the layout before), and move its values,
@@ -622,15 +348,383 @@ def _replace(idx, local, new):
         out = out[stays]
     return out
 
+# %% ../nbs/04_engine.ipynb #6a1d0c01
+def _zeros_like_weight(t):
+    "A stand-in for the dense view of a weight in sparse compute, for elementwise scores: zeros (no memory), with the values' state"
+    v, L = t.trainable, t.module.weight_layout
+    z = v.new_zeros(()).expand(*t.mask.shape)
+    z._fastsparse_values = (v, L, t.module.__dict__.get(_MOMENTUM))
+    return z
+
+def _at(ctx, idx, values, f):
+    "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
+    wants = score_kwargs(f)                 # gather only what the score reads
+    pick = lambda k: None if ctx[k] is None or k not in wants else ctx[k].reshape(-1).index_select(0, idx)
+    out = dict(ctx, mask=torch.ones_like(values, dtype=torch.bool), grad=pick('grad'), init=pick('init'), prev=pick('prev'),
+               weight=values)
+    del out['state']                  # `check_score` gives the values' own state
+    return out
+
+class Scorer:
+    "The keep, grow and redistribution scores of an update, and what each layer's scores see (its context)"
+    def __init__(self,
+                 keep_score_f='weight_magnitude',   # keep score: function or registered name
+                 grow_score_f='gradient_magnitude', # grow score: function or registered name (None: nothing regrows)
+                 redistribution_f=None,             # per-layer share of regrowth (None: each layer keeps its count)
+                 seed:int=0,                        # seed of random scores
+                ):
+        self.keep_score_f = get_score(keep_score_f)
+        self.grow_score_f = None if grow_score_f is None else get_score(grow_score_f)
+        self.redistribution_f = None if redistribution_f is None else get_score(redistribution_f, 'redistribution')
+        self.seed, self.opt, self.uses_init, self.uses_prev = seed, None, False, False
+        self._wants_state = any('state' in score_kwargs(f) for f in self.scores)
+        self._elementwise = all(getattr(f, 'elementwise', False) for f in self.scores)   # sparse compute: no dense view needed
+
+    @property
+    def scores(self)->list:
+        "The keep, grow and redistribution scores in use"
+        return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
+
+    def reads(self, what:str, fs=None)->bool:
+        "Whether any of the scores `fs` (default: all) reads `what` (a context name such as 'grad', or 'momentum'; see `score_needs`)"
+        return any(what in score_needs(f) for f in (self.scores if fs is None else fs) if f is not None)
+
+    def ctx(self, i, t, step, n_update, fs=None)->dict:
+        "What the scores `fs` (default: all) of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
+        w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
+        g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
+        grad = (t.module.weight_grad() if self.reads('grad', fs) else None) if t.sparse else w.grad   # sparse: made only if read
+        if t.sparse and grad is not None and (dist := _dist()) is not None:   # as DDP averages the gradient of a masked weight
+            dist.all_reduce(grad); grad /= dist.get_world_size()
+        state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
+        return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
+                    step=step, generator=g, init=_buffer(t, 'init') if self.uses_init else None,
+                    prev=_buffer(t, 'prev') if self.uses_prev else None)
+
+    def keep(self, t, ctx, active_idx):
+        "Keep scores of the active weights of `t`, in the order of `active_idx`"
+        if t.sparse and getattr(self.keep_score_f, 'elementwise', False):   # on the active values: no dense score
+            return check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, self.keep_score_f))
+        return check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
+
+    def grow(self, t, ctx, idx, local):
+        "Flat grow scores of `t`; in sparse compute with a zero stand-in for the weight, the active weights at flat `idx` (`local`: their place among the values) score with their values"
+        grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
+        if t.sparse and len(idx) and all(s == 0 for s in ctx['weight'].stride()):
+            sub = t.trainable.detach().index_select(0, local); sub._fastsparse_at = (t.trainable, local)
+            grow.index_copy_(0, idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, idx, sub, self.grow_score_f)))
+        return grow
+
+    def record(self, targets, kind:str, keep:bool=False):
+        "Keep a copy of the weights of `targets` as their `kind` buffers ('init' or 'prev'), for the scores that read them (`keep`: reuse saved ones)"
+        for t in targets: _copy_buffer(t, kind, keep)
+        setattr(self, f'uses_{kind}', True)
+
+    def copies(self, targets, kind:str)->dict|None:
+        "Per layer, the `kind` copies ('init' or 'prev') that scores see, or None if none is kept"
+        return {t.name: _buffer(t, kind) for t in targets} if getattr(self, f'uses_{kind}') else None
+
+    def shares(self, ctxs, stats, live)->list:
+        "Each layer's share of the regrowth, from the redistribution score (0 for layers that do not train)"
+        return [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.
+                for c, s, l in zip(ctxs, stats, live)]
+
+def _grow_at(t, ctx, grow, drop_idx, n_active, n_grow):
+    "The flat indices of the `n_grow` highest `grow` scores of `t` where it is inactive or just dropped (`drop_idx`)"
+    mask = t.mask.view(-1)
+    fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
+    return _top_where(grow, mask, drop_idx, mask.numel() - n_active + len(drop_idx), n_grow, ctx['generator'], fast)
+
+def layer_stats(targets, active, removed=None)->list:
+    "Per layer, what a score sees as `stats`: counts of this layer (`numel`, `active`, `inactive`, `removed` by this update) and of the model"
+    numel = [t.mask.numel() for t in targets]
+    rem = removed if removed is not None else [None] * len(active)
+    model = dict(numel=sum(numel), active=sum(active), inactive=sum(numel) - sum(active),
+                 removed=None if removed is None else sum(removed))
+    return [dict(layer=dict(numel=n, active=a, inactive=n - a, removed=r), model=model) for n, a, r in zip(numel, active, rem)]
+
+# %% ../nbs/04_engine.ipynb #5e7b2c10
+REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
+REDISTRIBUTION_FLOOR = 0.75  # no layer is left below this fraction of the model's density by redistribution
+
+def _floor_growth(n_drop, rest, numel, live):
+    "Per layer, the growth that ends it at `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight, at most what it holds)"
+    density = sum(r for r, l in zip(rest, live) if l) / max(1, sum(n for n, l in zip(numel, live) if l))
+    return [max(0, min(r, max(1, math.ceil(REDISTRIBUTION_FLOOR * density * n))) - (r - d)) if l else 0
+            for d, r, n, l in zip(n_drop, rest, numel, live)]
+
+def _dense_layer_drops(n_drop, shares, rest, numel, live, dense:float=0.2):
+    "SNFS's rule for nearly dense layers: one sparser than `dense` whose share of regrowth is above the even share drops at most its sparsity"
+    total, n_live = sum(s for s, l in zip(shares, live) if l), sum(live)
+    if total <= 0: return n_drop
+    out = list(n_drop)
+    for i, (s, r, n, l) in enumerate(zip(shares, rest, numel, live)):
+        sp = 1 - r / n
+        if l and sp < dense and s / total > 1 / n_live: out[i] = min(out[i], round(sp * r))
+    return out
+
+class Regrowth:
+    "The regrowth rule of most methods: every layer grows back as many weights as it drops"
+    needs_contexts = False   # whether the rule reads every layer's score context at once
+    def layer_counts(self, e, r, n_drop, prune, rest, ctxs)->tuple:
+        "Layer scope: per layer, how many it drops and how many it grows"
+        return n_drop, n_drop
+    def ranked_counts(self, e, r, exchanged, drop_idx, ctxs)->list:
+        "After drops ranked across layers: how many each layer grows"
+        return exchanged
+
+class Redistribution(Regrowth):
+    "SNFS and DSR: the redistribution score shares the regrowth between layers (in layer scope with SNFS's rules: nearly dense layers, a fill cap, a floor)"
+    needs_contexts = True
+    def layer_counts(self, e, r, n_drop, prune, rest, ctxs):
+        shares = e.scorer.shares(ctxs, e._stats(r.active, [p + d for p, d in zip(prune, n_drop)]), r.live)
+        numel = [t.mask.numel() for t in e.targets]
+        n_drop = _dense_layer_drops(n_drop, shares, rest, numel, r.live)
+        free = [n - a + d if l else 0 for n, a, d, l in zip(numel, rest, n_drop, r.live)]
+        least = _floor_growth(n_drop, rest, numel, r.live)   # a layer at its floor regrows what it drops: it still explores
+        caps = [max(0, math.floor(REDISTRIBUTION_FILL * f) - m) for f, m in zip(free, least)]   # none filled to its last free place
+        left = sum(n_drop) - sum(least)
+        more = allocate(left, shares, caps if sum(caps) >= left else [f - m for f, m in zip(free, least)])
+        return n_drop, [m + g for m, g in zip(least, more)]
+    def ranked_counts(self, e, r, exchanged, drop_idx, ctxs):
+        removed = [len(d) for d in drop_idx]
+        shares = e.scorer.shares(ctxs, e._stats(r.active, removed), r.live)
+        caps = [t.mask.numel() - a + n if l else 0 for t, a, n, l in zip(e.targets, r.active, removed, r.live)]
+        return allocate(sum(exchanged), shares, caps)
+
+class Placement:
+    "Where one layer's growth goes: the highest grow scores among its inactive (or just dropped) positions, or its pattern's groups"
+    def __call__(self, t, ctx, plan, active_idx, local, drop_idx, grow)->Change:
+        if t.structure.kind == 'pattern': grow_idx = pattern_grow(t.structure, tuple(t.mask.shape), grow, t.mask, drop_idx)
+        else: grow_idx = _grow_at(t, ctx, grow, drop_idx, plan.active, plan.grow)
+        return Change(drop_idx, grow_idx, local)
+
+class NeuronAblation(Placement):
+    """SRigL on 'fan_in' masks: outputs with fewer salient weights (kept by magnitude, or among the best to grow) than
+    `gamma` x their fan-in are removed too, and the others share their budget at a new constant fan-in"""
+    def __init__(self, gamma:float): self.gamma = gamma
+    def __call__(self, t, ctx, plan, active_idx, local, drop_idx, grow)->Change:
+        if t.structure.name != 'fan_in': return super().__call__(t, ctx, plan, active_idx, local, drop_idx, grow)
+        st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
+        S = st.size(shape); G = mask.numel() // S
+        stays = torch.ones(len(active_idx), dtype=torch.bool, device=mask.device); stays[local] = False
+        kept_local = stays.nonzero().squeeze(1); kept = active_idx.index_select(0, kept_local)
+        n_cand = min(plan.drop, mask.numel() - len(active_idx))
+        best = torch.topk(grow.masked_fill(mask, -math.inf), n_cand, sorted=False).indices if n_cand else kept[:0]
+        salient = torch.bincount(torch.cat([kept, best]) // S, minlength=G)
+        rows = torch.bincount(active_idx // S, minlength=G); live = rows > 0
+        k = int(rows[live][0])
+        ablate = live & (salient < self.gamma * k)
+        n_min = -(-k * int(live.sum()) // S)          # the outputs that must stay to hold the budget at a fan-in of at most S
+        spare = int((live & ~ablate).sum()) - n_min
+        if spare < 0:                                  # too many to remove: the most salient of them stay
+            back = torch.topk(torch.where(ablate, salient, -1), -spare).indices; ablate[back] = False
+        left = live & ~ablate
+        k2 = min(S, k * int(live.sum()) // int(left.sum()))        # the budget of the removed outputs goes to the others
+        gone = ablate.index_select(0, kept // S)
+        drop_idx, local = torch.cat([drop_idx, kept[gone]]), torch.cat([local, kept_local[gone]])
+        remaining = torch.bincount(kept[~gone] // S, minlength=G)
+        grow_idx = pattern_grow(st, shape, grow, t.mask, drop_idx, need=torch.where(left, k2 - remaining, 0))
+        return Change(drop_idx, grow_idx, local)
+
+def _select_groups(e, t, ctx, plan, active_idx)->Change:
+    "`select` for masks of whole groups: element scores reduce to group scores (a score's own `reduce_groups`, else `group_reduce`), and whole groups drop and grow"
+    st, shape, mask = t.structure, tuple(t.mask.shape), t.mask.view(-1)
+    drop_idx = grow_idx = local = dropped = _none(mask)
+    if plan.drop > 0:
+        keep = torch.zeros(mask.numel(), dtype=torch.float32, device=mask.device)
+        keep.index_copy_(0, active_idx, e.scorer.keep(t, ctx, active_idx).float())
+        dropped = group_drop(st, shape, keep, mask, plan.drop, getattr(e.keep_score_f, 'group_reduce', e.group_reduce)); del keep
+        drop_idx = st.flat_of(dropped, shape)
+        pos = torch.full((mask.numel(),), -1, dtype=torch.long, device=mask.device)
+        pos[active_idx] = torch.arange(len(active_idx), device=mask.device)
+        local = pos.index_select(0, drop_idx)
+    if plan.grow > 0:
+        grown = group_grow(st, shape, e.scorer.grow(t, ctx, drop_idx, local).float(), mask, dropped, plan.grow,
+                           getattr(e.grow_score_f, 'group_reduce', e.group_reduce))
+        grow_idx = st.flat_of(grown, shape)
+    return Change(drop_idx, grow_idx, local)
+
+# %% ../nbs/04_engine.ipynb #8c3e5a27
+class LayerSelection:
+    "scope='layer': each layer drops its own share and grows as many, or what the regrowth rule gives it; one context at a time unless the rule reads all"
+    def __init__(self, engine): self.e = engine
+
+    def plan(self, frac, ctxs=None, prune=None)->list:
+        "One `LayerPlan` per layer: `frac` of what remains after pruning `prune`, whole groups for group structures"
+        e = self.e
+        r = Round(frac, 0, 0, [t.trainable.requires_grad for t in e.targets], [_n_active(t) for t in e.targets])
+        prune = prune or [0] * len(r.active)
+        rest = [a - p for a, p in zip(r.active, prune)]
+        n_drop = [min(round(frac * n), n - 1) if l and n > 0 else 0 for n, l in zip(rest, r.live)]
+        for i, t in enumerate(e.targets):   # whole groups: a share of the active groups, at least one kept
+            if t.structure.kind == 'group' and r.live[i]:
+                S = t.structure.size(tuple(t.mask.shape)); g = rest[i] // S
+                n_drop[i] = max(0, min(round(frac * g), g - 1)) * S
+        n_drop, n_grow = e.regrowth.layer_counts(e, r, n_drop, prune, rest, ctxs)
+        return [LayerPlan(a, p + d, g) for a, p, d, g in zip(r.active, prune, n_drop, n_grow)]
+
+    def __call__(self, r:Round)->tuple:
+        "The plans and changes of every layer"
+        e = self.e
+        prune = prune_counts([a if l else 0 for a, l in zip(r.active, r.live)], r.finals, r.n_prune) if r.n_prune else [0] * len(r.active)
+        ctxs = [e._ctx(i, t, r.step, r.n_update) for i, t in enumerate(e.targets)] if e.regrowth.needs_contexts else None
+        plans = self.plan(r.frac, ctxs, prune)
+        changes, stats = [], e._stats(r.active, [q.drop for q in plans])
+        for i, (t, p) in enumerate(zip(e.targets, plans)):
+            c = e._ctx(i, t, r.step, r.n_update) if ctxs is None else ctxs[i]
+            c['stats'] = stats[i]
+            changes.append(e.select(t, c, p))
+            if ctxs is not None: ctxs[i] = None
+            del c
+        return plans, changes
+
+class RankedSelection:
+    """Drops ranked across layers, each layer keeping its floor: pruning first (to each layer's final share, or by the one
+    ranking), then `drops`; growth shared by the regrowth rule. Subclasses choose the drops, and may grow across layers"""
+    grows_globally = False
+    def __init__(self, engine): self.e = engine
+
+    def drops(self, r, keeps, floors)->list:
+        "Per layer, which of the weights left after pruning (positions in `keeps`) to drop"
+        raise NotImplementedError
+
+    def after(self, r, exchanged): "Hook after selection (DSR moves its threshold)"
+
+    def __call__(self, r:Round)->tuple:
+        e, ts = self.e, self.e.targets
+        glob = self.grows_globally and not e.regrowth.needs_contexts
+        keeps, aidx, cands, ctxs = self._score(r, glob)
+        sizes = [len(k) for k in keeps]
+        floors = [f if l else 0 for f, l in zip(layer_floors([t.mask.numel() for t in ts], sizes, e.layer_floor), r.live)]
+        forced = self._prune(r, keeps, sizes, floors)
+        left = []   # what may still be dropped: the keep scores of weights not pruned, and where they sit
+        for k, fo in zip(keeps, forced):
+            stay = torch.ones(len(k), dtype=torch.bool, device=k.device); stay[fo] = False
+            pos = stay.nonzero().squeeze(1)
+            left.append((k.index_select(0, pos), pos))
+        chosen = self.drops(r, left, [min(f, len(p)) for f, (_, p) in zip(floors, left)])
+        local = [torch.cat([fo, p.index_select(0, ch)]) for fo, (_, p), ch in zip(forced, left, chosen)]
+        drop_idx = [a.index_select(0, lo) for a, lo in zip(aidx, local)]
+        exchanged = [len(ch) for ch in chosen]
+        if glob: grow_idx = self._grow_globally(cands, local, drop_idx, exchanged)
+        else: grow_idx = self._grow_layers(r, e.regrowth.ranked_counts(e, r, exchanged, drop_idx, ctxs), ctxs, drop_idx, local)
+        self.after(r, exchanged)
+        plans = [LayerPlan(a, len(d), len(g)) for a, d, g in zip(r.active, drop_idx, grow_idx)]
+        return plans, [Change(d, g, lo) for d, g, lo in zip(drop_idx, grow_idx, local)]
+
+    def _score(self, r, glob):
+        "One pass over the layers: keep scores of the active weights, their indices, (growing across layers) each layer's best candidates, and the contexts the regrowth rule reads"
+        e, ts = self.e, self.e.targets
+        hold, n_exchange = e.regrowth.needs_contexts, self._n_exchange(r)
+        needs = [e.keep_score_f] + ([e.grow_score_f] if glob or hold else []) + ([e.redistribution_f] if hold else [])
+        stats0, keeps, aidx, cands, ctxs = e._stats(r.active), [], [], [], [None] * len(ts)
+        for i, t in enumerate(ts):
+            c = dict(e._ctx(i, t, r.step, r.n_update, needs), stats=stats0[i])
+            a = e._active_idx(t, r.active[i]); aidx.append(a)
+            keeps.append(e.scorer.keep(t, c, a) if r.live[i] else a.new_empty(0, dtype=torch.float32))
+            cands.append(self._candidates(t, c, a, r.active[i], n_exchange) if glob and n_exchange > 0 and r.live[i] else None)
+            if hold: ctxs[i] = c
+            del c
+        if not all(r.live): keeps = [k if l else k[:0] for k, l in zip(keeps, r.live)]
+        return keeps, aidx, cands, ctxs
+
+    def _n_exchange(self, r): return round(r.frac * (sum(r.active) - r.n_prune))
+
+    def _candidates(self, t, c, a, n_active, n_exchange):
+        "Growing across layers: the grow scores of the active weights `a`, and the best `n_exchange` inactive positions with theirs"
+        grow = self.e.scorer.grow(t, c, a, torch.arange(len(a), device=a.device))
+        k = min(n_exchange, t.mask.numel() - n_active)
+        ci = _grow_at(t, c, grow, _none(a), n_active, k) if k > 0 else _none(a)
+        return grow.index_select(0, a), grow.index_select(0, ci), ci
+
+    def _prune(self, r, keeps, sizes, floors)->list:
+        "Per layer, the positions (in its keep scores) that pruning removes: its share of the final counts, or by the one ranking"
+        if not r.n_prune: return [_none(k) for k in keeps]
+        if r.finals is None: return global_drop(keeps, min(r.n_prune, sum(s - f for s, f in zip(sizes, floors))), floors)
+        prune = prune_counts([a if l else 0 for a, l in zip(r.active, r.live)], r.finals, r.n_prune)
+        return [torch.topk(k, p, largest=False, sorted=False).indices if p else _none(k) for k, p in zip(keeps, prune)]
+
+    def _grow_globally(self, cands, local, drop_idx, exchanged)->list:
+        "One ranking of every layer's candidates and just-dropped weights picks the growth"
+        pools = [(d.new_empty(0, dtype=torch.float32), _none(d)) if c is None else
+                 (torch.cat([c[1], c[0].index_select(0, lo)]), torch.cat([c[2], d]))
+                 for c, lo, d in zip(cands, local, drop_idx)]
+        picked = global_grow([v for v, _ in pools], sum(exchanged))
+        return [ix.index_select(0, pk) for (_, ix), pk in zip(pools, picked)]
+
+    def _grow_layers(self, r, n_grow, ctxs, drop_idx, local)->list:
+        "Each layer grows its count `n_grow` by its own grow scores"
+        e, out = self.e, []
+        stats = e._stats(r.active, [len(d) for d in drop_idx])
+        for i, t in enumerate(e.targets):
+            if n_grow[i] == 0: out.append(_none(drop_idx[i])); continue
+            c = ctxs[i] if e.regrowth.needs_contexts else e._ctx(i, t, r.step, r.n_update, [e.grow_score_f])
+            c['stats'] = stats[i]
+            out.append(_grow_at(t, c, e.scorer.grow(t, c, drop_idx[i], local[i]), drop_idx[i], r.active[i], n_grow[i]))
+            ctxs[i] = None; del c
+        return out
+
+class GlobalSelection(RankedSelection):
+    "scope='global': one ranking of all layers' keep scores drops `frac` of the active weights; one ranking of grow scores grows as many (unless a redistribution score shares them)"
+    grows_globally = True
+    def drops(self, r, left, floors):
+        room = sum(len(p) - f for (_, p), f in zip(left, floors))
+        return global_drop([k for k, _ in left], min(self._n_exchange(r), room), floors)
+
+class PruneSelection(RankedSelection):
+    "scope='layer' while pruning to one global budget: pruning ranks all layers, then each layer exchanges its own share"
+    def drops(self, r, left, floors):
+        return [torch.topk(k, min(round(r.frac * len(k)), len(k) - 1), largest=False, sorted=False).indices if len(k) and l
+                else _none(k) for (k, _), l in zip(left, r.live)]
+
+class ThresholdSelection(RankedSelection):
+    "drop_by='threshold' (DSR): every active weight whose keep score is below one threshold is dropped; the threshold moves towards its target"
+    def drops(self, r, left, floors):
+        e, keeps = self.e, [k for k, _ in left]
+        if e.threshold is None:   # the first update: the threshold that drops the target
+            probe = global_drop(keeps, min(round(r.frac * sum(r.active)), sum(len(p) - f for (_, p), f in zip(left, floors))), floors)
+            h = max((float(k[d].max()) for k, d in zip(keeps, probe) if len(d)), default=0.)
+            e.threshold = math.nextafter(h, math.inf)
+        return threshold_drop(keeps, e.threshold, floors)
+
+    def after(self, r, exchanged):
+        e = self.e
+        e.last_threshold = e.threshold     # what this update dropped below (its records say)
+        e.threshold = adjust_threshold(e.threshold, sum(exchanged), round(r.frac * sum(r.active)), e.threshold_tolerance)
+        if (dist := _dist()) is not None:
+            h = torch.tensor([e.threshold], dtype=torch.float64, device=e.targets[0].param.device); dist.broadcast(h, src=0)
+            e.threshold = float(h.item())
+
+# %% ../nbs/04_engine.ipynb #c0a1e7d2
 @patch
-def _active_idx(self:SparseEngine, t, n_active:int=None):
-    "Flat indices of the active weights of `t`, cached until its mask changes (or holds other than `n_active`)"
-    if t.sparse: return t.module.weight_layout.flat()     # in sparse compute the layout has them, in order
-    v, idx = self._active.get(t.name, (None, None))
-    if v != t.mask._version or idx is None or (n_active is not None and len(idx) != n_active):
-        idx = t.mask.view(-1).nonzero().squeeze(1)
-        self._active[t.name] = (t.mask._version, idx)
-    return idx
+@torch.no_grad()
+def commit(self:SparseEngine,
+           t,                # the layer's `SparseTarget`
+           change:Change,    # what `select` chose (or what the processes agreed on)
+           plan:LayerPlan,   # the layer's plan (for its record)
+          )->dict:           # the layer's record: counts, and the flat indices grown (`grown_idx`)
+    "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
+    # masked compute caches the active indices (sparse compute reads them from its layout)
+    new_active = None if change.local is None or t.sparse else _replace(self._active_idx(t), change.local, change.grow)
+    old_layout = t.module.weight_layout if t.sparse else None
+    m = t.mask.view(-1)
+    regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
+    m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
+    grown, dropped = change.grow, change.drop
+    if regrown.any(): grown, dropped = grown[~regrown], dropped[~m.index_select(0, dropped)]
+    if t.sparse: _remap(self.opt, t, old_layout, grown)
+    else:
+        changed = torch.cat([dropped, grown])
+        _fill_at(t.param.data, changed, 0.)
+        reset_opt_state(self.opt, t.param, changed)
+    if self.uses_init: _fill_at(_buffer(t, 'init'), grown, 0.)
+    apply_masks([t])                            # the optimizer step may have written masked positions
+    if self.uses_prev: _buffer(t, 'prev').copy_(t.param.detach())   # the next update compares with these
+    if new_active is None: self._active.pop(t.name, None)
+    else: self._active[t.name] = (t.mask._version, new_active)
+    return dict(layer=t.name, numel=m.numel(), active_before=plan.active, dropped=len(dropped), grown=len(grown),
+                active_after=plan.active - len(change.drop) + len(change.grow), grown_idx=grown)
 
 # %% ../nbs/04_engine.ipynb #dabc4ba1
 @torch.no_grad()
@@ -713,73 +807,28 @@ def _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pc
     end = _check_fraction(stop_pct if prune_end_pct is None else prune_end_pct, 'prune_end_pct')
     if end <= start: raise ValueError(f"Pruning must end after it starts: prune_end_pct={end} is not after prune_start_pct={start}")
 
-class DynamicSparseTraining:
-    "Drives dynamic sparse training in any loop: call `step(pct_train)` after each optimizer step"
+class GradualPruning:
+    "The shrinking budget of GMP and GraNet: each layer's final count (or one global total), the count wanted at each point of training, and whether it is reached"
     def __init__(self,
-                 model,                             # a sparsified `nn.Module`
-                 opt=None,                          # its optimizer
-                 keep_score_f='weight_magnitude',   # keep score: function or registered name
-                 grow_score_f='gradient_magnitude', # grow score: function or registered name (None: nothing regrows, GMP)
-                 redistribution_f=None,             # per-layer share of regrowth (SNFS, DSR); None keeps counts
-                 initial_drop_grow_pct:float=0.3,   # fraction of active weights dropped (and grown) at first; DSR: its target
-                 stop_pct:float=0.75,               # fraction of training after which masks stay fixed
-                 batches_per_update:int=100,        # optimizer steps between updates; None: once per epoch (mark epoch ends)
-                 drop_schedule='cosine',            # decay of the drop fraction: 'cosine', 'linear', 'constant' or f(initial, t)
-                 start_step:int=0,                  # no update before this many optimizer steps
-                 seed:int=None,                     # seed of random scores (default: drawn from torch's RNG)
-                 resume:bool=False,                 # continue the counters and statistics saved in the model
-                 scope:str='layer',                 # 'layer': each layer drops its own share; 'global': one ranking of all layers
-                 layer_floor:float=0.01,            # fraction of each layer that a ranking across layers never drops
-                 drop_by:str='fraction',            # 'fraction' of the active weights, or 'threshold' (DSR; with scope='global')
-                 threshold:float=None,              # DSR's first threshold (None: the one that drops its target)
-                 threshold_tolerance:float=0.1,     # DSR's tolerance around its target before the threshold moves
-                 final_sparsity:float=None,         # prune gradually to this sparsity of the masked weights (GMP, GraNet)
-                 final_sparse_f='uniform',          # per-layer final sparsities (a distribution or its name), or 'global'
-                 prune_schedule='cubic',            # how pruning proceeds: 'cubic' (Zhu & Gupta), 'linear' or g(t)
-                 prune_start_pct:float=0.,          # where in training pruning starts
-                 prune_end_pct:float=None,          # where it reaches `final_sparsity` (None: `stop_pct`)
-                 group_reduce:str='mean',           # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
-                 neuron_ablation:float=None,        # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
+                 model,                      # a sparsified `nn.Module`
+                 final_sparsity:float,       # sparsity of the masked weights at the end of pruning
+                 final_sparse_f='uniform',   # per-layer final sparsities (a distribution or its name), or 'global'
+                 prune_schedule='cubic',     # 'cubic' (Zhu & Gupta), 'linear' or g(t)
+                 start_pct:float=0.,         # where in training pruning starts
+                 end_pct:float=0.75,         # where it reaches `final_sparsity`
+                 layer_floor:float=0.01,     # fraction of each layer that a global ranking never drops
                 ):
-        self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
-        _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
-                      grow_score_f, drop_by, initial_drop_grow_pct)
-        check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance, group_reduce)
-        m = _as_model(model)
-        saved = m._buffers.get(STATE_KEY)
-        resume = resume and saved is not None
-        self.final_sparsity, self.prune_schedule = final_sparsity, prune_schedule
-        self.prune_start_pct = float(prune_start_pct)
-        self.prune_end_pct = float(stop_pct if prune_end_pct is None else prune_end_pct)
-        self.finals, self.final_total = self._final_budget(m, final_sparsity, final_sparse_f, layer_floor) if final_sparsity is not None else (None, None)
-        self.engine = SparseEngine(model, opt, keep_score_f, grow_score_f, redistribution_f, seed, keep_init=resume, scope=scope,
-                                   layer_floor=layer_floor, drop_by=drop_by, threshold=threshold, threshold_tolerance=threshold_tolerance,
-                                   group_reduce=group_reduce, neuron_ablation=neuron_ablation)
-        if final_sparsity is not None and self.engine.structured:
-            raise ValueError("Gradual pruning changes a layer's count, which structured masks keep: give `final_sparsity` only "
-                             "to models without a `structure`")
-        if final_sparsity is not None and self.engine.sparse and _dist() is not None:
-            raise ValueError("Pruning changes how many weights a layer holds, which DistributedDataParallel cannot follow in sparse "
-                             "compute: train with `compute='masked'` under DDP")
-        self.model, self.log = self.engine.model, UpdateLog(self.engine.model, resume=resume)
-        self.prune_start_total = None        # active weights when pruning started
-        self._at_final = False               # pruning reached `final_total` (recounted once after a resume)
-        if resume:
-            st = [int(x) for x in saved.tolist()] + [_NO_BITS] * 2
-            self.n_steps, self.n_updates, self.engine.seed = st[:3]
-            self.prune_start_total = None if st[3] == _NO_BITS else st[3]
-            if (h := _from_bits(st[4])) is not None: self.engine.threshold = h
-        else: self.n_steps, self.n_updates = 0, 0
-        self.n_epochs, self._ended, self._end_due = 0, False, False    # epoch ends marked; marked at a step; carried to the next step
-        self._save_state()
+        self.final_sparsity, self.prune_schedule, self.start_pct, self.end_pct = final_sparsity, prune_schedule, float(start_pct), float(end_pct)
+        self.finals, self.final_total = self._final_budget(model, final_sparsity, final_sparse_f, layer_floor)
+        self.start_total = None     # active weights when pruning started
+        self.at_final = False       # pruning reached `final_total` (recounted once after a resume)
 
     @staticmethod
     def _final_budget(model, final_sparsity, final_sparse_f, layer_floor):
         "Per layer (None with 'global') and in all, the active weights at the end of pruning; raises if the model cannot get there"
         ts = masked_params(model)
         if not ts: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
-        numel = [t.mask.numel() for t in ts]
-        active = [t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in ts]
+        numel, active = [t.mask.numel() for t in ts], [_n_active(t) for t in ts]
         if final_sparse_f == 'global': finals, total = None, round((1 - final_sparsity) * sum(numel))
         else:
             sps = get_distribution(final_sparse_f)([t.param for t in ts], final_sparsity)
@@ -794,6 +843,84 @@ class DynamicSparseTraining:
             raise ValueError(f"final_sparsity={final_sparsity} keeps {total} weights, fewer than the per-layer floors "
                              f"({sum(floors)}, layer_floor={layer_floor}): lower `layer_floor` or the final sparsity")
         return finals, total
+
+    def target(self, pct_train:float, n_active, due:bool)->int|None:
+        "The active total to prune to now (`n_active()` counts the active weights, `due`: an update falls here), or None: not due, or reached"
+        if self.at_final: return None
+        target = self.budget(pct_train, n_active() if self.start_total is None else None)
+        return target if target is not None and (due or pct_train >= self.end_pct) and target < n_active() else None
+
+    def budget(self, pct_train:float, n_active:int)->int|None:
+        "Active weights in all wanted at `pct_train`, with `n_active` now (None: pruning has not started)"
+        if pct_train < self.start_pct: return None
+        start = n_active if self.start_total is None else self.start_total
+        return budget_at(pct_train, start, self.final_total, self.start_pct, self.end_pct, self.prune_schedule)
+
+def _selection_args()->dict:
+    "The selection arguments of `SparseEngine` that the driver passes on, with their defaults"
+    ps = inspect.signature(SparseEngine.__init__).parameters
+    return {k: p.default for k, p in ps.items() if k not in ('self', 'model', 'opt', 'keep_init')}
+
+class DynamicSparseTraining:
+    "Drives dynamic sparse training in any loop: call `step(pct_train)` after each optimizer step"
+    @delegates(SparseEngine.__init__, but=['model', 'opt', 'keep_init'])   # the selection arguments, with their defaults and docs
+    def __init__(self,
+                 model,                             # a sparsified `nn.Module`
+                 opt=None,                          # its optimizer
+                 initial_drop_grow_pct:float=0.3,   # fraction of active weights dropped (and grown) at first; DSR: its target
+                 stop_pct:float=0.75,               # fraction of training after which masks stay fixed
+                 batches_per_update:int=100,        # optimizer steps between updates; None: once per epoch (mark epoch ends)
+                 drop_schedule='cosine',            # decay of the drop fraction: 'cosine', 'linear', 'constant' or f(initial, t)
+                 start_step:int=0,                  # no update before this many optimizer steps
+                 resume:bool=False,                 # continue the counters and statistics saved in the model
+                 final_sparsity:float=None,         # prune gradually to this sparsity of the masked weights (GMP, GraNet)
+                 final_sparse_f='uniform',          # per-layer final sparsities (a distribution or its name), or 'global'
+                 prune_schedule='cubic',            # how pruning proceeds: 'cubic' (Zhu & Gupta), 'linear' or g(t)
+                 prune_start_pct:float=0.,          # where in training pruning starts
+                 prune_end_pct:float=None,          # where it reaches `final_sparsity` (None: `stop_pct`)
+                 **kwargs,                          # the selection arguments of `SparseEngine`: scores, scope, threshold, ...
+                ):
+        self.schedule = UpdateSchedule(initial_drop_grow_pct, stop_pct, batches_per_update, drop_schedule, start_step)
+        sel = {**_selection_args(), **kwargs}
+        _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
+                      sel['grow_score_f'], sel['drop_by'], initial_drop_grow_pct)
+        check_selection(*(sel[k] for k in ('scope', 'layer_floor', 'drop_by', 'threshold', 'threshold_tolerance', 'group_reduce')))
+        m = _as_model(model)
+        saved = m._buffers.get(STATE_KEY)
+        resume = resume and saved is not None
+        end = stop_pct if prune_end_pct is None else prune_end_pct
+        self.pruning = None if final_sparsity is None else GradualPruning(m, final_sparsity, final_sparse_f, prune_schedule,
+                                                                           prune_start_pct, end, sel['layer_floor'])
+        self.engine = SparseEngine(model, opt, keep_init=resume, **kwargs)
+        if self.pruning is not None and self.engine.structured:
+            raise ValueError("Gradual pruning changes a layer's count, which structured masks keep: give `final_sparsity` only "
+                             "to models without a `structure`")
+        if self.pruning is not None and self.engine.sparse and _dist() is not None:
+            raise ValueError("Pruning changes how many weights a layer holds, which DistributedDataParallel cannot follow in sparse "
+                             "compute: train with `compute='masked'` under DDP")
+        self.model, self.log = self.engine.model, UpdateLog(self.engine.model, resume=resume)
+        if resume:
+            st = [int(x) for x in saved.tolist()] + [_NO_BITS] * 2
+            self.n_steps, self.n_updates, self.engine.seed = st[:3]
+            self.prune_start_total = None if st[3] == _NO_BITS else st[3]
+            if (h := _from_bits(st[4])) is not None: self.engine.threshold = h
+        else: self.n_steps, self.n_updates = 0, 0
+        self.n_epochs, self._ended, self._end_due = 0, False, False    # epoch ends marked; marked at a step; carried to the next step
+        self._save_state()
+
+    final_sparsity = property(lambda self: getattr(self.pruning, 'final_sparsity', None), doc="The sparsity pruning ends at (None: no pruning)")
+    finals = property(lambda self: getattr(self.pruning, 'finals', None), doc="Per layer, its active count at the end of pruning")
+    final_total = property(lambda self: getattr(self.pruning, 'final_total', None), doc="Active weights in all at the end of pruning")
+    prune_start_pct = property(lambda self: self.pruning.start_pct if self.pruning else 0., doc="Where pruning starts")
+    prune_end_pct = property(lambda self: self.pruning.end_pct if self.pruning else self.schedule.stop_pct, doc="Where pruning ends")
+
+    @property
+    def prune_start_total(self)->int|None:
+        "Active weights in all when pruning started (None: not started)"
+        return None if self.pruning is None else self.pruning.start_total
+    @prune_start_total.setter
+    def prune_start_total(self, n):
+        if self.pruning is not None: self.pruning.start_total = n
 
     @staticmethod
     def check_args(**kwargs):
@@ -826,13 +953,11 @@ class DynamicSparseTraining:
 
     def n_active(self)->int:
         "Active masked weights in all, now"
-        return sum(t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask)) for t in self.engine.targets)
+        return sum(_n_active(t) for t in self.engine.targets)
 
     def budget(self, pct_train:float)->int|None:
         "Active weights in all that pruning wants at `pct_train` (None: no pruning, or it has not started)"
-        if self.final_sparsity is None or pct_train < self.prune_start_pct: return None
-        start = self.n_active() if self.prune_start_total is None else self.prune_start_total
-        return budget_at(pct_train, start, self.final_total, self.prune_start_pct, self.prune_end_pct, self.prune_schedule)
+        return None if self.pruning is None else self.pruning.budget(pct_train, self.n_active() if self.pruning.start_total is None else None)
 
     def step(self,
              pct_train:float,       # position in training after this step, 0 to 1
@@ -849,18 +974,18 @@ class DynamicSparseTraining:
         due = s.is_due(self.n_steps, pct_train, at_end) if update is None else update
         after_start = self.n_steps > s.start_step
         exchange = due and after_start and pct_train < s.stop_pct and self.engine.grow_score_f is not None
-        target = self.budget(pct_train) if after_start and update is not False else None
-        on_time = update is True or pct_train >= self.prune_end_pct or s.on_cadence(self.n_steps, at_end)
-        prune = target is not None and on_time and not self._at_final and target < self.n_active()
+        target = None
+        if self.pruning is not None and after_start and update is not False:
+            target = self.pruning.target(pct_train, self.n_active, update is True or s.on_cadence(self.n_steps, at_end))
         self.engine.observe_step()
         records = None
-        if exchange or prune:
-            if prune and self.prune_start_total is None: self.prune_start_total = self.n_active()
+        if exchange or target is not None:
+            if target is not None and self.pruning.start_total is None: self.pruning.start_total = self.n_active()
             frac = s.drop_fraction(pct_train) if exchange else 0.
             records = self.log.record(self.engine.update(frac, step=self.n_steps, n_update=self.n_updates,
-                                                         n_active=target if prune else None, finals=self.finals), pct_train)
+                                                         n_active=target, finals=self.finals), pct_train)
             # once at the final count, later steps need not count the active weights again to know it
-            if prune: self._at_final = sum(r['active_after'] for r in records) == self.final_total
+            if target is not None: self.pruning.at_final = sum(r['active_after'] for r in records) == self.final_total
             self.n_updates += 1
         for t in self.engine.sparse: t.module.clear_record()   # the next step's backward passes start a new record
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions

@@ -344,3 +344,16 @@ def test_kernels_on_two_threads():
     r = subprocess.run([sys.executable, '-c', _TWO_THREADS], capture_output=True, text=True,
                        env={**os.environ, 'OMP_NUM_THREADS': '2'})
     assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-3000:]
+
+def test_wrapped_momentum_score_in_sparse_compute():
+    "A wrapped score reads what the score it wraps declares: `normalized('gradient_momentum')` gets the momentum of inactive weights kept in sparse compute, and trains as in masked compute"
+    from fastsparse.criteria import normalized, score_needs
+    preset = dict(SNFS_presets, grow_score_f=normalized('gradient_momentum'))
+    assert 'momentum' in score_needs(preset['grow_score_f'])
+    ref = _train('masked', [10, 24, 16, 5], 0.7, 'adam', preset, 12, 3)
+    out = _train('sparse', [10, 24, 16, 5], 0.7, 'adam', preset, 12, 3)
+    eng = out[3].engine
+    assert eng.sparse and eng.momentum_layers == eng.sparse
+    assert out[3].n_updates == ref[3].n_updates >= 2
+    torch.testing.assert_close(out[2], ref[2], rtol=1e-4, atol=1e-5)
+    for a, b in zip(masked_params(ref[0]), masked_params(out[0])): assert torch.equal(a.mask, b.mask), a.name
