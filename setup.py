@@ -27,6 +27,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['fastsparse', 'fastsparse.*']),
     include_package_data=True,
+    package_data={'fastsparse': ['csrc/*.h', 'csrc/*.cpp']},   # the kernels' C++, compiled on first use
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,

@@ -15,404 +15,12 @@ from .masks import (masked_params, mask_hooks, _as_model, _check_names, _match, 
                     COMPUTE_MODES)
 
 # %% auto #0
-__all__ = ['KERNELS_CPP', 'SparseTrainLinear', 'SparseTrainConv2d', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout',
+__all__ = ['KERNEL_SOURCES', 'SparseTrainLinear', 'SparseTrainConv2d', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout',
            'sparse_linear', 'dense_grad', 'sparse_conv2d', 'SparseTrain', 'sparse_class', 'set_compute']
 
 # %% ../nbs/13_compute.ipynb #3b9661a2
-KERNELS_CPP = r"""
-#include <torch/extension.h>
-#include <omp.h>
-#include <algorithm>
-constexpr int64_t PAR = 1 << 18;   // below this much work a kernel runs on one thread: a parallel region would cost more
-constexpr int64_t CH = 64;   // batch columns per accumulator block: 4 AVX-512 or 8 AVX2 registers
-
-typedef float v16 __attribute__((vector_size(64)));   // 16 floats: one AVX-512 register, or two AVX2 ones
-static inline v16 ld(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
-static inline void st(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-
-// out (rows x B) = A (rows x cols, compressed rows: ptr, idx, val, gathered through perm when given) @ x (cols x B)
-template <bool PERM>
-static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
-                   const int64_t* __restrict perm, const float* __restrict x, float* __restrict out, int64_t rows, int64_t B) {
-  #pragma omp parallel for schedule(dynamic, 32) if (ptr[rows] * B > PAR)
-  for (int64_t r = 0; r < rows; ++r) {
-    float* o = out + r * B;
-    const int64_t s = ptr[r], e = ptr[r + 1];
-    int64_t b0 = 0;
-    for (; b0 + 64 <= B; b0 += 64) {
-      v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-      for (int64_t k = s; k < e; ++k) {
-        const float w = PERM ? val[perm[k]] : val[k];
-        const float* xr = x + (int64_t)idx[k] * B + b0;
-        a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
-      }
-      st(o + b0, a0); st(o + b0 + 16, a1); st(o + b0 + 32, a2); st(o + b0 + 48, a3);
-    }
-    for (; b0 + 16 <= B; b0 += 16) {
-      v16 a0 = {0};
-      for (int64_t k = s; k < e; ++k) a0 += (PERM ? val[perm[k]] : val[k]) * ld(x + (int64_t)idx[k] * B + b0);
-      st(o + b0, a0);
-    }
-    for (; b0 < B; ++b0) {
-      float a = 0;
-      for (int64_t k = s; k < e; ++k) a += (PERM ? val[perm[k]] : val[k]) * x[(int64_t)idx[k] * B + b0];
-      o[b0] = a;
-    }
-  }
-}
-
-torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor perm, torch::Tensor x, int64_t rows) {
-  auto out = torch::empty({rows, x.size(1)}, x.options());
-  if (perm.numel()) csr_mm<true>(ptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<float>(), perm.data_ptr<int64_t>(),
-                                 x.data_ptr<float>(), out.data_ptr<float>(), rows, x.size(1));
-  else csr_mm<false>(ptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<float>(), nullptr,
-                     x.data_ptr<float>(), out.data_ptr<float>(), rows, x.size(1));
-  return out;
-}
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-static inline float hsum(v16 v) {
-  v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
-
-// grad of the values: g[k] = dot(gy[row_k, :], x[col_k, :]) over the batch, for each stored entry of a CSR matrix
-torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x) {
-  const int64_t rows = ptr.size(0) - 1, B = x.size(1);
-  auto g = torch::empty({idx.size(0)}, x.options());
-  const int64_t* __restrict p = ptr.data_ptr<int64_t>(); const int32_t* __restrict ci = idx.data_ptr<int32_t>();
-  const float* __restrict gyp = gy.data_ptr<float>(); const float* __restrict xp = x.data_ptr<float>(); float* __restrict gp = g.data_ptr<float>();
-  #pragma omp parallel for schedule(dynamic, 32) if (p[rows] * B > PAR)
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] = 0.f;
-    int64_t b0 = 0;
-    for (; b0 + 64 <= B; b0 += 64) {       // this row's gradient block stays in registers for all its entries
-      const float* gr = gyp + r * B + b0;
-      const v16 g0 = ld(gr), g1 = ld(gr + 16), g2 = ld(gr + 32), g3 = ld(gr + 48);
-      for (int64_t k = p[r]; k < p[r + 1]; ++k) {
-        const float* xr = xp + (int64_t)ci[k] * B + b0;
-        gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
-      }
-    }
-    for (; b0 < B; ++b0) {
-      const float gv = gyp[r * B + b0];
-      for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] += gv * xp[(int64_t)ci[k] * B + b0];
-    }
-  }
-  return g;
-}
-
-// the transposed structure of compressed rows, by counting (no sort): column pointers, row of each entry, its index in `values`
-std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols) {
-  const int64_t rows = ptr.size(0) - 1, nnz = idx.size(0);
-  auto tptr = torch::zeros({cols + 1}, ptr.options());
-  auto tidx = torch::empty({nnz}, idx.options()); auto perm = torch::empty({nnz}, ptr.options());
-  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
-  int64_t* tp = tptr.data_ptr<int64_t>(); int32_t* ti = tidx.data_ptr<int32_t>(); int64_t* pm = perm.data_ptr<int64_t>();
-  for (int64_t k = 0; k < nnz; ++k) ++tp[ci[k] + 1];
-  for (int64_t c = 0; c < cols; ++c) tp[c + 1] += tp[c];
-  std::vector<int64_t> next(tp, tp + cols);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = p[r]; k < p[r + 1]; ++k) { const int64_t at = next[ci[k]]++; ti[at] = (int32_t)r; pm[at] = k; }
-  return {tptr, tidx, perm};
-}
-
-// the compressed rows after a topology update: the old entries (optr, oidx) still set in `mask`, merged in column order
-// with `grown` (flat indices, none of them old entries); and for each old entry its new position, or -1 if it was dropped.
-// Reads the mask at the old entries only, never the whole of it.
-std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown) {
-  const int64_t rows = optr.size(0) - 1, cols = mask.size(1), G = grown.size(0);
-  const bool* m = mask.data_ptr<bool>(); const int64_t* op = optr.data_ptr<int64_t>(); const int32_t* oi = oidx.data_ptr<int32_t>();
-  const int64_t* g = grown.data_ptr<int64_t>();
-  std::vector<int64_t> gp(rows + 1, 0);
-  for (int64_t i = 0; i < G; ++i) ++gp[g[i] / cols + 1];
-  for (int64_t r = 0; r < rows; ++r) gp[r + 1] += gp[r];
-  std::vector<int32_t> gc(G); std::vector<int64_t> nx(gp.begin(), gp.end() - 1);
-  for (int64_t i = 0; i < G; ++i) gc[nx[g[i] / cols]++] = (int32_t)(g[i] % cols);
-  auto ptr = torch::zeros({rows + 1}, optr.options()); int64_t* p = ptr.data_ptr<int64_t>();
-  #pragma omp parallel for schedule(dynamic, 64) if (oidx.size(0) + G > PAR)
-  for (int64_t r = 0; r < rows; ++r) {
-    std::sort(gc.begin() + gp[r], gc.begin() + gp[r + 1]);
-    int64_t kept = 0;
-    for (int64_t j = op[r]; j < op[r + 1]; ++j) kept += m[r * cols + oi[j]];
-    p[r + 1] = kept + gp[r + 1] - gp[r];
-  }
-  for (int64_t r = 0; r < rows; ++r) p[r + 1] += p[r];
-  auto idx = torch::empty({p[rows]}, oidx.options()); auto where = torch::full({oidx.size(0)}, -1, optr.options());
-  int32_t* ci = idx.data_ptr<int32_t>(); int64_t* w = where.data_ptr<int64_t>();
-  #pragma omp parallel for schedule(dynamic, 64) if (oidx.size(0) + G > PAR)
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t k = p[r], j = op[r], q = gp[r];
-    const int64_t je = op[r + 1], qe = gp[r + 1];
-    while (j < je || q < qe) {
-      if (j < je && !m[r * cols + oi[j]]) { ++j; continue; }                // dropped
-      if (q >= qe || (j < je && oi[j] < gc[q])) { w[j] = k; ci[k++] = oi[j++]; }
-      else ci[k++] = gc[q++];
-    }
-  }
-  return {ptr, idx, where};
-}
-
-// the flat indices where `scores` >= tau and `mask` is false, ascending: one pass, no bool tensor
-torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
-  const int64_t n = scores.numel(); const float* s = scores.data_ptr<float>(); const bool* m = mask.data_ptr<bool>();
-  const float t = (float)tau;
-  const int nt = n > 4 * PAR ? omp_get_max_threads() : 1; const int64_t chunk = (n + nt - 1) / nt;
-  std::vector<std::vector<int64_t>> parts(nt);
-  #pragma omp parallel num_threads(nt)
-  {
-    const int id = omp_get_thread_num(); const int64_t b = id * chunk, e = std::min(n, b + chunk);
-    auto& out = parts[id];
-    int64_t i = b;
-    for (; i + 16 <= e; i += 16) {        // most blocks hold no candidate: one vectorised test skips them
-      int any = 0;
-      for (int u = 0; u < 16; ++u) any |= (s[i + u] >= t) & !m[i + u];
-      if (any) for (int u = 0; u < 16; ++u) if (s[i + u] >= t && !m[i + u]) out.push_back(i + u);
-    }
-    for (; i < e; ++i) if (s[i] >= t && !m[i]) out.push_back(i);
-  }
-  int64_t total = 0; for (auto& v : parts) total += v.size();
-  auto res = torch::empty({total}, scores.options().dtype(torch::kInt64)); int64_t* r = res.data_ptr<int64_t>();
-  for (auto& v : parts) { std::copy(v.begin(), v.end(), r); r += v.size(); }
-  return res;
-}
-
-// out (cols x rows) = a (rows x cols) transposed, plus bias[i] on each of out's columns i when given: 32 x 32 blocks, in parallel
-torch::Tensor transpose(torch::Tensor a, torch::Tensor bias) {
-  const int64_t R = a.size(0), C = a.size(1);
-  auto out = torch::empty({C, R}, a.options());
-  const float* ap = a.data_ptr<float>(); float* o = out.data_ptr<float>();
-  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const int64_t nbi = (R + 31) / 32, nbj = (C + 31) / 32;
-  #pragma omp parallel for schedule(static) if (R * C >= PAR / 8)
-  for (int64_t blk = 0; blk < nbi * nbj; ++blk) {
-    const int64_t i0 = (blk / nbj) * 32, j0 = (blk % nbj) * 32, ie = std::min(R, i0 + 32), je = std::min(C, j0 + 32);
-    for (int64_t j = j0; j < je; ++j)
-      for (int64_t i = i0; i < ie; ++i) o[j * R + i] = ap[i * C + j] + (b ? b[i] : 0.f);
-  }
-  return out;
-}
-
-// a tensor of n entries holding v[j] at where[j] for each j with where[j] >= 0, zeros elsewhere (values moved to a new layout)
-torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n) {
-  auto out = torch::zeros({n}, v.options());
-  const float* vp = v.data_ptr<float>(); const int64_t* w = where.data_ptr<int64_t>(); float* o = out.data_ptr<float>();
-  const int64_t m = where.size(0);
-  #pragma omp parallel for schedule(static) if (m > PAR)
-  for (int64_t j = 0; j < m; ++j) if (w[j] >= 0) o[w[j]] = vp[j];
-  return out;
-}
-
-// the dense (rows x cols) matrix holding `val` at the positions of compressed rows (ptr, idx)
-torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, int64_t cols) {
-  const int64_t rows = ptr.size(0) - 1;
-  auto out = torch::zeros({rows, cols}, val.options());
-  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
-  const float* v = val.data_ptr<float>(); float* o = out.data_ptr<float>();
-  #pragma omp parallel for schedule(static) if (p[rows] > PAR)
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = p[r]; k < p[r + 1]; ++k) o[r * cols + ci[k]] = v[k];
-  return out;
-}
-
-// Convolutions hold images as (channels, height, width, batch): the batch innermost, padded to a multiple of 16 lanes,
-// so that each weight multiplies contiguous vectors, as in `csr_mm`. `out`, when not empty, is where a result goes (a
-// buffer kept between calls: a large new tensor costs a page fault per 4 KB at its first write).
-// x (N, C, H, W) -> (C, H + 2ph, W + 2pw, Np), zeros in the padding: per (channel, row), a blocked (N x W) -> (W x N) transpose
-torch::Tensor to_chwn(torch::Tensor x, int64_t ph, int64_t pw, int64_t Np, torch::Tensor out) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Hp = H + 2 * ph, Wp = W + 2 * pw;
-  if (!out.numel()) out = torch::empty({C, Hp, Wp, Np}, x.options());
-  if (ph || pw || Np != N) out.zero_();
-  const float* xp = x.data_ptr<float>(); float* o = out.data_ptr<float>();
-  const int64_t sn = C * H * W;
-  #pragma omp parallel for schedule(static) if (N * C * H * W > PAR)
-  for (int64_t ch = 0; ch < C * H; ++ch) {
-    const int64_t c = ch / H, h = ch % H;
-    float* orow = o + ((c * Hp + h + ph) * Wp + pw) * Np;
-    const float* xr = xp + (c * H + h) * W;
-    for (int64_t n0 = 0; n0 < N; n0 += 16)
-      for (int64_t w0 = 0; w0 < W; w0 += 16) {
-        const int64_t ne = std::min<int64_t>(N, n0 + 16), we = std::min<int64_t>(W, w0 + 16);
-        for (int64_t w = w0; w < we; ++w)
-          for (int64_t n = n0; n < ne; ++n) orow[w * Np + n] = xr[n * sn + w];
-      }
-  }
-  return out;
-}
-
-// (C, H, W, Np) -> (N, C, H, W), the first N lanes; plus bias[c] when given
-torch::Tensor from_chwn(torch::Tensor a, int64_t N, torch::Tensor bias) {
-  const int64_t C = a.size(0), H = a.size(1), W = a.size(2), Np = a.size(3);
-  auto out = torch::empty({N, C, H, W}, a.options());
-  const float* ap = a.data_ptr<float>(); float* o = out.data_ptr<float>(); const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const int64_t sn = C * H * W;
-  #pragma omp parallel for schedule(static) if (N * C * H * W > PAR)
-  for (int64_t ch = 0; ch < C * H; ++ch) {
-    const int64_t c = ch / H, h = ch % H; const float bc = b ? b[c] : 0.f;
-    const float* arow = ap + (c * H + h) * W * Np;
-    float* orow = o + (c * H + h) * W;
-    for (int64_t n0 = 0; n0 < N; n0 += 16)
-      for (int64_t w0 = 0; w0 < W; w0 += 16) {
-        const int64_t ne = std::min<int64_t>(N, n0 + 16), we = std::min<int64_t>(W, w0 + 16);
-        for (int64_t n = n0; n < ne; ++n)
-          for (int64_t w = w0; w < we; ++w) orow[n * sn + w] = arow[w * Np + n] + bc;
-      }
-  }
-  return out;
-}
-
-static std::vector<int64_t> offsets(const int32_t* ci, int64_t nnz, int64_t KH, int64_t KW, int64_t dh, int64_t dw, int64_t Hp, int64_t Wp, int64_t Np) {
-  std::vector<int64_t> off(nnz);
-  for (int64_t k = 0; k < nnz; ++k) {
-    const int64_t col = ci[k], c = col / (KH * KW), r = col % (KH * KW);
-    off[k] = ((c * Hp + (r / KW) * dh) * Wp + (r % KW) * dw) * Np;
-  }
-  return off;
-}
-
-// y (O, Ho, Wo, Np): y[o, i, j] = sum over row o's entries of w * xp[c, i*sh + kh*dh, j*sw + kw*dw]
-torch::Tensor conv_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor xp,
-                       int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, torch::Tensor out) {
-  const int64_t Hp = xp.size(1), Wp = xp.size(2), Np = xp.size(3), O = ptr.size(0) - 1;
-  auto y = out.numel() ? out : torch::empty({O, Ho, Wo, Np}, xp.options());
-  auto offv = offsets(idx.data_ptr<int32_t>(), idx.size(0), KH, KW, dh, dw, Hp, Wp, Np);
-  const int64_t* __restrict p = ptr.data_ptr<int64_t>(); const float* __restrict v = val.data_ptr<float>();
-  const int64_t* __restrict off = offv.data(); const float* __restrict x = xp.data_ptr<float>(); float* __restrict yp = y.data_ptr<float>();
-  // input channels in blocks whose window (CB channels x KH x KW x 64 lanes) stays in L1 for every output channel
-  const int64_t C = xp.size(0), KK = KH * KW, lanes = std::min<int64_t>(Np, 64);
-  const int64_t CB = C * KK * lanes <= 49152 ? C : std::max<int64_t>(1, 8192 / (KK * lanes)), nblk = (C + CB - 1) / CB;   // 192 KB, 32 KB
-  std::vector<int64_t> bp(O * (nblk + 1));      // row o's entries of block b: bp[o*(nblk+1)+b] .. bp[o*(nblk+1)+b+1]
-  const int32_t* ci = idx.data_ptr<int32_t>();
-  for (int64_t o = 0; o < O; ++o) {
-    int64_t k = p[o];
-    for (int64_t bl = 0; bl < nblk; ++bl) { bp[o * (nblk + 1) + bl] = k; while (k < p[o + 1] && ci[k] < (bl + 1) * CB * KK) ++k; }
-    bp[o * (nblk + 1) + nblk] = p[o + 1];
-  }
-  #pragma omp parallel for schedule(dynamic, 1) if (p[O] * Ho * Wo * Np > PAR)
-  for (int64_t q = 0; q < Ho * Wo; ++q) {
-    const int64_t i = q / Wo, j = q % Wo;
-    const float* xq = x + (i * sh * Wp + j * sw) * Np;
-    for (int64_t bl = 0; bl < nblk; ++bl)
-      for (int64_t o = 0; o < O; ++o) {
-        const int64_t s = bp[o * (nblk + 1) + bl], e = bp[o * (nblk + 1) + bl + 1];
-        float* out = yp + (o * Ho * Wo + q) * Np;
-        if (s == e && bl > 0) continue;
-        int64_t b0 = 0;
-        for (; b0 + 64 <= Np; b0 += 64) {
-          v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-          if (bl > 0) { a0 = ld(out + b0); a1 = ld(out + b0 + 16); a2 = ld(out + b0 + 32); a3 = ld(out + b0 + 48); }
-          for (int64_t k = s; k < e; ++k) {
-            const float w = v[k]; const float* xr = xq + off[k] + b0;
-            a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
-          }
-          st(out + b0, a0); st(out + b0 + 16, a1); st(out + b0 + 32, a2); st(out + b0 + 48, a3);
-        }
-        for (; b0 < Np; b0 += 16) {
-          v16 a0 = {0};
-          if (bl > 0) a0 = ld(out + b0);
-          for (int64_t k = s; k < e; ++k) a0 += v[k] * ld(xq + off[k] + b0);
-          st(out + b0, a0);
-        }
-      }
-  }
-  return y;
-}
-
-// grad of the input, (C, H, W, Np) unpadded: gx[c, h, w] = sum over (kh, kw) and column (c, kh, kw)'s entries of w * gy[o, i, j]
-// where h = i*sh + kh*dh - ph (likewise w): a gather, no races
-torch::Tensor conv_bwd_input(torch::Tensor tptr, torch::Tensor tidx, torch::Tensor perm, torch::Tensor val, torch::Tensor gy,
-                             int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                             int64_t ph, int64_t pw, torch::Tensor out) {
-  const int64_t Ho = gy.size(1), Wo = gy.size(2), Np = gy.size(3), KK = KH * KW;
-  auto gx = out.numel() ? out : torch::empty({C, H, W, Np}, gy.options());
-  const int64_t* __restrict tp = tptr.data_ptr<int64_t>(); const int32_t* __restrict ti = tidx.data_ptr<int32_t>();
-  const int64_t* __restrict pm = perm.data_ptr<int64_t>(); const float* __restrict v = val.data_ptr<float>();
-  const float* __restrict g = gy.data_ptr<float>(); float* __restrict gp = gx.data_ptr<float>();
-  const int64_t rowstride = Ho * Wo * Np;
-  #pragma omp parallel if (tp[C * KK] * Ho * Wo * Np > PAR)
-  {
-  std::vector<int64_t> rr(KK), gq_off(KK);
-  #pragma omp for schedule(dynamic, 1)
-  for (int64_t hw = 0; hw < H * W; ++hw) {
-    const int64_t h = hw / W, w = hw % W;
-    // the (kh, kw) that reach this input position, and the output position each reaches: once per position, not per channel
-    int64_t nr = 0;
-    for (int64_t kh = 0; kh < KH; ++kh) {
-      const int64_t ih = h + ph - kh * dh;
-      if (ih < 0 || ih % sh || ih / sh >= Ho) continue;
-      for (int64_t kw = 0; kw < KW; ++kw) {
-        const int64_t iw = w + pw - kw * dw;
-        if (iw < 0 || iw % sw || iw / sw >= Wo) continue;
-        rr[nr] = kh * KW + kw; gq_off[nr] = ((ih / sh) * Wo + iw / sw) * Np; ++nr;
-      }
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      float* out = gp + ((c * H + h) * W + w) * Np;
-      for (int64_t b0 = 0; b0 < Np; b0 += 64) {
-        const int64_t nb = std::min<int64_t>(4, (Np - b0) / 16);
-        v16 a[4] = {{0}, {0}, {0}, {0}};
-        for (int64_t u = 0; u < nr; ++u) {
-          const int64_t col = c * KK + rr[u];
-          const float* gq = g + gq_off[u] + b0;
-          if (nb == 4)
-            for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
-              const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
-              a[0] += wt * ld(gr); a[1] += wt * ld(gr + 16); a[2] += wt * ld(gr + 32); a[3] += wt * ld(gr + 48);
-            }
-          else
-            for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
-              const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
-              for (int64_t z = 0; z < nb; ++z) a[z] += wt * ld(gr + 16 * z);
-            }
-        }
-        for (int64_t z = 0; z < nb; ++z) st(out + b0 + 16 * z, a[z]);
-      }
-    }
-  }
-  }
-  return gx;
-}
-
-// grad of the values: gv[k] = sum over output positions of dot(gy[o, i, j], xp[c, i*sh + kh*dh, j*sw + kw*dw]) (the padded batch adds 0)
-torch::Tensor conv_bwd_values(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor xp,
-                              int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw) {
-  const int64_t Hp = xp.size(1), Wp = xp.size(2), Np = xp.size(3), O = ptr.size(0) - 1, Ho = gy.size(1), Wo = gy.size(2);
-  auto gv = torch::empty({idx.size(0)}, xp.options());
-  auto offv = offsets(idx.data_ptr<int32_t>(), idx.size(0), KH, KW, dh, dw, Hp, Wp, Np);
-  const int64_t* __restrict p = ptr.data_ptr<int64_t>(); const int64_t* __restrict off = offv.data();
-  const float* __restrict g = gy.data_ptr<float>(); const float* __restrict x = xp.data_ptr<float>(); float* __restrict gvp = gv.data_ptr<float>();
-  constexpr int64_t OB = 32;   // output channels per block: their accumulators stay in cache while the positions pass
-  #pragma omp parallel for schedule(dynamic, 1) if (p[O] * Ho * Wo * Np > PAR)
-  for (int64_t o0 = 0; o0 < O; o0 += OB) {
-    const int64_t oe = std::min(O, o0 + OB), s0 = p[o0];
-    std::vector<v16> acc(p[oe] - s0, v16{0});
-    for (int64_t q = 0; q < Ho * Wo; ++q) {
-      const int64_t i = q / Wo, j = q % Wo;
-      const float* xq = x + (i * sh * Wp + j * sw) * Np;
-      for (int64_t o = o0; o < oe; ++o) {
-        const float* gq = g + (o * Ho * Wo + q) * Np;
-        const int64_t s = p[o], e = p[o + 1];
-        int64_t b0 = 0;
-        for (; b0 + 64 <= Np; b0 += 64) {
-          const v16 g0 = ld(gq + b0), g1 = ld(gq + b0 + 16), g2 = ld(gq + b0 + 32), g3 = ld(gq + b0 + 48);
-          for (int64_t k = s; k < e; ++k) {
-            const float* xr = xq + off[k] + b0;
-            acc[k - s0] += g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48);
-          }
-        }
-        for (; b0 < Np; b0 += 16) {
-          const v16 g0 = ld(gq + b0);
-          for (int64_t k = s; k < e; ++k) acc[k - s0] += g0 * ld(xq + off[k] + b0);
-        }
-      }
-    }
-    for (int64_t k = s0; k < p[oe]; ++k) gvp[k] = hsum(acc[k - s0]);
-  }
-  return gv;
-}
-"""  # the C++ source of the kernels, compiled by `kernels()` on first use
+import importlib.resources
+from pathlib import Path
 
 def _entry_rows(ptr, nnz):
     "The row of each of the `nnz` entries of compressed rows `ptr`"
@@ -463,25 +71,32 @@ class _TorchKernels:
 _KERNELS = None
 _KERNEL_NAMES = ('spmm', 'sddmm', 'csr_transpose', 'relayout', 'above', 'move', 'densify', 'transpose',
                  'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values')
+_CSRC = Path(str(importlib.resources.files('fastsparse')/'csrc'))   # installed with the package (its package data)
+# the kernels' C++: the shared header, then the files to compile, the slowest first (the build runs them in parallel)
+KERNEL_SOURCES = [_CSRC/f for f in ('fastsparse.h', 'bindings.cpp', 'linear.cpp', 'layout.cpp', 'conv.cpp')]
 
 def kernels():
-    "The sparse kernels: compiled from `KERNELS_CPP` on first use, or torch's sparse ops (with a warning) where that fails"
+    "The sparse kernels: compiled from `KERNEL_SOURCES` on first use, or torch's sparse ops (with a warning) where that fails"
     global _KERNELS
     if _KERNELS is not None: return _KERNELS
     if os.environ.get('FASTSPARSE_KERNELS') == 'torch': _KERNELS = _TorchKernels; return _KERNELS
     try:
         level = logging.root.manager.disable; logging.disable(logging.WARNING)   # its import warns that a CPU machine has no CUDA
-        try: from torch.utils.cpp_extension import load_inline
+        try: from torch.utils.cpp_extension import load
         finally: logging.disable(level)
-        cpu = open('/proc/cpuinfo').read().split('flags', 2)[1].split('\n', 1)[0] if os.path.exists('/proc/cpuinfo') else ''
-        tag = hashlib.sha1((KERNELS_CPP + cpu + torch.__version__).encode()).hexdigest()[:10]   # -march=native: one build per CPU
+        cpu = Path('/proc/cpuinfo').read_text().split('flags', 2)[1].split('\n', 1)[0] if os.path.exists('/proc/cpuinfo') else ''
+        src = b''.join(p.name.encode() + b'\0' + p.read_bytes() for p in KERNEL_SOURCES)
+        tag = hashlib.sha1(src + (cpu + torch.__version__).encode()).hexdigest()[:10]   # -march=native: one build per CPU
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            _KERNELS = load_inline(f'fastsparse_kernels_{tag}', cpp_sources=KERNELS_CPP, functions=list(_KERNEL_NAMES),
-                                   extra_cflags=['-O3', '-march=native', '-fopenmp'], extra_ldflags=['-fopenmp'])
+            _KERNELS = load(f'fastsparse_kernels_{tag}', sources=[str(p) for p in KERNEL_SOURCES if p.suffix == '.cpp'],
+                            extra_include_paths=[str(_CSRC)], extra_cflags=['-O3', '-march=native', '-fopenmp'],
+                            extra_ldflags=['-fopenmp'])
         _KERNELS.name = 'cpp'
     except Exception as e:
-        warnings.warn(f"fastsparse: the sparse kernels could not be compiled ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+        lines = str(e).splitlines() or ['']
+        why = next((l for l in lines if ': error:' in l), lines[0])   # the compiler's first error: file and line in `fastsparse/csrc`
+        warnings.warn(f"fastsparse: the sparse kernels could not be compiled ({type(e).__name__}: {why[:200]}); "
                       "using torch's sparse ops, which are slower")
         _KERNELS = _TorchKernels
     return _KERNELS

@@ -1,0 +1,49 @@
+// What fastsparse's sparse kernels share: includes, the vector type and its helpers, the one threading constant, and
+// the kernels' declarations. One file per concern: linear.cpp (the linear product and its gradients), layout.cpp (compressed
+// rows: building, updating, selecting, densifying), conv.cpp (convolutions); bindings.cpp makes them a Python module.
+// `fastsparse.compute.kernels()` compiles them with -O3 -march=native -fopenmp, so `v16` uses the machine's vector registers.
+// Values are float32, column indices int32, row pointers and positions int64; fastsparse.compute passes contiguous CPU
+// tensors (the kernels check the types, not the layout).
+#pragma once
+#include <torch/types.h>   // tensors and their factories: a third of torch/extension.h's compile time
+#include <omp.h>
+#include <algorithm>
+#include <vector>
+
+constexpr int64_t PAR = 1 << 18;   // below this much work a kernel runs on one thread: a parallel region would cost more
+
+typedef float v16 __attribute__((vector_size(64)));   // 16 floats: one AVX-512 register, or two AVX2 ones
+static inline v16 ld(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
+static inline void st(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// the sum of a vector's 16 lanes, in halves
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+static inline float hsum(v16 v) {
+  v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// linear.cpp
+torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor perm, torch::Tensor x, int64_t rows);
+torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x);
+torch::Tensor transpose(torch::Tensor a, torch::Tensor bias);
+
+// layout.cpp
+std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols);
+std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown);
+torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau);
+torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n);
+torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, int64_t cols);
+
+// conv.cpp
+torch::Tensor to_chwn(torch::Tensor x, int64_t ph, int64_t pw, int64_t Np, torch::Tensor out);
+torch::Tensor from_chwn(torch::Tensor a, int64_t N, torch::Tensor bias);
+torch::Tensor conv_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor xp,
+                       int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo, torch::Tensor out);
+torch::Tensor conv_bwd_input(torch::Tensor tptr, torch::Tensor tidx, torch::Tensor perm, torch::Tensor val, torch::Tensor gy,
+                             int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                             int64_t ph, int64_t pw, torch::Tensor out);
+torch::Tensor conv_bwd_values(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor xp,
+                              int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw);

@@ -1,0 +1,100 @@
+// Compressed rows: the transposed structure (for the backward pass), the new layout after a topology update and the
+// values moved into it, the candidates for growth above a threshold, and the dense matrix.
+#include "fastsparse.h"
+
+// the transposed structure of compressed rows, by counting (no sort): column pointers, row of each entry, its index in `values`
+std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols) {
+  const int64_t rows = ptr.size(0) - 1, nnz = idx.size(0);
+  auto tptr = torch::zeros({cols + 1}, ptr.options());
+  auto tidx = torch::empty({nnz}, idx.options()); auto perm = torch::empty({nnz}, ptr.options());
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
+  int64_t* tp = tptr.data_ptr<int64_t>(); int32_t* ti = tidx.data_ptr<int32_t>(); int64_t* pm = perm.data_ptr<int64_t>();
+  for (int64_t k = 0; k < nnz; ++k) ++tp[ci[k] + 1];
+  for (int64_t c = 0; c < cols; ++c) tp[c + 1] += tp[c];
+  std::vector<int64_t> next(tp, tp + cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = p[r]; k < p[r + 1]; ++k) { const int64_t at = next[ci[k]]++; ti[at] = (int32_t)r; pm[at] = k; }
+  return {tptr, tidx, perm};
+}
+
+// the compressed rows after a topology update: the old entries (optr, oidx) still set in `mask`, merged in column order
+// with `grown` (flat indices, none of them old entries); and for each old entry its new position, or -1 if it was dropped.
+// Reads the mask at the old entries only, never the whole of it.
+std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown) {
+  const int64_t rows = optr.size(0) - 1, cols = mask.size(1), G = grown.size(0);
+  const bool* m = mask.data_ptr<bool>(); const int64_t* op = optr.data_ptr<int64_t>(); const int32_t* oi = oidx.data_ptr<int32_t>();
+  const int64_t* g = grown.data_ptr<int64_t>();
+  std::vector<int64_t> gp(rows + 1, 0);
+  for (int64_t i = 0; i < G; ++i) ++gp[g[i] / cols + 1];
+  for (int64_t r = 0; r < rows; ++r) gp[r + 1] += gp[r];
+  std::vector<int32_t> gc(G); std::vector<int64_t> nx(gp.begin(), gp.end() - 1);
+  for (int64_t i = 0; i < G; ++i) gc[nx[g[i] / cols]++] = (int32_t)(g[i] % cols);
+  auto ptr = torch::zeros({rows + 1}, optr.options()); int64_t* p = ptr.data_ptr<int64_t>();
+  #pragma omp parallel for schedule(dynamic, 64) if (oidx.size(0) + G > PAR)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::sort(gc.begin() + gp[r], gc.begin() + gp[r + 1]);
+    int64_t kept = 0;
+    for (int64_t j = op[r]; j < op[r + 1]; ++j) kept += m[r * cols + oi[j]];
+    p[r + 1] = kept + gp[r + 1] - gp[r];
+  }
+  for (int64_t r = 0; r < rows; ++r) p[r + 1] += p[r];
+  auto idx = torch::empty({p[rows]}, oidx.options()); auto where = torch::full({oidx.size(0)}, -1, optr.options());
+  int32_t* ci = idx.data_ptr<int32_t>(); int64_t* w = where.data_ptr<int64_t>();
+  #pragma omp parallel for schedule(dynamic, 64) if (oidx.size(0) + G > PAR)
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t k = p[r], j = op[r], q = gp[r];
+    const int64_t je = op[r + 1], qe = gp[r + 1];
+    while (j < je || q < qe) {
+      if (j < je && !m[r * cols + oi[j]]) { ++j; continue; }                // dropped
+      if (q >= qe || (j < je && oi[j] < gc[q])) { w[j] = k; ci[k++] = oi[j++]; }
+      else ci[k++] = gc[q++];
+    }
+  }
+  return {ptr, idx, where};
+}
+
+// the flat indices where `scores` >= tau and `mask` is false, ascending: one pass, no bool tensor
+torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
+  const int64_t n = scores.numel(); const float* s = scores.data_ptr<float>(); const bool* m = mask.data_ptr<bool>();
+  const float t = (float)tau;
+  const int nt = n > 4 * PAR ? omp_get_max_threads() : 1; const int64_t chunk = (n + nt - 1) / nt;
+  std::vector<std::vector<int64_t>> parts(nt);
+  #pragma omp parallel num_threads(nt)
+  {
+    const int id = omp_get_thread_num(); const int64_t b = id * chunk, e = std::min(n, b + chunk);
+    auto& out = parts[id];
+    int64_t i = b;
+    for (; i + 16 <= e; i += 16) {        // most blocks hold no candidate: one vectorised test skips them
+      int any = 0;
+      for (int u = 0; u < 16; ++u) any |= (s[i + u] >= t) & !m[i + u];
+      if (any) for (int u = 0; u < 16; ++u) if (s[i + u] >= t && !m[i + u]) out.push_back(i + u);
+    }
+    for (; i < e; ++i) if (s[i] >= t && !m[i]) out.push_back(i);
+  }
+  int64_t total = 0; for (auto& v : parts) total += v.size();
+  auto res = torch::empty({total}, scores.options().dtype(torch::kInt64)); int64_t* r = res.data_ptr<int64_t>();
+  for (auto& v : parts) { std::copy(v.begin(), v.end(), r); r += v.size(); }
+  return res;
+}
+
+// a tensor of n entries holding v[j] at where[j] for each j with where[j] >= 0, zeros elsewhere (values moved to a new layout)
+torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n) {
+  auto out = torch::zeros({n}, v.options());
+  const float* vp = v.data_ptr<float>(); const int64_t* w = where.data_ptr<int64_t>(); float* o = out.data_ptr<float>();
+  const int64_t m = where.size(0);
+  #pragma omp parallel for schedule(static) if (m > PAR)
+  for (int64_t j = 0; j < m; ++j) if (w[j] >= 0) o[w[j]] = vp[j];
+  return out;
+}
+
+// the dense (rows x cols) matrix holding `val` at the positions of compressed rows (ptr, idx)
+torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, int64_t cols) {
+  const int64_t rows = ptr.size(0) - 1;
+  auto out = torch::zeros({rows, cols}, val.options());
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
+  const float* v = val.data_ptr<float>(); float* o = out.data_ptr<float>();
+  #pragma omp parallel for schedule(static) if (p[rows] > PAR)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = p[r]; k < p[r + 1]; ++k) o[r * cols + ci[k]] = v[k];
+  return out;
+}
