@@ -11,7 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.nn import functional as F
-from .masks import (masked_params, mask_hooks, _as_model, _check_names, _match, _is_ours, _enforce, DIRECT_READERS,
+from .adapters import as_model
+from .masks import (masked_params, mask_hooks, _check_names, _match, _is_ours, _enforce, DIRECT_READERS,
                     COMPUTE_MODES)
 
 # %% auto #0
@@ -833,7 +834,7 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
                 min_sparsity:dict=None, # per layer kind ('linear', 'conv'), the sparsity from which a weight switches (default `COMPUTE_MIN_SPARSITY`)
                )->dict:                 # `{weight name: why it stays masked}` for the weights that could not switch
     "Switch the masked weights of `model` between masked and sparse compute; the masks, values and checkpoints stay the same"
-    model = _as_model(model)
+    model = as_model(model)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     ts = masked_params(model)
     if not ts: raise ValueError("The model has no masks: call `sparsify_model` first")

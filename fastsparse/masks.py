@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from .distributions import _check_sparsity, uniform_sparsity, get_distribution
 from .structure import ELEMENT, get_structure
+from .adapters import as_model, checkpoint_state, checkpoint_globals
 
 # %% auto #0
 __all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget',
@@ -69,19 +70,7 @@ def values_name(attr:str)->str:
     return f'{attr}_values'
 
 # %% ../nbs/01_masks.ipynb #2a61285a
-_MODEL_ADAPTERS = []   # functions `obj -> nn.Module | None`, tried in order on whatever is not a module (e.g. a fastai `Learner`)
-
-def _as_model(model)->nn.Module:
-    "The `nn.Module` in `model`: a module, or the one a function in `_MODEL_ADAPTERS` finds; DDP and DataParallel unwrapped"
-    if not isinstance(model, nn.Module):
-        for f in _MODEL_ADAPTERS:
-            if (m := f(model)) is not None: model = m; break
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected an nn.Module (or DistributedDataParallel/DataParallel around one), got {type(model).__name__}. "
-                        "Another container needs a function `obj -> nn.Module | None` in `fastsparse.masks._MODEL_ADAPTERS` "
-                        "(importing `fastsparse.callback` adds one for fastai's `Learner`).")
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
-    return model
+_as_model = as_model   # kept for the engine until it imports `as_model` from fastsparse.adapters
 
 def _is_pattern(s): return any(c in s for c in '*?[')
 
@@ -103,7 +92,7 @@ def sparsifiable_params(model,                   # an `nn.Module` or a fastai `L
                         types:dict=None,         # extra `{ModuleType: [weight names] or f(module)}`
                        )->list:                  # `SparseTarget`s in model order
     "The weights of `model` that `sparsify_model` would mask"
-    model = _as_model(model)
+    model = as_model(model)
     reg = {**(types or {}), **SPARSIFIABLE, **(EMBEDDINGS if embeddings else {})}
     out, seen = [], set()
     for mname, m in model.named_modules():
@@ -133,7 +122,7 @@ def sparsifiable_params(model,                   # an `nn.Module` or a fastai `L
 # %% ../nbs/01_masks.ipynb #50cab8ef
 def masked_params(model)->list:
     "The `SparseTarget`s of `model` that carry a mask, in model order"
-    model = _as_model(model)
+    model = as_model(model)
     out = []
     for mname, m in model.named_modules():
         for bname, b in m._buffers.items():
@@ -257,7 +246,7 @@ def _readers_of(model, targets)->list:
 
 def mask_hooks(model)->SparseHooks:
     "Add hooks that apply the masks of `model` before every forward that reads a masked weight"
-    model = _as_model(model)
+    model = as_model(model)
     targets = masked_params(model)
     if not targets: raise ValueError("The model has no masks: call `sparsify_model` first")
     targets = [t for t in targets if not t.sparse]    # a weight in sparse compute is masked by its layout: no hook
@@ -270,7 +259,7 @@ def mask_hooks(model)->SparseHooks:
 
 def remove_mask_hooks(model)->None:
     "Remove every mask-enforcing hook from `model`"
-    for m in _as_model(model).modules():
+    for m in as_model(model).modules():
         for hooks, f in ((m._forward_pre_hooks, _enforce), (m._forward_hooks, _end_read)):
             for k in [k for k, h in hooks.items() if _is_ours(h, f)]:
                 del hooks[k]; m._forward_hooks_always_called.pop(k, None)
@@ -318,8 +307,8 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
     if adopt and not ckpt_masks:
         odd = [k for k, v in sd.items() if not torch.overrides.is_tensor_like(v)]
         raise ValueError("The checkpoint has no masks: load it with `load_state_dict`, then call `sparsify_model`" + (
-            f" (its entries {_names(odd)} are not tensors: another format needs a function in "
-            "`fastsparse.masks._CHECKPOINT_ADAPTERS`)" if odd else ''))
+            f" (its entries {_names(odd)} are not tensors: another format needs an adapter's "
+            "`checkpoint` (`fastsparse.adapters.register_adapter`))" if odd else ''))
     P = {k: [] for k in ('shape', 'lacks', 'dense', 'values', 'type', 'missing', 'unexpected', 'structure')}
     updates, buffers, new, done = {}, [], [], set()
     final = {w: (t.module, t.attr, t.param) for w, t in masks.items()}              # weight key -> what is masked after loading
@@ -395,7 +384,7 @@ def _load_error(model, P, prefix)->str:
     if P['dense']: todo.append("Sparsify this model as the saved one was, or `unsparsify` it and `load_sparse` the checkpoint to take its masks.")
     if P['values']: todo.append("A mask holds only 0 and 1 (or False and True).")
     if P['structure']: todo.append("Load it into a model sparsified with the structure it was trained with (`sparsify_model(..., structure=)`).")
-    if P['type']: todo.append("`state` must be a model's `state_dict`: another format needs a function in `fastsparse.masks._CHECKPOINT_ADAPTERS`.")
+    if P['type']: todo.append("`state` must be a model's `state_dict`: another format needs an adapter's `checkpoint` (`fastsparse.adapters.register_adapter`).")
     where = f"{type(model).__name__}" + (f" at '{prefix[:-1]}'" if prefix else '')
     return (f"This checkpoint does not fit {where}" + (" (nothing was changed)" if not prefix else '') + ":\n  - "
             + "\n  - ".join(says) + "\n" + " ".join(todo))
@@ -464,7 +453,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
                    structure='element',           # what masks keep: 'element', 'fan_in', 'N:M' ('2:4'), 'row', 'column', 'kernel', 'RxC' blocks
                   )->SparseHooks:                 # call `.remove()` to stop enforcing masks
     "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights (rounded to what `structure` allows)"
-    model = _as_model(model)
+    model = as_model(model)
     model_sparsity = _check_sparsity(model_sparsity)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     st = get_structure(structure)
@@ -514,7 +503,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
 # %% ../nbs/01_masks.ipynb #bd411b18
 def unsparsify(model)->nn.Module:
     "Remove masks and every fastsparse hook from `model`, leaving a dense model (masked weights stay 0)"
-    model = _as_model(model)
+    model = as_model(model)
     if any(t.sparse for t in masked_params(model)):
         from fastsparse.compute import set_compute
         set_compute(model, 'masked')
@@ -534,22 +523,18 @@ def unsparsify(model)->nn.Module:
     return model
 
 # %% ../nbs/01_masks.ipynb #cb90d03d
-_CHECKPOINT_ADAPTERS = []      # functions `loaded object -> state_dict | None`, tried in order (e.g. for fastai's `{'model', 'opt'}`)
-_CHECKPOINT_SAFE_GLOBALS = []  # classes `torch.load(weights_only=True)` may rebuild when `load_sparse` reads a file (e.g. fastai's `L`)
-
 def _unwrap_checkpoint(state)->dict:
-    "The `state_dict` in `state`: one, a path or file `torch.load(weights_only=True)` reads, or what a `_CHECKPOINT_ADAPTERS` function finds"
+    "The `state_dict` in `state`: one, a path or file `torch.load(weights_only=True)` reads, or what an adapter's `checkpoint` finds"
     if isinstance(state, (str, os.PathLike)) or hasattr(state, 'read'):
         try:
-            with torch.serialization.safe_globals(list(_CHECKPOINT_SAFE_GLOBALS)): state = torch.load(state, map_location='cpu', weights_only=True)
+            with torch.serialization.safe_globals(checkpoint_globals()): state = torch.load(state, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as e:
             raise pickle.UnpicklingError(f"{e}\n\n`load_sparse` reads files with `weights_only=True`: a format holding other classes needs "
-                "them in `fastsparse.masks._CHECKPOINT_SAFE_GLOBALS` (importing `fastsparse.callback` adds fastai's)") from e
-    for f in _CHECKPOINT_ADAPTERS:
-        if (sd := f(state)) is not None: state = sd; break
+                "them in an adapter's `safe_globals` (`fastsparse.adapters.register_adapter`; importing `fastsparse.callback` registers fastai's)") from e
+    if (sd := checkpoint_state(state)) is not None: state = sd
     if not isinstance(state, dict):
-        raise TypeError(f"Expected a state_dict, got {type(state).__name__}: another format needs a function "
-                        "`obj -> state_dict | None` in `fastsparse.masks._CHECKPOINT_ADAPTERS`")
+        raise TypeError(f"Expected a state_dict, got {type(state).__name__}: another format needs an adapter whose "
+                        "`checkpoint` finds the `state_dict` in it (`fastsparse.adapters.register_adapter`)")
     return state
 
 _HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_forward_hooks_always_called', '_state_dict_pre_hooks',
@@ -571,12 +556,12 @@ def _snapshot(model):
     return restore
 
 def load_sparse(model,                   # an `nn.Module` or a fastai `Learner`, sparse or not yet
-                state,                   # a `state_dict`, a file `torch.save` wrote, or another format `_CHECKPOINT_ADAPTERS` reads
+                state,                   # a `state_dict`, a file `torch.save` wrote, or another format an adapter reads
                 enforce_masks:bool=True, # add mask-enforcing hooks (when the model was not sparse yet)
                 strict:bool=True,        # the checkpoint must have exactly the model's keys (as in `load_state_dict`)
                )->SparseHooks:
     "Load a checkpoint into `model`, all or nothing, creating its masks from the checkpoint if it has none yet"
-    model = _as_model(model)
+    model = as_model(model)
     sd = _unwrap_checkpoint(state)
     adopt = not is_sparse(model)
     updates, buffers, new = _plan_load(model, sd, strict=strict, adopt=adopt)   # everything is checked before anything changes

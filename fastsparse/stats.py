@@ -8,7 +8,8 @@ import math
 import pandas as pd
 import torch
 from torch import nn
-from .masks import masked_params, _as_model, HISTORY_KEY, explored_name, grown_name
+from .adapters import as_model
+from .masks import masked_params, HISTORY_KEY, explored_name, grown_name
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
 from .activations import activation_report
 
@@ -32,7 +33,7 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
                     erk:bool=True,    # add the ERK target of each layer at the model's overall sparsity
                    )->SparsityReport:
     "Tables of total, active and non-zero weights, for the whole model and for each masked weight"
-    model = _as_model(model)
+    model = as_model(model)
     ts = masked_params(model)
     dense = {id(t.trainable): t.param for t in ts}   # in sparse compute the parameter holds the active values: count the weight
     rows = []
@@ -81,7 +82,7 @@ class UpdateLog:
                  model,              # a sparsified `nn.Module`
                  resume:bool=False,  # continue the log saved in the model instead of starting a new one
                 ):
-        self.model = _as_model(model)
+        self.model = as_model(model)
         self.targets = masked_params(self.model)
         for t in self.targets:       # which weights were ever active during this run (ITOP's exploration)
             ex = t.module._buffers.get(explored_name(t.attr))
@@ -131,7 +132,7 @@ def update_table(x)->pd.DataFrame:
     log = x if isinstance(x, UpdateLog) else getattr(x, 'log', None)
     if log is not None: history = log.history
     else:
-        model = _as_model(x)
+        model = as_model(x)
         hist = model._buffers.get(HISTORY_KEY)
         history = [] if hist is None else _records(hist, [t.name for t in masked_params(model)])
     df = pd.DataFrame([r for u in history for r in u], columns=list(HISTORY_COLS))
@@ -191,7 +192,7 @@ def count_flops(model,   # an `nn.Module` or fastai `Learner`, sparse or dense
                 *xb,     # one batch of inputs, as the model's forward takes them
                )->pd.DataFrame: # per layer: dense and sparse MACs of the forward pass on `xb`
     "Multiply-accumulates of one forward pass on `xb`, per layer, for a dense and for a sparse implementation"
-    model = _as_model(model)
+    model = as_model(model)
     rows, handles = [], []
     def hook(m, args, out, name):
         r = _layer_macs(m, args, out)
@@ -269,7 +270,7 @@ import matplotlib.pyplot as plt
 
 def plot_densities(model, ax=None):
     "Per-layer density: uniform and ERK at the model's sparsity, against what the masks hold now"
-    model = _as_model(model)
+    model = as_model(model)
     ts = masked_params(model)
     params = [t.param for t in ts]
     s = 1 - sum(int(t.mask.sum()) for t in ts) / sum(t.mask.numel() for t in ts)
