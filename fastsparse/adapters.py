@@ -4,7 +4,8 @@
 
 # %% ../nbs/00a_adapters.ipynb #38031f42
 from __future__ import annotations
-from typing import Callable, NamedTuple
+from dataclasses import dataclass
+from typing import Callable
 import torch
 from torch import nn
 
@@ -13,7 +14,8 @@ __all__ = ['ADAPTERS', 'Adapter', 'register_adapter', 'remove_adapter', 'as_mode
            'lacks_momentum', 'momentum_rule', 'checkpoint_state', 'checkpoint_globals']
 
 # %% ../nbs/00a_adapters.ipynb #7c784c6a
-class Adapter(NamedTuple):
+@dataclass(frozen=True)
+class Adapter:
     "How fastsparse sees through one framework's containers, optimizers and checkpoint files (every part optional)"
     name:str                     # registering another adapter of this name replaces it
     model:Callable=None          # `obj -> nn.Module | None`: the model inside a container (a fastai `Learner`)
@@ -26,7 +28,8 @@ class Adapter(NamedTuple):
 
 ADAPTERS = []   # the registered adapters, in the order they are asked
 
-def register_adapter(adapter:Adapter)->Adapter:
+def register_adapter(adapter:Adapter,  # what a framework's objects hold, and where
+                    )->Adapter:
     "Make `adapter` known to fastsparse, in the place of a registered adapter of the same name if there is one"
     if not isinstance(adapter, Adapter):
         raise TypeError(f"Expected an `Adapter`, got {type(adapter).__name__}: e.g. `register_adapter(Adapter('mine', model=f))`")
@@ -35,7 +38,8 @@ def register_adapter(adapter:Adapter)->Adapter:
     else: ADAPTERS[i] = adapter
     return adapter
 
-def remove_adapter(name:str)->Adapter|None:
+def remove_adapter(name:str,  # the `name` it was registered with
+                  )->Adapter|None:
     "Forget the adapter registered as `name`; returns it (None if there is none)"
     i = next((i for i, a in enumerate(ADAPTERS) if a.name == name), None)
     return None if i is None else ADAPTERS.pop(i)
@@ -47,7 +51,8 @@ def _answers(part, *args):
         f = getattr(a, part)
         if f is not None and (r := f(*args)) is not None: yield r
 
-def as_model(obj)->nn.Module:
+def as_model(obj,  # an `nn.Module`, one wrapped for several devices, or a container an adapter knows
+            )->nn.Module:
     "The `nn.Module` in `obj`: itself or what an adapter's `model` finds, with `DistributedDataParallel` and `DataParallel` unwrapped"
     if not isinstance(obj, nn.Module): obj = next(_answers('model', obj), obj)
     if not isinstance(obj, nn.Module):
@@ -57,18 +62,21 @@ def as_model(obj)->nn.Module:
     while isinstance(obj, (nn.parallel.DistributedDataParallel, nn.DataParallel)): obj = obj.module
     return obj
 
-def inner_optimizer(opt):
+def inner_optimizer(opt,  # an optimizer, or a wrapper an adapter knows
+                   ):
     "The optimizer that holds the state: `opt`, or the one an adapter's `optimizer` finds inside it"
     return next(_answers('optimizer', opt), opt)
 
-def param_lists(opt)->list:
+def param_lists(opt,  # an optimizer, or a wrapper an adapter knows
+               )->list:
     "The lists of parameters that `opt` trains, in which a parameter can be replaced: an adapter's, else torch's `param_groups`"
     o = inner_optimizer(opt)
     lists = next(_answers('param_lists', o), None)
     return [g['params'] for g in getattr(o, 'param_groups', [])] if lists is None else lists
 
 # %% ../nbs/00a_adapters.ipynb #bcff5bab
-def lacks_momentum(opt)->bool:
+def lacks_momentum(opt,  # an optimizer, or a wrapper an adapter knows
+                  )->bool:
     "Whether `opt` is known to keep no momentum: torch's `SGD(momentum=0)`, or an optimizer an adapter says so of"
     opt = inner_optimizer(opt)
     if isinstance(opt, torch.optim.Optimizer):
@@ -76,7 +84,9 @@ def lacks_momentum(opt)->bool:
         return 'betas' not in g and not g.get('momentum', 0)
     return any(_answers('lacks_momentum', opt))
 
-def momentum_rule(opt, param)->tuple|None:
+def momentum_rule(opt,    # an optimizer, or a wrapper an adapter knows
+                  param,  # a parameter it trains
+                 )->tuple|None:
     "`(beta, scale)` such that `opt` updates the running average of `param`'s gradient as `m = beta * m + scale * g`; None if it keeps none"
     opt = inner_optimizer(opt)
     if (r := next(_answers('momentum_rule', opt, param), None)) is not None: return r
@@ -87,7 +97,8 @@ def momentum_rule(opt, param)->tuple|None:
     return None
 
 # %% ../nbs/00a_adapters.ipynb #24229610
-def checkpoint_state(obj)->dict|None:
+def checkpoint_state(obj,  # what `torch.load` read from a checkpoint file
+                    )->dict|None:
     "The model's `state_dict` that an adapter's `checkpoint` finds in `obj` (what `torch.load` read), or None"
     return next(_answers('checkpoint', obj), None)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 from .adapters import as_model
-from .masks import masked_params, HISTORY_KEY, explored_name, grown_name
+from .masks import masked_params, HISTORY_KEY, get_buffer, set_buffer, ensure_buffer, drop_buffers
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
 from .activations import activation_report
 
@@ -85,22 +85,21 @@ class UpdateLog:
         self.model = as_model(model)
         self.targets = masked_params(self.model)
         for t in self.targets:       # which weights were ever active during this run (ITOP's exploration)
-            ex = t.module._buffers.get(explored_name(t.attr))
-            if not resume or ex is None or ex.shape != t.mask.shape: t.module.register_buffer(explored_name(t.attr), t.mask.clone())
-            if not resume: t.module._buffers.pop(grown_name(t.attr), None)   # a new run: nothing grown yet
+            ensure_buffer(t.module, t.attr, 'explored', t.mask.clone, keep=resume)
+            if not resume: drop_buffers(t.module, t.attr, ['grown'])   # a new run: nothing grown yet
         hist = self.model._buffers.get(HISTORY_KEY)
         if not resume or hist is None: self.model.register_buffer(HISTORY_KEY, torch.zeros(0, len(HISTORY_COLS), dtype=torch.float64))
         self.history = _records(self.model._buffers[HISTORY_KEY], [t.name for t in self.targets])
 
     @property
     def last_grown(self)->dict:
-        "Per layer, the flat indices of the weights grown at the latest update (kept in the model's buffers, as `grown_name` names them)"
-        return {t.name: b for t in self.targets if (b := t.module._buffers.get(grown_name(t.attr))) is not None}
+        "Per layer, the flat indices of the weights grown at the latest update (kept in the model, as the weights' 'grown' buffers)"
+        return {t.name: b for t in self.targets if (b := get_buffer(t.module, t.attr, 'grown')) is not None}
 
     @property
     def explored(self)->dict:
         "Per masked weight, a bool tensor of the positions active at some point of this run"
-        return {t.name: t.module._buffers[explored_name(t.attr)] for t in self.targets}
+        return {t.name: get_buffer(t.module, t.attr, 'explored') for t in self.targets}
 
     def record(self,
                records:list,       # one record per layer from `SparseEngine.update`, in model order
@@ -109,12 +108,12 @@ class UpdateLog:
         "Add one update to the log: survival of the weights grown at the previous update, exploration, history"
         prev = self.last_grown
         for r, t in zip(records, self.targets):
-            ex = t.module._buffers[explored_name(t.attr)]
+            ex = get_buffer(t.module, t.attr, 'explored')
             ex.logical_or_(t.mask)
             g = prev.get(t.name)    # weights grown at the previous update that are still active
             r.update(pct_train=pct_train, survived=-1 if g is None else int(t.mask.view(-1)[g].sum()),
                      explored=int(torch.count_nonzero(ex)))
-            t.module.register_buffer(grown_name(t.attr), r.pop('grown_idx'))   # in the model: a resumed run counts their survival
+            set_buffer(t.module, t.attr, 'grown', r.pop('grown_idx'))   # in the model: a resumed run counts their survival
         self.history.append(records)
         hist = self.model._buffers[HISTORY_KEY]
         self.model.register_buffer(HISTORY_KEY, torch.cat([hist, _rows(records, len(self.history) - 1).to(hist.device)]))
@@ -141,7 +140,7 @@ def update_table(x)->pd.DataFrame:
 
 # %% ../nbs/05_stats.ipynb #25d0650c
 def _density(m, attr):
-    mask = m._buffers.get(f'{attr}_mask')
+    mask = get_buffer(m, attr, 'mask')
     return 1. if mask is None else int(torch.count_nonzero(mask)) / mask.numel()
 
 def _rnn_macs(m, x, out):
