@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from .adapters import as_model
-from .masks import (masked_params, mask_hooks, _check_names, _match, _is_ours, _enforce, DIRECT_READERS,
+from .masks import (masked_params, mask_hooks, has_mask_hooks, select_targets, register_compute, DIRECT_READERS,
                     COMPUTE_MODES, buffer_name, buffer_weight)
 
 # %% auto #0
@@ -831,7 +831,7 @@ def _to_masked(t):
     items = [(t.attr, w) if k == buffer_name(t.attr, 'values') else (k, p) for k, p in m._parameters.items()]
     m._parameters.clear(); m._parameters.update(items)
     for hooks, f in ((m._load_state_dict_pre_hooks, _load_values), (m._load_state_dict_post_hooks, _missing_weight)):
-        for k in [k for k, h in hooks.items() if _is_ours(h, f)]: del hooks[k]
+        for k in [k for k, h in hooks.items() if getattr(h, 'hook', h) is f]: del hooks[k]   # torch wraps pre-hooks
     for k in (_LAYOUT, _RECORD, _MOMENTUM): m.__dict__.pop(k, None)
     m.__class__ = m._fastsparse_base
 
@@ -845,11 +845,8 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     ts = masked_params(model)
     if not ts: raise ValueError("The model has no masks: call `sparsify_model` first")
-    if include is not None:
-        include = [include] if isinstance(include, str) else list(include)
-        _check_names(include, [t.name for t in ts], 'include')
-        ts = [t for t in ts if _match(t.name, include)]
-    hooked = any(_is_ours(h, _enforce) for m in model.modules() for h in m._forward_pre_hooks.values())
+    ts = select_targets(ts, include=include)
+    hooked = has_mask_hooks(model)
     if compute == 'masked':
         for t in ts:
             if t.sparse: _to_masked(t)
@@ -872,3 +869,5 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
             if not t.sparse and t.name not in skipped: _to_sparse(t)
     if hooked: mask_hooks(model)   # hooks for the weights that are masked now, none for those that compute sparse
     return skipped
+
+register_compute('sparse', set_compute)   # `sparsify_model(compute='sparse')` and `unsparsify` switch through it

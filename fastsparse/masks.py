@@ -10,16 +10,17 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 import torch
 from torch import nn
-from .distributions import _check_sparsity, uniform_sparsity, get_distribution
+from .distributions import check_sparsity, uniform_sparsity, get_distribution
 from .structure import ELEMENT, get_structure
 from .adapters import as_model, checkpoint_state, checkpoint_globals
 
 # %% auto #0
 __all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'WEIGHT_BUFFERS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES',
-           'SparseTarget', 'sparsifiable_params', 'masked_params', 'is_sparse', 'apply_masks', 'WeightBuffer',
-           'buffer_name', 'buffer_weight', 'get_buffer', 'set_buffer', 'ensure_buffer', 'drop_buffers', 'mask_name',
-           'values_name', 'explored_name', 'grown_name', 'init_name', 'prev_name', 'SparseHooks', 'mask_hooks',
-           'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
+           'SparseTarget', 'sparsifiable_params', 'select_targets', 'masked_params', 'is_sparse', 'apply_masks',
+           'WeightBuffer', 'buffer_name', 'buffer_weight', 'get_buffer', 'set_buffer', 'ensure_buffer', 'drop_buffers',
+           'mask_name', 'values_name', 'explored_name', 'grown_name', 'init_name', 'prev_name', 'SparseHooks',
+           'register_compute', 'mask_hooks', 'has_mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model',
+           'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -102,16 +103,23 @@ def sparsifiable_params(model,                   # an `nn.Module` or a fastai `L
             if id(p) in seen: continue   # a tied weight is masked once, where it first appears
             seen.add(id(p))
             out.append(SparseTarget(f'{mname}.{attr}' if mname else attr, m, attr))
-    names = [t.name for t in out]
+    return select_targets(out, include, exclude)
+
+def select_targets(targets:list,      # `SparseTarget`s, e.g. from `sparsifiable_params` or `masked_params`
+                   include:list=None, # names or glob patterns of the weights to keep (default: all)
+                   exclude:list=None, # names or glob patterns of the weights to leave out
+                  )->list:            # the targets selected, in their order
+    "The `targets` whose names match `include` and none of `exclude`; a name or pattern that matches no target is an error"
+    names = [t.name for t in targets]
     if include is not None:
         include = [include] if isinstance(include, str) else list(include)
         _check_names(include, names, 'include')
-        out = [t for t in out if _match(t.name, include)]
+        targets = [t for t in targets if _match(t.name, include)]
     if exclude is not None:
         exclude = [exclude] if isinstance(exclude, str) else list(exclude)
         _check_names(exclude, names, 'exclude')
-        out = [t for t in out if not _match(t.name, exclude)]
-    return out
+        targets = [t for t in targets if not _match(t.name, exclude)]
+    return targets
 
 # %% ../nbs/01_masks.ipynb #50cab8ef
 def masked_params(model)->list:
@@ -297,7 +305,15 @@ class SparseHooks:
 
 # %% ../nbs/01_masks.ipynb #78037418
 DIRECT_READERS = [nn.MultiheadAttention, nn.TransformerEncoderLayer]   # module types that read their submodules' weights without calling them
-COMPUTE_MODES = ('masked', 'sparse')   # how a masked weight computes: dense times its mask, or its active values alone (`set_compute`)
+# how a masked weight can compute, and for each mode but this module's own 'masked' (dense weights times masks) the
+# function `switch(model, mode)` that moves a model's masked weights to `mode` and back ('sparse': `fastsparse.compute`)
+COMPUTE_MODES = {'masked': None}
+
+def register_compute(mode:str,         # the name `sparsify_model(compute=...)` takes
+                     switch:Callable,  # `switch(model, mode)`: moves the masked weights of `model` to `mode`, or back to 'masked'
+                    )->Callable:
+    "Make compute `mode` one that `sparsify_model` can start in and `unsparsify` can undo"
+    COMPUTE_MODES[mode] = switch; return switch
 
 def _targets_by_module(targets):
     "`(module, its targets)` for each module owning some of `targets`, in model order"
@@ -328,6 +344,11 @@ def mask_hooks(model)->SparseHooks:
         handles.append(m.register_forward_pre_hook(functools.partial(_enforce, targets=ts, reader=reader)))
         if reader: handles.append(m.register_forward_hook(functools.partial(_end_read, targets=ts), always_call=True))
     return SparseHooks(handles, model)
+
+def has_mask_hooks(model, # an `nn.Module` or a container an adapter knows (a fastai `Learner`)
+                  )->bool:
+    "Whether `model` has hooks enforcing its masks (`sparsify_model` and `mask_hooks` add them)"
+    return any(_is_ours(h, _enforce) for m in as_model(model).modules() for h in m._forward_pre_hooks.values())
 
 def remove_mask_hooks(model)->None:
     "Remove every mask-enforcing hook from `model`"
@@ -526,7 +547,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
                   )->SparseHooks:                 # call `.remove()` to stop enforcing masks
     "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights (rounded to what `structure` allows)"
     model = as_model(model)
-    model_sparsity = _check_sparsity(model_sparsity)
+    model_sparsity = check_sparsity(model_sparsity)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     st = get_structure(structure)
     sparse_f = get_distribution(sparse_f)
@@ -545,12 +566,12 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
     except TypeError: raise TypeError(f"sparse_f `{fname}` must return a list of sparsities, got {type(sparsities).__name__}") from None
     if len(sparsities) != len(params):
         raise ValueError(f"sparse_f `{fname}` returned {len(sparsities)} sparsities for {len(params)} weights")
-    sparsities = [_check_sparsity(s, f"sparsity of '{t.name}' from `{fname}`") for s, t in zip(sparsities, targets)]
+    sparsities = [check_sparsity(s, f"sparsity of '{t.name}' from `{fname}`") for s, t in zip(sparsities, targets)]
     if overrides:
         names = [t.name for t in targets]
         _check_names(list(overrides), names, 'overrides')
         for pat, s in overrides.items():
-            s = _check_sparsity(s, f"override for '{pat}'")
+            s = check_sparsity(s, f"override for '{pat}'")
             sparsities = [s if _match(n, [pat]) else old for n, old in zip(names, sparsities)]
     if st is not ELEMENT: _check_structure(st, targets, sparsities, model_sparsity)
     keeps = [st.count(tuple(p.shape), n_keep(p.numel(), s)) for p, s in zip(params, sparsities)]   # whole groups, if structured
@@ -567,18 +588,14 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
         if st is not ELEMENT: t.module.__dict__.setdefault(_STRUCTURE, {})[t.attr] = st
     apply_masks(model)
     _checkpoint_hooks(targets, model)
-    if compute != 'masked':
-        from fastsparse.compute import set_compute
-        set_compute(model, compute)
+    if compute != 'masked': COMPUTE_MODES[compute](model, compute)
     return mask_hooks(model) if enforce_masks else SparseHooks([], model)
 
 # %% ../nbs/01_masks.ipynb #bd411b18
 def unsparsify(model)->nn.Module:
     "Remove masks and every fastsparse hook from `model`, leaving a dense model (masked weights stay 0)"
     model = as_model(model)
-    if any(t.sparse for t in masked_params(model)):
-        from fastsparse.compute import set_compute
-        set_compute(model, 'masked')
+    if any(t.sparse for t in masked_params(model)): COMPUTE_MODES['sparse'](model, 'masked')   # dense weights again first
     remove_mask_hooks(model)
     for m in model.modules():
         for hooks, f in ((m._state_dict_pre_hooks, _save_pre_hook), (m._load_state_dict_pre_hooks, _load_pre_hook),
