@@ -9,6 +9,7 @@ __all__ = []
 # %% ../nbs/index.ipynb #87ac6917
 #| eval: false
 from .distributions import *
+from .adapters import *
 from .masks import *
 from .criteria import *
 from .schedules import *
@@ -18,9 +19,9 @@ from .stats import *
 from .compute import *
 from .structure import *
 from .activations import *
-from . import distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure, activations
+from . import distributions, adapters, masks, criteria, schedules, budgets, engine, stats, compute, structure, activations
 import importlib as _importlib, importlib.abc as _abc, sys as _sys
-_CORE = (distributions, masks, criteria, schedules, budgets, engine, stats, compute, structure, activations)
+_CORE = (distributions, adapters, masks, criteria, schedules, budgets, engine, stats, compute, structure, activations)
 _FASTAI = ('callback', 'data')   # modules that need fastai: imported on first use, so the core stays fastai-free
 
 def __getattr__(name):

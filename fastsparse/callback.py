@@ -9,7 +9,7 @@ from fastcore.meta import delegates
 from fastai.callback.core import Callback
 from fastai.learner import Learner, SkipToEpoch, ValueMetric
 from fastai.optimizer import Optimizer, OptimWrapper
-from . import masks, criteria
+from .adapters import Adapter, register_adapter
 from .distributions import uniform_sparsity
 from .masks import sparsify_model, load_sparse, is_sparse
 from .activations import SparseActivation, activation_penalty
@@ -88,6 +88,7 @@ def load_sparse(self:Learner,
 # %% ../nbs/06_callback.ipynb #9c04f882
 def _learner_model(o): return o.model if isinstance(o, Learner) else None
 def _optim_wrapper_opt(o): return o.opt if isinstance(o, OptimWrapper) else None
+def _fastai_param_lists(o): return o.param_lists if isinstance(o, Optimizer) else None
 def _fastai_lacks_momentum(o):
     "A fastai `Optimizer` keeps momentum only through its `average_grad` step"
     if not isinstance(o, Optimizer): return None
@@ -113,11 +114,9 @@ def _fastai_safe_globals():
     npcore = getattr(np, '_core', None) or np.core
     return [L, npcore.multiarray.scalar, np.dtype, *[getattr(np.dtypes, n) for n in np.dtypes.__all__]]
 
-masks._MODEL_ADAPTERS.append(_learner_model); masks._CHECKPOINT_ADAPTERS.append(_fastai_checkpoint)
-masks._CHECKPOINT_SAFE_GLOBALS.extend(_fastai_safe_globals())
-criteria._OPTIMIZER_ADAPTERS.append(_optim_wrapper_opt); criteria._LACKS_MOMENTUM.append(_fastai_lacks_momentum)
-criteria._MOMENTUM_RULES.append(_fastai_momentum_rule)
-criteria._PARAM_LISTS.append(lambda o: o.param_lists if isinstance(o, Optimizer) else None)
+register_adapter(Adapter('fastai', model=_learner_model, optimizer=_optim_wrapper_opt, param_lists=_fastai_param_lists,
+                         lacks_momentum=_fastai_lacks_momentum, momentum_rule=_fastai_momentum_rule,
+                         checkpoint=_fastai_checkpoint, safe_globals=tuple(_fastai_safe_globals())))
 
 # %% ../nbs/06_callback.ipynb #a17a5136
 class ActivationSparsityCallback(Callback):

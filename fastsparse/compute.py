@@ -11,8 +11,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.nn import functional as F
-from .masks import (masked_params, mask_hooks, _as_model, _check_names, _match, _is_ours, _enforce, DIRECT_READERS,
-                    COMPUTE_MODES)
+from .adapters import as_model
+from .masks import (masked_params, mask_hooks, has_mask_hooks, select_targets, register_compute, DIRECT_READERS,
+                    COMPUTE_MODES, buffer_name, buffer_weight)
+from .criteria import state_view, opt_state, MOMENTUM_KEYS
 
 # %% auto #0
 __all__ = ['KERNEL_SOURCES', 'SparseTrainLinear', 'SparseTrainConv2d', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout',
@@ -282,6 +284,8 @@ def sparse_conv2d(x:torch.Tensor,         # input, `(N, in, H, W)` or `(in, H, W
 # %% ../nbs/13_compute.ipynb #a4c88d91
 # in a sparse layer's `__dict__`: its layout cache; its backward record; the momentum of its inactive weights (SNFS)
 _LAYOUT, _RECORD, _MOMENTUM = '_fastsparse_layout', '_fastsparse_record', '_fastsparse_momentum'
+_W = 'weight'                                                      # the weight a sparse layer trains sparse
+_MASK, _VALUES = buffer_name(_W, 'mask'), buffer_name(_W, 'values')   # its mask buffer and its values parameter (`WEIGHT_BUFFERS`)
 
 class SparseTrain:
     """What a masked layer becomes in sparse compute (`set_compute`): it trains `weight_values`, the active weights in the
@@ -293,22 +297,30 @@ class SparseTrain:
     @property
     def weight_layout(self)->CSRLayout:
         "Where the active weights are: rebuilt from `weight_mask` whenever the mask has changed"
-        mask, c = self._buffers['weight_mask'], self.__dict__.get(_LAYOUT)
-        if c is None or c[0] is not mask or c[1] != mask._version: c = self._set_layout(CSRLayout.from_mask(mask))
+        mask, c = self._buffers[_MASK], self.__dict__.get(_LAYOUT)
+        if c is None or c[0] is not mask or c[1] != mask._version: c = self.set_layout(CSRLayout.from_mask(mask))
         return c[2]
 
-    def _set_layout(self, layout):
+    def set_layout(self, layout):
         "Take `layout` as the layout of the mask as it is now (the engine builds it from flat indices, without scanning the mask)"
-        mask = self._buffers['weight_mask']
+        mask = self._buffers[_MASK]
         c = self.__dict__[_LAYOUT] = (mask, mask._version, layout)
         return c
 
     def dense_weight(self, grad:bool=False)->torch.Tensor:
         "The weight as a dense matrix, exact zeros where inactive, made from `weight_values` (differentiable with `grad`)"
-        v, L = self._parameters['weight_values'], self.weight_layout
-        w = L.to_dense(v if grad else v.detach()).view(self._buffers['weight_mask'].shape)
-        w._fastsparse_values = (v, L, self.__dict__.get(_MOMENTUM))   # `opt_state` of this view: the state of `v`, scattered
-        return w
+        v, L = self._parameters[_VALUES], self.weight_layout
+        w = L.to_dense(v if grad else v.detach()).view(self._buffers[_MASK].shape)
+        return state_view(w, self.dense_state)   # `opt_state` of this view: the state of the values, scattered
+
+    def dense_state(self, opt)->dict:
+        "The optimizer state of the dense weight: each state tensor of `weight_values` scattered to the weight's shape, plus the momentum of inactive weights where `track_momentum` keeps it"
+        v, L, shape = self._parameters[_VALUES], self.weight_layout, self._buffers[_MASK].shape
+        st = {k: L.to_dense(s).view(shape) if isinstance(s, torch.Tensor) and s.shape == v.shape else s for k, s in opt_state(opt, v).items()}
+        if (m := self.inactive_momentum) is not None:
+            for k in MOMENTUM_KEYS:
+                if k in st: st[k] = st[k] + m
+        return st
 
     weight = property(lambda self: self.dense_weight(grad=True), doc="The dense weight, made at each read (writes to it are lost)")
 
@@ -319,20 +331,25 @@ class SparseTrain:
     def weight_grad(self)->torch.Tensor|None:
         "The dense weight gradient of the backward passes since `clear_record` (None if none was recorded)"
         rec = self.__dict__.get(_RECORD)
-        return dense_grad(rec).view(self._buffers['weight_mask'].shape) if rec else None
+        return dense_grad(rec).view(self._buffers[_MASK].shape) if rec else None
 
     def track_momentum(self, on:bool=True):
         """Keep (`on`) a dense running average of the gradient at the inactive weights, as masked compute's optimizer state
         has it: SNFS grows by it. It costs a dense weight gradient at every step, and a dense buffer"""
-        self.__dict__[_MOMENTUM] = torch.zeros(self._buffers['weight_mask'].shape, device=self.weight_values.device) if on else None
+        self.__dict__[_MOMENTUM] = torch.zeros(self._buffers[_MASK].shape, device=self._parameters[_VALUES].device) if on else None
         if on and self.__dict__.get(_RECORD) is None: self.record_grad()
 
     def update_momentum(self, beta:float, scale:float):
         "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` the dense gradient of the step"
         m, g = self.__dict__.get(_MOMENTUM), self.weight_grad()
-        if m is not None and g is not None: m.mul_(beta).add_(g, alpha=scale).masked_fill_(self._buffers['weight_mask'], 0.)
+        if m is not None and g is not None: m.mul_(beta).add_(g, alpha=scale).masked_fill_(self._buffers[_MASK], 0.)
 
-    def _grown(self, idx:torch.Tensor):
+    @property
+    def inactive_momentum(self)->torch.Tensor|None:
+        "The running average of the gradient at the inactive weights that `track_momentum` keeps (None when it keeps none)"
+        return self.__dict__.get(_MOMENTUM)
+
+    def reset_inactive_momentum(self, idx:torch.Tensor):
         "The weights at flat indices `idx` were grown: as active weights, their momentum is in the optimizer's state now"
         if (m := self.__dict__.get(_MOMENTUM)) is not None: m.view(-1).index_fill_(0, idx, 0.)
 
@@ -342,9 +359,9 @@ class SparseTrain:
 
     def forward(self, x):
         if x.dtype != torch.float32 and torch.is_autocast_enabled('cpu'): x = x.float()   # the kernels run float32
-        v, L, rec = self._parameters['weight_values'], self.weight_layout, self.__dict__.get(_RECORD)
+        v, L, rec = self._parameters[_VALUES], self.weight_layout, self.__dict__.get(_RECORD)
         if isinstance(self, nn.Conv2d):
-            return sparse_conv2d(x, v, L, self._buffers['weight_mask'].shape, self.bias, self.stride, self.padding, self.dilation, rec)
+            return sparse_conv2d(x, v, L, self._buffers[_MASK].shape, self.bias, self.stride, self.padding, self.dilation, rec)
         return sparse_linear(x, v, L, self.bias, rec)
 
     def __setattr__(self, name, value):
@@ -356,9 +373,9 @@ class SparseTrain:
         "Saved as the masked layer is saved: the dense `weight` under the same key, no `weight_values`"
         own = OrderedDict(); super()._save_to_state_dict(own, prefix, keep_vars)
         w = self.weight
-        destination[prefix + 'weight'] = w if keep_vars else w.detach()
+        destination[prefix + _W] = w if keep_vars else w.detach()
         for k, v in own.items():
-            if k != prefix + 'weight_values': destination[k] = v
+            if k != prefix + _VALUES: destination[k] = v
 
     def __reduce_ex__(self, protocol):   # pickle and deepcopy: the class is made again from the layer type it came from
         return _sparse_layer, (self._fastsparse_base,), {k: v for k, v in self.__dict__.items() if k not in (_LAYOUT, _RECORD, _MOMENTUM)}
@@ -386,18 +403,18 @@ SparseTrainConv2d = sparse_class(nn.Conv2d)   # what an `nn.Conv2d` becomes
 # %% ../nbs/13_compute.ipynb #e7db0d43
 def _load_values(module, sd, prefix, *args):
     "Load-pre-hook: a checkpoint's dense `weight` (either mode saves one) becomes `weight_values` in the checkpoint's mask"
-    wk, vk = prefix + 'weight', prefix + 'weight_values'
-    w, mask = sd.get(wk), sd.get(prefix + 'weight_mask', module._buffers['weight_mask'])
+    wk, vk = prefix + _W, prefix + _VALUES
+    w, mask = sd.get(wk), sd.get(prefix + _MASK, module._buffers[_MASK])
     if vk in sd or not (torch.overrides.is_tensor_like(w) and torch.overrides.is_tensor_like(mask)) or w.shape != mask.shape: return
     del sd[wk]
     sd[vk] = vals = w.detach()[mask.to(w.device).bool()]
-    v = module._parameters['weight_values']
+    v = module._parameters[_VALUES]
     if vals.numel() != v.numel(): v.data, v.grad = v.data.new_empty(vals.numel()), None   # another mask: another count
 
 def _missing_weight(module, incompatible):
     "Load-post-hook: a checkpoint without the weight misses `weight`, as in masked compute"
     ks = incompatible.missing_keys
-    ks[:] = [k[:-len('_values')] if k == 'weight_values' or k.endswith('.weight_values') else k for k in ks]
+    ks[:] = [buffer_weight(k, 'values') if k == _VALUES or k.endswith('.' + _VALUES) else k for k in ks]
 
 COMPUTE_MIN_SPARSITY = {'linear': 0.,   # nn.Linear: sparse compute pays at any sparsity fastsparse trains at
                         'conv': 0.4}    # nn.Conv2d: resnet18's convolutions below 40% sparse (density above 0.6) ran slower sparse
@@ -405,7 +422,7 @@ COMPUTE_MIN_SPARSITY = {'linear': 0.,   # nn.Linear: sparse compute pays at any 
 def _can_compute(t, tied, read, min_sparsity)->str|None:
     "Why `t` cannot train in sparse compute (`tied`: modules holding each weight, by id; `read`: ids of modules read directly), or None"
     m, p = t.module, t.param
-    if not isinstance(m, (nn.Linear, nn.Conv2d)) or t.attr != 'weight': return 'only nn.Linear and nn.Conv2d weights compute sparse so far'
+    if not isinstance(m, (nn.Linear, nn.Conv2d)) or t.attr != _W: return 'only nn.Linear and nn.Conv2d weights compute sparse so far'
     base = nn.Linear if isinstance(m, nn.Linear) else nn.Conv2d
     if type(m).forward is not base.forward: return f'{type(m).__name__} has its own forward, which sparse compute would not run'
     if base is nn.Conv2d:
@@ -424,21 +441,21 @@ def _can_compute(t, tied, read, min_sparsity)->str|None:
     return None
 
 def _to_sparse(t):
-    m, w = t.module, t.module._parameters['weight']
+    m, w = t.module, t.module._parameters[t.attr]
     v = nn.Parameter(w.detach()[t.mask].clone(), requires_grad=w.requires_grad)
-    items = [('weight_values', v) if k == 'weight' else (k, p) for k, p in m._parameters.items()]
+    items = [(buffer_name(t.attr, 'values'), v) if k == t.attr else (k, p) for k, p in m._parameters.items()]
     m._parameters.clear(); m._parameters.update(items)
     m.__class__ = sparse_class(type(m))
     m.register_load_state_dict_pre_hook(_load_values)
     m.register_load_state_dict_post_hook(_missing_weight)
 
 def _to_masked(t):
-    m, v = t.module, t.module._parameters['weight_values']
+    m, v = t.module, t.trainable
     w = nn.Parameter(m.weight.detach().clone(), requires_grad=v.requires_grad)
-    items = [('weight', w) if k == 'weight_values' else (k, p) for k, p in m._parameters.items()]
+    items = [(t.attr, w) if k == buffer_name(t.attr, 'values') else (k, p) for k, p in m._parameters.items()]
     m._parameters.clear(); m._parameters.update(items)
     for hooks, f in ((m._load_state_dict_pre_hooks, _load_values), (m._load_state_dict_post_hooks, _missing_weight)):
-        for k in [k for k, h in hooks.items() if _is_ours(h, f)]: del hooks[k]
+        for k in [k for k, h in hooks.items() if getattr(h, 'hook', h) is f]: del hooks[k]   # torch wraps pre-hooks
     for k in (_LAYOUT, _RECORD, _MOMENTUM): m.__dict__.pop(k, None)
     m.__class__ = m._fastsparse_base
 
@@ -448,15 +465,12 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
                 min_sparsity:dict=None, # per layer kind ('linear', 'conv'), the sparsity from which a weight switches (default `COMPUTE_MIN_SPARSITY`)
                )->dict:                 # `{weight name: why it stays masked}` for the weights that could not switch
     "Switch the masked weights of `model` between masked and sparse compute; the masks, values and checkpoints stay the same"
-    model = _as_model(model)
+    model = as_model(model)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     ts = masked_params(model)
     if not ts: raise ValueError("The model has no masks: call `sparsify_model` first")
-    if include is not None:
-        include = [include] if isinstance(include, str) else list(include)
-        _check_names(include, [t.name for t in ts], 'include')
-        ts = [t for t in ts if _match(t.name, include)]
-    hooked = any(_is_ours(h, _enforce) for m in model.modules() for h in m._forward_pre_hooks.values())
+    ts = select_targets(ts, include=include)
+    hooked = has_mask_hooks(model)
     if compute == 'masked':
         for t in ts:
             if t.sparse: _to_masked(t)
@@ -479,3 +493,5 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
             if not t.sparse and t.name not in skipped: _to_sparse(t)
     if hooked: mask_hooks(model)   # hooks for the weights that are masked now, none for those that compute sparse
     return skipped
+
+register_compute('sparse', set_compute)   # `sparsify_model(compute='sparse')` and `unsparsify` switch through it

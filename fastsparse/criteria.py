@@ -4,16 +4,17 @@
 
 # %% ../nbs/02_criteria.ipynb #e751487e
 from __future__ import annotations
-import inspect, math
+import inspect, math, weakref
 from typing import Callable
 import torch
+from .adapters import inner_optimizer, lacks_momentum, momentum_rule, param_lists
 
 # %% auto #0
 __all__ = ['CONTEXT', 'NEEDS', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 'REDISTRIBUTIONS', 'large_final', 'small_final',
            'large_init', 'updating_large_init', 'small_init', 'updating_small_init', 'large_init_large_final',
            'updating_large_init_large_final', 'small_init_small_final', 'updating_small_init_small_final',
            'magnitude_increase', 'updating_magnitude_increase', 'updating_movement', 'movmag', 'updating_movmag',
-           'score_kwargs', 'needs', 'score_needs', 'opt_state', 'momentum_rule', 'momentum', 'second_moment',
+           'score_kwargs', 'needs', 'score_needs', 'state_view', 'opt_state', 'momentum', 'second_moment',
            'register_score', 'comparable', 'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude',
            'random_score', 'movement', 'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum',
            'momentum_redistribution', 'variance_redistribution', 'survivors', 'check_score', 'normalized',
@@ -47,38 +48,24 @@ def score_needs(f:Callable)->set:
 
 
 # %% ../nbs/02_criteria.ipynb #745c8326
-# filled by framework modules (`fastsparse.callback` adds fastai's): functions `opt -> the optimizer inside a wrapper
-# that holds the state, or None`, and `opt -> True/False when known to keep no momentum, else None`
-_OPTIMIZER_ADAPTERS, _LACKS_MOMENTUM = [], []
-_PARAM_LISTS = []   # ... and functions `opt -> its lists of parameters (where one can be replaced), or None`
+_VIEWS = {}   # id(view) -> (weak reference to the view, its state function, the state once made)
 
-def _inner(opt):
-    "The optimizer that holds the state: `opt`, or the one a registered wrapper keeps"
-    for f in _OPTIMIZER_ADAPTERS:
-        if (o := f(opt)) is not None: return o
-    return opt
+def state_view(view:torch.Tensor,  # a tensor no optimizer holds: the dense view of a weight in sparse compute, some of its values
+               state:Callable,     # `opt -> dict`: the optimizer state that `view` stands for, made on first use
+              )->torch.Tensor:     # `view`, as given
+    "Declare the optimizer state that `view` stands for, so that `opt_state` and the scores that read optimizer state find it"
+    k = id(view)
+    _VIEWS[k] = (weakref.ref(view, lambda _, k=k: _VIEWS.pop(k, None)), state, None)
+    return view
 
 def opt_state(opt, param)->dict:
-    "The optimizer state of `param`: a torch optimizer, anything with a `state` dict keyed by parameter, or a registered wrapper ({} if none yet)"
+    "The optimizer state of `param`: a torch optimizer, anything with a `state` dict keyed by parameter, a registered wrapper, or what a `state_view` declares ({} if none yet)"
     if opt is None: return {}
-    sub = getattr(param, '_fastsparse_at', None)
-    if sub is not None:   # some active values of a weight in sparse compute: their entries of the values' state
-        values, idx = sub
-        return {k: v.index_select(0, idx) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
-                for k, v in opt_state(opt, values).items()}
-    sv = getattr(param, '_fastsparse_values', None)
-    if sv is not None:   # the dense view of a weight in sparse compute: its active values' state, scattered to the weight's shape
-        cached = getattr(param, '_fastsparse_state', None)
-        if cached is None:
-            values, layout, inactive = sv     # `inactive`: the momentum of the inactive weights, if the layer keeps it
-            cached = {k: layout.to_dense(v).view(param.shape) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
-                      for k, v in opt_state(opt, values).items()}
-            if inactive is not None:
-                for k in MOMENTUM_KEYS:
-                    if k in cached: cached[k] = cached[k] + inactive
-            param._fastsparse_state = cached
-        return cached
-    state = getattr(_inner(opt), 'state', None)
+    v = _VIEWS.get(id(param))
+    if v is not None and v[0]() is param:   # a declared view: its state, made once
+        if v[2] is None: _VIEWS[id(param)] = v = (v[0], v[1], v[1](opt))
+        return v[2]
+    state = getattr(inner_optimizer(opt), 'state', None)
     if state is None: return {}
     return state.get(param, None) or {}
 
@@ -97,32 +84,11 @@ def _state_tensor(opt, param, keys, what, fix, score=None):
     st = opt_state(opt, param)
     who = f"`{score}` needs" if score else "Needs"
     if opt is None: raise ValueError(f"{who} {what}, but no optimizer was given")
-    if not st and not _lacks_momentum(opt):
+    if not st and not lacks_momentum(opt):
         raise ValueError(f"{who} {what}, but the optimizer has no state for this weight yet: run at least one "
                          "optimizer step before the first update")
     raise ValueError(f"{who} {what}, but the optimizer ({type(opt).__name__}) keeps none (its state has "
                      f"{sorted(st)}): {fix}")
-
-def _lacks_momentum(opt)->bool:
-    "True if `opt` is known to keep no momentum (torch `SGD(momentum=0)`, or what a registered adapter says)"
-    opt = _inner(opt)
-    if isinstance(opt, torch.optim.Optimizer):
-        g = opt.param_groups[0]
-        return 'betas' not in g and not g.get('momentum', 0)
-    return any(f(opt) for f in _LACKS_MOMENTUM)
-
-_MOMENTUM_RULES = []   # filled by framework modules: functions `(opt, param) -> (beta, scale) or None`
-
-def momentum_rule(opt, param)->tuple|None:
-    "`(beta, scale)` such that `opt` updates the running average of `param`'s gradient as `m = beta * m + scale * g`; None if it keeps none"
-    opt = _inner(opt)
-    for f in _MOMENTUM_RULES:
-        if (r := f(opt, param)) is not None: return r
-    for g in getattr(opt, 'param_groups', None) or []:
-        if not isinstance(g, dict) or not any(p is param for p in g.get('params', [])): continue
-        if 'betas' in g: return float(g['betas'][0]), 1. - float(g['betas'][0])      # Adam, AdamW, ...
-        if g.get('momentum'): return float(g['momentum']), 1. - float(g.get('dampening', 0.))   # SGD
-    return None
 
 def momentum(opt, param, score:str=None)->torch.Tensor:
     "The running average of `param`'s gradient kept by `opt`"

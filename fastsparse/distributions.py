@@ -10,12 +10,14 @@ from typing import Callable
 import torch
 
 # %% auto #0
-__all__ = ['DISTRIBUTIONS', 'uniform_sparsity', 'first_layer_dense_uniform', 'erdos_renyi_sparsity', 'overall_sparsity',
-           'get_distribution']
+__all__ = ['DISTRIBUTIONS', 'check_sparsity', 'uniform_sparsity', 'first_layer_dense_uniform', 'erdos_renyi_sparsity',
+           'overall_sparsity', 'get_distribution']
 
 # %% ../nbs/00_distributions.ipynb #cb6e36e4
-def _check_sparsity(s, what='model_sparsity'):
-    "Raise a clear error unless `s` is a real number in [0, 1)"
+def check_sparsity(s,                        # a sparsity: a number, or a one-element tensor
+                   what:str='model_sparsity', # what to call it in the error
+                  )->float:                  # `s` as a float
+    "`s` as a float, or a clear error unless it is a real number in [0, 1)"
     if isinstance(s, torch.Tensor) and s.numel()==1: s = s.item()
     if isinstance(s, bool) or not isinstance(s, numbers.Real):
         raise TypeError(f"{what} must be a number in [0, 1), got {s!r} of type {type(s).__name__}")
@@ -29,14 +31,14 @@ def uniform_sparsity(params:list,         # weights to sparsify, in model order
                      model_sparsity:float, # fraction of all their weights set to zero
                     )->list:               # one sparsity per param
     "Give every layer the same sparsity `model_sparsity`"
-    return [_check_sparsity(model_sparsity)] * len(params)
+    return [check_sparsity(model_sparsity)] * len(params)
 
 # %% ../nbs/00_distributions.ipynb #fb2a78b5
 def first_layer_dense_uniform(params:list,         # weights to sparsify, in model order
                               model_sparsity:float, # sparsity of every layer but the first
                              )->list:               # one sparsity per param
     "Keep the first layer dense and give the others sparsity `model_sparsity`"
-    s = _check_sparsity(model_sparsity)
+    s = check_sparsity(model_sparsity)
     return [0.] + [s] * (len(params) - 1) if params else []
 
 # %% ../nbs/00_distributions.ipynb #113b9f38
@@ -46,7 +48,7 @@ def erdos_renyi_sparsity(params:list,             # weights to sparsify, in mode
                          erk_power_scale:float=1., # <1 moves the allocation towards uniform (0 is uniform)
                         )->list:                   # one sparsity per param
     "Erdős–Rényi(-Kernel) allocation: density of each layer proportional to `sum(shape)/prod(shape)`"
-    s = _check_sparsity(model_sparsity)
+    s = check_sparsity(model_sparsity)
     if not params: return []
     shapes = [tuple(p.shape) for p in params]
     numels = [math.prod(sh) for sh in shapes]

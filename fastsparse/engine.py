@@ -5,13 +5,15 @@
 # %% ../nbs/04_engine.ipynb #cea0dfd2
 from __future__ import annotations
 import inspect, math, warnings
+from functools import partial
 from typing import NamedTuple
 import torch
-from .masks import masked_params, apply_masks, _as_model, STATE_KEY, init_name, prev_name, values_name
-from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, momentum_rule, _inner, _PARAM_LISTS
+from .adapters import as_model, inner_optimizer, param_lists, momentum_rule
+from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer
+from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view
 from torch import nn
-from .compute import CSRLayout, kernels, _MOMENTUM
-from .schedules import UpdateSchedule, _check_fraction
+from .compute import CSRLayout, kernels
+from .schedules import UpdateSchedule, check_fraction
 from .stats import UpdateLog
 from .budgets import (allocate, layer_floors, global_drop, global_grow, threshold_drop, adjust_threshold, prune_counts,
                                 final_counts, budget_at, get_prune_schedule)
@@ -91,12 +93,7 @@ def _agree(mask, change, dist):
     old = mask.view(-1)
     return Change((old & ~new).nonzero().squeeze(1), (new & ~old).nonzero().squeeze(1), None)
 
-def _buffer(t, kind): return t.module._buffers[{'init': init_name, 'prev': prev_name}[kind](t.attr)]
-def _copy_buffer(t, kind, keep):
-    "Register a copy of `t`'s weight as its `kind` buffer ('init', 'prev'; `keep`: reuse a saved one of the right shape)"
-    name = {'init': init_name, 'prev': prev_name}[kind](t.attr)
-    saved = t.module._buffers.get(name)
-    if not keep or saved is None or saved.shape != t.param.shape: t.module.register_buffer(name, t.param.detach().clone())
+def _buffer(t, kind): return get_buffer(t.module, t.attr, kind)
 
 def _n_active(t)->int: return t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask))
 
@@ -117,12 +114,12 @@ def check_selection(scope='layer', layer_floor=0.01, drop_by='fraction', thresho
     if scope not in SCOPES: raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
     if group_reduce not in REDUCERS: raise ValueError(f"group_reduce must be one of {list(REDUCERS)}, got {group_reduce!r}")
     if drop_by not in DROP_BY: raise ValueError(f"drop_by must be one of {list(DROP_BY)}, got {drop_by!r}")
-    _check_fraction(layer_floor, 'layer_floor', hi_closed=False)
+    check_fraction(layer_floor, 'layer_floor', hi_closed=False)
     if drop_by == 'threshold':
         if scope != 'global': raise ValueError("drop_by='threshold' compares every layer with one threshold (DSR): use scope='global'")
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0):
             raise ValueError(f"threshold must be a number > 0 (or None: start at the one that drops the target), got {threshold!r}")
-        _check_fraction(threshold_tolerance, 'threshold_tolerance', hi_closed=False)
+        check_fraction(threshold_tolerance, 'threshold_tolerance', hi_closed=False)
 
 def _warn_incomparable(keep, grow, redistribution, scope, drop_by):
     "Warn when one ranking across layers would compare scores that mean different things in different layers"
@@ -136,7 +133,7 @@ def _warn_incomparable(keep, grow, redistribution, scope, drop_by):
 
 def _opt_params(opt)->list|None:
     "The parameters `opt` trains, if it says (torch optimizers, fastai's and wrappers registered in `criteria`)"
-    groups = getattr(_inner(opt), 'param_groups', None)
+    groups = getattr(inner_optimizer(opt), 'param_groups', None)
     if groups is None: return None
     try: return [p for g in groups for p in (g['params'] if isinstance(g, dict) else g)]
     except (TypeError, KeyError): return None
@@ -170,7 +167,7 @@ class SparseEngine:
                  group_reduce:str='mean',               # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
                  neuron_ablation:float=None,            # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
                 ):
-        self.model = _as_model(model)
+        self.model = as_model(model)
         self.targets = masked_params(self.model)
         if not self.targets: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
         check_selection(scope, layer_floor, drop_by, threshold, threshold_tolerance, group_reduce)
@@ -246,10 +243,8 @@ class SparseEngine:
     prev = property(lambda self: self.scorer.copies(self.targets, 'prev'),
                     doc="Per layer, the weights at the previous update (at the start of training before the first), or None if none are kept")
 
-    def _ctx(self, i, t, step, n_update, fs=None): return self.scorer.ctx(i, t, step, n_update, fs)
-    def _stats(self, active, removed=None)->list: return layer_stats(self.targets, active, removed)
 
-    def _active_idx(self, t, n_active:int=None):
+    def active_idx(self, t, n_active:int=None):
         "Flat indices of the active weights of `t`, cached until its mask changes (or holds other than `n_active`)"
         if t.sparse: return t.module.weight_layout.flat()     # in sparse compute the layout has them, in order
         v, idx = self._active.get(t.name, (None, None))
@@ -289,7 +284,7 @@ class SparseEngine:
                plan:LayerPlan,   # how many of its weights to drop and grow
               )->Change:
         "Which active weights of `t` to drop (lowest keep scores) and which inactive ones to grow (highest grow scores); changes nothing"
-        active_idx = self._active_idx(t, plan.active)
+        active_idx = self.active_idx(t, plan.active)
         if t.structure.kind == 'group': return _select_groups(self, t, ctx, plan, active_idx)
         drop_idx = local = _none(t.mask)
         if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
@@ -304,7 +299,7 @@ def _remap(opt, t, old, grown):
     their gradient and every optimizer-state tensor shaped like them to the new positions: kept weights keep theirs,
     grown ones start at 0"""
     layout, where = CSRLayout.after(old, t.mask, grown)
-    t.module._set_layout(layout); t.module._grown(grown)
+    t.module.set_layout(layout); t.module.reset_inactive_momentum(grown)
     n_new, kern = layout.nnz, kernels()
     def moved(v):
         if v.dtype == torch.float32 and v.device.type == 'cpu': return kern.move(v.contiguous(), where, n_new)
@@ -323,16 +318,14 @@ def _remap(opt, t, old, grown):
         if g is not None: v.grad.copy_(g)
     else:   # another count (redistribution): a new parameter, put where the old one was, in the layer and in the optimizer
         new = nn.Parameter(moved(v.data), requires_grad=v.requires_grad); new.grad = g
-        t.module._parameters[values_name(t.attr)] = new
+        set_buffer(t.module, t.attr, 'values', new)
         _swap_param(opt, v, new)
 
 def _swap_param(opt, old, new):
     "Put parameter `new` in the place of `old` in `opt`: its parameter lists, and the key of its state"
     if opt is None: return
-    o = _inner(opt)
-    lists = next((ls for f in _PARAM_LISTS if (ls := f(o)) is not None), None)
-    if lists is None: lists = [g['params'] for g in getattr(o, 'param_groups', [])]
-    for ps in lists:
+    o = inner_optimizer(opt)
+    for ps in param_lists(o):
         for i, p in enumerate(ps):
             if p is old: ps[i] = new
     st = getattr(o, 'state', None)
@@ -351,10 +344,7 @@ def _replace(idx, local, new):
 # %% ../nbs/04_engine.ipynb #6a1d0c01
 def _zeros_like_weight(t):
     "A stand-in for the dense view of a weight in sparse compute, for elementwise scores: zeros (no memory), with the values' state"
-    v, L = t.trainable, t.module.weight_layout
-    z = v.new_zeros(()).expand(*t.mask.shape)
-    z._fastsparse_values = (v, L, t.module.__dict__.get(_MOMENTUM))
-    return z
+    return state_view(t.trainable.new_zeros(()).expand(*t.mask.shape), t.module.dense_state)
 
 def _at(ctx, idx, values, f):
     "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
@@ -364,6 +354,11 @@ def _at(ctx, idx, values, f):
                weight=values)
     del out['state']                  # `check_score` gives the values' own state
     return out
+
+def _state_at(values, idx, opt)->dict:
+    "The optimizer state of the active values at positions `idx` of `values` (a layer in sparse compute)"
+    return {k: v.index_select(0, idx) if isinstance(v, torch.Tensor) and v.shape == values.shape else v
+            for k, v in opt_state(opt, values).items()}
 
 class Scorer:
     "The keep, grow and redistribution scores of an update, and what each layer's scores see (its context)"
@@ -411,13 +406,13 @@ class Scorer:
         "Flat grow scores of `t`; in sparse compute with a zero stand-in for the weight, the active weights at flat `idx` (`local`: their place among the values) score with their values"
         grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
         if t.sparse and len(idx) and all(s == 0 for s in ctx['weight'].stride()):
-            sub = t.trainable.detach().index_select(0, local); sub._fastsparse_at = (t.trainable, local)
+            sub = state_view(t.trainable.detach().index_select(0, local), partial(_state_at, t.trainable, local))
             grow.index_copy_(0, idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, idx, sub, self.grow_score_f)))
         return grow
 
     def record(self, targets, kind:str, keep:bool=False):
         "Keep a copy of the weights of `targets` as their `kind` buffers ('init' or 'prev'), for the scores that read them (`keep`: reuse saved ones)"
-        for t in targets: _copy_buffer(t, kind, keep)
+        for t in targets: ensure_buffer(t.module, t.attr, kind, lambda: t.param.detach().clone(), keep)
         setattr(self, f'uses_{kind}', True)
 
     def copies(self, targets, kind:str)->dict|None:
@@ -477,7 +472,7 @@ class Redistribution(Regrowth):
     "SNFS and DSR: the redistribution score shares the regrowth between layers (in layer scope with SNFS's rules: nearly dense layers, a fill cap, a floor)"
     needs_contexts = True
     def layer_counts(self, e, r, n_drop, prune, rest, ctxs):
-        shares = e.scorer.shares(ctxs, e._stats(r.active, [p + d for p, d in zip(prune, n_drop)]), r.live)
+        shares = e.scorer.shares(ctxs, layer_stats(e.targets, r.active, [p + d for p, d in zip(prune, n_drop)]), r.live)
         numel = [t.mask.numel() for t in e.targets]
         n_drop = _dense_layer_drops(n_drop, shares, rest, numel, r.live)
         free = [n - a + d if l else 0 for n, a, d, l in zip(numel, rest, n_drop, r.live)]
@@ -488,7 +483,7 @@ class Redistribution(Regrowth):
         return n_drop, [m + g for m, g in zip(least, more)]
     def ranked_counts(self, e, r, exchanged, drop_idx, ctxs):
         removed = [len(d) for d in drop_idx]
-        shares = e.scorer.shares(ctxs, e._stats(r.active, removed), r.live)
+        shares = e.scorer.shares(ctxs, layer_stats(e.targets, r.active, removed), r.live)
         caps = [t.mask.numel() - a + n if l else 0 for t, a, n, l in zip(e.targets, r.active, removed, r.live)]
         return allocate(sum(exchanged), shares, caps)
 
@@ -568,11 +563,11 @@ class LayerSelection:
         "The plans and changes of every layer"
         e = self.e
         prune = prune_counts([a if l else 0 for a, l in zip(r.active, r.live)], r.finals, r.n_prune) if r.n_prune else [0] * len(r.active)
-        ctxs = [e._ctx(i, t, r.step, r.n_update) for i, t in enumerate(e.targets)] if e.regrowth.needs_contexts else None
+        ctxs = [e.scorer.ctx(i, t, r.step, r.n_update) for i, t in enumerate(e.targets)] if e.regrowth.needs_contexts else None
         plans = self.plan(r.frac, ctxs, prune)
-        changes, stats = [], e._stats(r.active, [q.drop for q in plans])
+        changes, stats = [], layer_stats(e.targets, r.active, [q.drop for q in plans])
         for i, (t, p) in enumerate(zip(e.targets, plans)):
-            c = e._ctx(i, t, r.step, r.n_update) if ctxs is None else ctxs[i]
+            c = e.scorer.ctx(i, t, r.step, r.n_update) if ctxs is None else ctxs[i]
             c['stats'] = stats[i]
             changes.append(e.select(t, c, p))
             if ctxs is not None: ctxs[i] = None
@@ -618,10 +613,10 @@ class RankedSelection:
         e, ts = self.e, self.e.targets
         hold, n_exchange = e.regrowth.needs_contexts, self._n_exchange(r)
         needs = [e.keep_score_f] + ([e.grow_score_f] if glob or hold else []) + ([e.redistribution_f] if hold else [])
-        stats0, keeps, aidx, cands, ctxs = e._stats(r.active), [], [], [], [None] * len(ts)
+        stats0, keeps, aidx, cands, ctxs = layer_stats(e.targets, r.active), [], [], [], [None] * len(ts)
         for i, t in enumerate(ts):
-            c = dict(e._ctx(i, t, r.step, r.n_update, needs), stats=stats0[i])
-            a = e._active_idx(t, r.active[i]); aidx.append(a)
+            c = dict(e.scorer.ctx(i, t, r.step, r.n_update, needs), stats=stats0[i])
+            a = e.active_idx(t, r.active[i]); aidx.append(a)
             keeps.append(e.scorer.keep(t, c, a) if r.live[i] else a.new_empty(0, dtype=torch.float32))
             cands.append(self._candidates(t, c, a, r.active[i], n_exchange) if glob and n_exchange > 0 and r.live[i] else None)
             if hold: ctxs[i] = c
@@ -656,10 +651,10 @@ class RankedSelection:
     def _grow_layers(self, r, n_grow, ctxs, drop_idx, local)->list:
         "Each layer grows its count `n_grow` by its own grow scores"
         e, out = self.e, []
-        stats = e._stats(r.active, [len(d) for d in drop_idx])
+        stats = layer_stats(e.targets, r.active, [len(d) for d in drop_idx])
         for i, t in enumerate(e.targets):
             if n_grow[i] == 0: out.append(_none(drop_idx[i])); continue
-            c = ctxs[i] if e.regrowth.needs_contexts else e._ctx(i, t, r.step, r.n_update, [e.grow_score_f])
+            c = ctxs[i] if e.regrowth.needs_contexts else e.scorer.ctx(i, t, r.step, r.n_update, [e.grow_score_f])
             c['stats'] = stats[i]
             out.append(_grow_at(t, c, e.scorer.grow(t, c, drop_idx[i], local[i]), drop_idx[i], r.active[i], n_grow[i]))
             ctxs[i] = None; del c
@@ -706,7 +701,7 @@ def commit(self:SparseEngine,
           )->dict:           # the layer's record: counts, and the flat indices grown (`grown_idx`)
     "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
     # masked compute caches the active indices (sparse compute reads them from its layout)
-    new_active = None if change.local is None or t.sparse else _replace(self._active_idx(t), change.local, change.grow)
+    new_active = None if change.local is None or t.sparse else _replace(self.active_idx(t), change.local, change.grow)
     old_layout = t.module.weight_layout if t.sparse else None
     m = t.mask.view(-1)
     regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
@@ -799,12 +794,12 @@ def _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pc
         if grow_score_f is None: raise ValueError("Without a grow score nothing regrows, and without `final_sparsity` nothing is "
             "pruned: gradual pruning needs its target, e.g. `DynamicSparseTrainingCallback(**GMP_presets, final_sparsity=0.9)`")
         return
-    _check_fraction(final_sparsity, 'final_sparsity', hi_closed=False)
+    check_fraction(final_sparsity, 'final_sparsity', hi_closed=False)
     if drop_by == 'threshold': raise ValueError("DSR keeps its budget: `final_sparsity` does not combine with drop_by='threshold'")
     if final_sparse_f != 'global': get_distribution(final_sparse_f)
     get_prune_schedule(prune_schedule)
-    start = _check_fraction(prune_start_pct, 'prune_start_pct')
-    end = _check_fraction(stop_pct if prune_end_pct is None else prune_end_pct, 'prune_end_pct')
+    start = check_fraction(prune_start_pct, 'prune_start_pct')
+    end = check_fraction(stop_pct if prune_end_pct is None else prune_end_pct, 'prune_end_pct')
     if end <= start: raise ValueError(f"Pruning must end after it starts: prune_end_pct={end} is not after prune_start_pct={start}")
 
 class GradualPruning:
@@ -885,7 +880,7 @@ class DynamicSparseTraining:
         _check_budget(final_sparsity, final_sparse_f, prune_schedule, prune_start_pct, prune_end_pct, stop_pct,
                       sel['grow_score_f'], sel['drop_by'], initial_drop_grow_pct)
         check_selection(*(sel[k] for k in ('scope', 'layer_floor', 'drop_by', 'threshold', 'threshold_tolerance', 'group_reduce')))
-        m = _as_model(model)
+        m = as_model(model)
         saved = m._buffers.get(STATE_KEY)
         resume = resume and saved is not None
         end = stop_pct if prune_end_pct is None else prune_end_pct
@@ -965,7 +960,7 @@ class DynamicSparseTraining:
              epoch_end:bool=False,  # this step is the last of an epoch (what `batches_per_update=None` updates after)
             )->list|None:           # the update's records, or None when no update was made
         "After an optimizer step: count it, keep masked weights at zero, and update the topology (and prune) when due"
-        pct_train = _check_fraction(pct_train, 'pct_train')
+        pct_train = check_fraction(pct_train, 'pct_train')
         self.n_steps += 1
         at_end, self._end_due = epoch_end or self._end_due, False
         if epoch_end: self._ended = True

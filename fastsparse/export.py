@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
-from .masks import masked_params, apply_masks, _as_model, unsparsify
+from .adapters import as_model
+from .masks import masked_params, apply_masks, unsparsify
 from .structure import ELEMENT
 from .compute import set_compute
 
@@ -255,7 +256,7 @@ def sparse_export(model,                       # a trained sparse `nn.Module` (o
         raise ValueError("min_speedup applies only when measuring: pass measure=True (and a batch x) as well, "
                          "or leave min_speedup out to decide by sparsity (EXPORT_MIN_SPARSITY, min_sparsity)")
     min_speedup = 1.1 if min_speedup is None else min_speedup
-    model = copy.deepcopy(_as_model(model)).eval()
+    model = copy.deepcopy(as_model(model)).eval()
     if any(t.sparse for t in masked_params(model)): set_compute(model, 'masked')   # layers that trained in sparse compute
     apply_masks(model)                    # masked weights exactly 0, whether or not a forward pass ran since the last step
     targets = [t for t in masked_params(model) if t.attr == 'weight' and _sparse_kind(t.module)[0] is not None]

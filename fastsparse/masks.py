@@ -6,17 +6,21 @@
 from __future__ import annotations
 import fnmatch, functools, itertools, math, os, pickle
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 import torch
 from torch import nn
-from .distributions import _check_sparsity, uniform_sparsity, get_distribution
+from .distributions import check_sparsity, uniform_sparsity, get_distribution
 from .structure import ELEMENT, get_structure
+from .adapters import as_model, checkpoint_state, checkpoint_globals
 
 # %% auto #0
-__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget',
-           'mask_name', 'values_name', 'sparsifiable_params', 'masked_params', 'is_sparse', 'apply_masks',
-           'explored_name', 'grown_name', 'init_name', 'prev_name', 'SparseHooks', 'mask_hooks', 'remove_mask_hooks',
-           'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
+__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'WEIGHT_BUFFERS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES',
+           'SparseTarget', 'sparsifiable_params', 'select_targets', 'masked_params', 'is_sparse', 'apply_masks',
+           'WeightBuffer', 'buffer_name', 'buffer_weight', 'get_buffer', 'set_buffer', 'ensure_buffer', 'drop_buffers',
+           'mask_name', 'values_name', 'explored_name', 'grown_name', 'init_name', 'prev_name', 'SparseHooks',
+           'register_compute', 'mask_hooks', 'has_mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model',
+           'unsparsify', 'load_sparse']
 
 # %% ../nbs/01_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -41,7 +45,7 @@ class SparseTarget(NamedTuple):
     @property
     def sparse(self)->bool:
         "Whether the weight trains in sparse compute: its active values are the parameter (see `set_compute`)"
-        return values_name(self.attr) in self.module._parameters
+        return buffer_name(self.attr, 'values') in self.module._parameters
     @property
     def param(self)->torch.Tensor:
         "The weight: its parameter, or in sparse compute a dense view made from its active values"
@@ -50,9 +54,9 @@ class SparseTarget(NamedTuple):
     @property
     def trainable(self)->nn.Parameter:
         "The parameter the optimizer trains: the weight, or in sparse compute its active values"
-        return self.module._parameters[values_name(self.attr) if self.sparse else self.attr]
+        return self.module._parameters[buffer_name(self.attr, 'values') if self.sparse else self.attr]
     @property
-    def mask(self)->torch.Tensor|None: return self.module._buffers.get(mask_name(self.attr))
+    def mask(self)->torch.Tensor|None: return get_buffer(self.module, self.attr, 'mask')
     @property
     def structure(self):
         "The `Structure` its mask keeps (see `fastsparse.structure`): `ELEMENT` unless `sparsify_model` was given one"
@@ -60,29 +64,7 @@ class SparseTarget(NamedTuple):
 
 _STRUCTURE = '_fastsparse_structure'   # module attribute: `{weight name: Structure}` of its structured masks
 
-def mask_name(attr:str)->str:
-    "Name of the mask buffer of weight `attr`"
-    return f'{attr}_mask'
-
-def values_name(attr:str)->str:
-    "Name of the parameter holding the active values of weight `attr` in sparse compute"
-    return f'{attr}_values'
-
 # %% ../nbs/01_masks.ipynb #2a61285a
-_MODEL_ADAPTERS = []   # functions `obj -> nn.Module | None`, tried in order on whatever is not a module (e.g. a fastai `Learner`)
-
-def _as_model(model)->nn.Module:
-    "The `nn.Module` in `model`: a module, or the one a function in `_MODEL_ADAPTERS` finds; DDP and DataParallel unwrapped"
-    if not isinstance(model, nn.Module):
-        for f in _MODEL_ADAPTERS:
-            if (m := f(model)) is not None: model = m; break
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected an nn.Module (or DistributedDataParallel/DataParallel around one), got {type(model).__name__}. "
-                        "Another container needs a function `obj -> nn.Module | None` in `fastsparse.masks._MODEL_ADAPTERS` "
-                        "(importing `fastsparse.callback` adds one for fastai's `Learner`).")
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)): model = model.module
-    return model
-
 def _is_pattern(s): return any(c in s for c in '*?[')
 
 def _match(name, patterns): return any(fnmatch.fnmatchcase(name, p) for p in patterns)
@@ -103,7 +85,7 @@ def sparsifiable_params(model,                   # an `nn.Module` or a fastai `L
                         types:dict=None,         # extra `{ModuleType: [weight names] or f(module)}`
                        )->list:                  # `SparseTarget`s in model order
     "The weights of `model` that `sparsify_model` would mask"
-    model = _as_model(model)
+    model = as_model(model)
     reg = {**(types or {}), **SPARSIFIABLE, **(EMBEDDINGS if embeddings else {})}
     out, seen = [], set()
     for mname, m in model.named_modules():
@@ -119,28 +101,34 @@ def sparsifiable_params(model,                   # an `nn.Module` or a fastai `L
             if id(p) in seen: continue   # a tied weight is masked once, where it first appears
             seen.add(id(p))
             out.append(SparseTarget(f'{mname}.{attr}' if mname else attr, m, attr))
-    names = [t.name for t in out]
+    return select_targets(out, include, exclude)
+
+def select_targets(targets:list,      # `SparseTarget`s, e.g. from `sparsifiable_params` or `masked_params`
+                   include:list=None, # names or glob patterns of the weights to keep (default: all)
+                   exclude:list=None, # names or glob patterns of the weights to leave out
+                  )->list:            # the targets selected, in their order
+    "The `targets` whose names match `include` and none of `exclude`; a name or pattern that matches no target is an error"
+    names = [t.name for t in targets]
     if include is not None:
         include = [include] if isinstance(include, str) else list(include)
         _check_names(include, names, 'include')
-        out = [t for t in out if _match(t.name, include)]
+        targets = [t for t in targets if _match(t.name, include)]
     if exclude is not None:
         exclude = [exclude] if isinstance(exclude, str) else list(exclude)
         _check_names(exclude, names, 'exclude')
-        out = [t for t in out if not _match(t.name, exclude)]
-    return out
+        targets = [t for t in targets if not _match(t.name, exclude)]
+    return targets
 
 # %% ../nbs/01_masks.ipynb #50cab8ef
 def masked_params(model)->list:
     "The `SparseTarget`s of `model` that carry a mask, in model order"
-    model = _as_model(model)
+    model = as_model(model)
     out = []
     for mname, m in model.named_modules():
         for bname, b in m._buffers.items():
-            if b is None or b.dtype != torch.bool or not bname.endswith('_mask'): continue
-            attr = bname[:-len('_mask')]
+            if b is None or b.dtype != torch.bool or (attr := buffer_weight(bname, 'mask')) is None: continue
             p = m._parameters.get(attr)
-            if (p.shape == b.shape) if p is not None else values_name(attr) in m._parameters:
+            if (p.shape == b.shape) if p is not None else buffer_name(attr, 'values') in m._parameters:
                 out.append(SparseTarget(f'{mname}.{attr}' if mname else attr, m, attr))
     return out
 
@@ -177,11 +165,108 @@ def apply_masks(model_or_targets,  # a model (every masked weight), a `SparseTar
     "Multiply weights by their masks: masked weights become exactly 0. With `fresh`, the next forward skips them"
     for t in _as_targets(model_or_targets):
         m = t.module
-        mask = m._buffers.get(mask_name(t.attr))
+        mask = get_buffer(m, t.attr, 'mask')
         if mask is None: raise ValueError(f"'{t.name}' has no mask")
         if t.sparse: continue    # sparse compute holds the active weights only: nothing to mask
         m._parameters[t.attr].data.mul_(mask.view(torch.uint8))   # `.data`: outside autograd; a uint8 view multiplies ~3x faster than bool
         if fresh: _promise(t)
+
+# %% ../nbs/01_masks.ipynb #1685cedd
+@dataclass(frozen=True)
+class WeightBuffer:
+    "One kind of tensor that fastsparse keeps next to a masked weight `attr`, named `f'{attr}_{suffix}'`"
+    suffix:str              # the tensor of weight `attr` is `f'{attr}_{suffix}'`
+    dtype:str               # 'bool', 'int64', or 'weight' (the weight's dtype)
+    like_weight:bool        # shaped like the weight: one of another shape is not reused, and a checkpoint's must fit
+    saved:bool              # checkpoints hold it under its own key
+    param:bool              # a parameter of the module (trained), not a buffer
+    meaning:str             # what it holds
+
+WEIGHT_BUFFERS = {          # every tensor fastsparse keeps next to a masked weight, by kind
+    'mask':     WeightBuffer('mask', 'bool', True, True, False, "which weights are active"),
+    'values':   WeightBuffer('values', 'weight', False, False, True, "the active weights in sparse compute, the parameter the optimizer "
+                             "trains (checkpoints hold the dense weight)"),
+    'explored': WeightBuffer('explored', 'bool', True, True, False, "which weights were ever active during the training run"),
+    'init':     WeightBuffer('init', 'weight', True, True, False, "the initial weights, for scores that ask for `init` (e.g. `movement`)"),
+    'prev':     WeightBuffer('prev', 'weight', True, True, False, "the weights at the previous update, for scores that ask for `prev` "
+                             "(e.g. `updating_movement`)"),
+    'grown':    WeightBuffer('grown', 'int64', False, True, False, "the flat indices of the weights grown at the latest update (their "
+                             "survival is counted at the next)"),
+}
+STATE_KEY, HISTORY_KEY = 'dst_state', 'dst_history'   # root-model buffers: training counters, update statistics
+
+def buffer_name(attr:str,  # the weight's name in its module: 'weight', 'in_proj_weight', 'weight_hh_l0', ...
+                kind:str,  # one of `WEIGHT_BUFFERS`
+               )->str:
+    "Name of the `kind` tensor of weight `attr` (`attr` may be a qualified name or a `state_dict` key)"
+    return f'{attr}_{WEIGHT_BUFFERS[kind].suffix}'
+
+def buffer_weight(name:str,  # a buffer's name, or a `state_dict` key
+                  kind:str,  # one of `WEIGHT_BUFFERS`
+                 )->str|None:
+    "The weight whose `kind` tensor `name` would be (the inverse of `buffer_name`), or None"
+    end = '_' + WEIGHT_BUFFERS[kind].suffix
+    return name[:-len(end)] if name.endswith(end) else None
+
+def get_buffer(module:nn.Module,  # the module that owns weight `attr`
+               attr:str,          # the masked weight's name in `module`
+               kind:str,          # one of `WEIGHT_BUFFERS`
+              )->torch.Tensor|None:
+    "The `kind` tensor of weight `attr` of `module`, or None if it has none"
+    return (module._parameters if WEIGHT_BUFFERS[kind].param else module._buffers).get(buffer_name(attr, kind))
+
+def set_buffer(module:nn.Module,     # the module that owns weight `attr`
+               attr:str,             # the masked weight's name in `module`
+               kind:str,             # one of `WEIGHT_BUFFERS`
+               value:torch.Tensor,   # the new tensor (an `nn.Parameter` for a kind that is a parameter)
+              )->torch.Tensor:
+    "Make `value` the `kind` tensor of weight `attr` of `module`, in the place of the one it holds (if any); returns `value`"
+    name = buffer_name(attr, kind)
+    if WEIGHT_BUFFERS[kind].param: module._parameters[name] = value   # where the old one was: optimizers find it by identity
+    else: module.register_buffer(name, value)
+    return value
+
+def ensure_buffer(module:nn.Module,   # the module that owns weight `attr`
+                  attr:str,           # the masked weight's name in `module`
+                  kind:str,           # one of `WEIGHT_BUFFERS`
+                  make:Callable,      # `() -> tensor`: a new one, when `module` holds none to reuse
+                  keep:bool=True,     # reuse one `module` holds (a checkpoint's), if it has the weight's shape
+                 )->torch.Tensor:
+    "The `kind` tensor of weight `attr`: with `keep`, the one `module` holds if its shape fits, else `make()` set in its place"
+    cur = get_buffer(module, attr, kind)
+    if keep and cur is not None and (not WEIGHT_BUFFERS[kind].like_weight or cur.shape == get_buffer(module, attr, 'mask').shape): return cur
+    return set_buffer(module, attr, kind, make())
+
+def drop_buffers(module:nn.Module,  # the module that owns weight `attr`
+                 attr:str,          # the masked weight's name in `module`
+                 kinds:list=None,   # kinds of `WEIGHT_BUFFERS` to remove (default: all that are buffers)
+                )->None:
+    "Remove the `kinds` buffers of weight `attr` from `module` (default: every buffer kind of `WEIGHT_BUFFERS`, mask included)"
+    for k in kinds or [k for k, b in WEIGHT_BUFFERS.items() if not b.param]: module._buffers.pop(buffer_name(attr, k), None)
+
+def mask_name(attr:str)->str:
+    "Name of the mask buffer of weight `attr`"
+    return buffer_name(attr, 'mask')
+
+def values_name(attr:str)->str:
+    "Name of the parameter holding the active values of weight `attr` in sparse compute"
+    return buffer_name(attr, 'values')
+
+def explored_name(attr:str)->str:
+    "Name of the buffer recording which weights of `attr` were ever active during training"
+    return buffer_name(attr, 'explored')
+
+def grown_name(attr:str)->str:
+    "Name of the buffer holding the flat indices of the weights of `attr` grown at the latest update (their survival is measured at the next)"
+    return buffer_name(attr, 'grown')
+
+def init_name(attr:str)->str:
+    "Name of the buffer keeping the initial values of `attr` for scores that ask for them (e.g. `movement`)"
+    return buffer_name(attr, 'init')
+
+def prev_name(attr:str)->str:
+    "Name of the buffer keeping the values of `attr` at the previous update for scores that ask for them (e.g. `updating_movement`)"
+    return buffer_name(attr, 'prev')
 
 # %% ../nbs/01_masks.ipynb #01d8876c
 def _enforce(module, args, targets=(), reader=False):
@@ -202,24 +287,6 @@ def _is_ours(h, f)->bool:
     h = getattr(h, 'hook', h)
     return getattr(h, 'func', h) is f
 
-STATE_KEY, HISTORY_KEY = 'dst_state', 'dst_history'   # root-model buffers: training counters, update statistics
-
-def explored_name(attr:str)->str:
-    "Name of the buffer recording which weights of `attr` were ever active during training"
-    return f'{attr}_explored'
-
-def grown_name(attr:str)->str:
-    "Name of the buffer holding the flat indices of the weights of `attr` grown at the latest update (their survival is measured at the next)"
-    return f'{attr}_grown'
-
-def init_name(attr:str)->str:
-    "Name of the buffer keeping the initial values of `attr` for scores that ask for them (e.g. `movement`)"
-    return f'{attr}_init'
-
-def prev_name(attr:str)->str:
-    "Name of the buffer keeping the values of `attr` at the previous update for scores that ask for them (e.g. `updating_movement`)"
-    return f'{attr}_prev'
-
 # %% ../nbs/01_masks.ipynb #c63390ad
 class SparseHooks:
     "The hooks that enforce the masks of a model; `remove()` takes them off"
@@ -236,7 +303,15 @@ class SparseHooks:
 
 # %% ../nbs/01_masks.ipynb #78037418
 DIRECT_READERS = [nn.MultiheadAttention, nn.TransformerEncoderLayer]   # module types that read their submodules' weights without calling them
-COMPUTE_MODES = ('masked', 'sparse')   # how a masked weight computes: dense times its mask, or its active values alone (`set_compute`)
+# how a masked weight can compute, and for each mode but this module's own 'masked' (dense weights times masks) the
+# function `switch(model, mode)` that moves a model's masked weights to `mode` and back ('sparse': `fastsparse.compute`)
+COMPUTE_MODES = {'masked': None}
+
+def register_compute(mode:str,         # the name `sparsify_model(compute=...)` takes
+                     switch:Callable,  # `switch(model, mode)`: moves the masked weights of `model` to `mode`, or back to 'masked'
+                    )->Callable:
+    "Make compute `mode` one that `sparsify_model` can start in and `unsparsify` can undo"
+    COMPUTE_MODES[mode] = switch; return switch
 
 def _targets_by_module(targets):
     "`(module, its targets)` for each module owning some of `targets`, in model order"
@@ -257,7 +332,7 @@ def _readers_of(model, targets)->list:
 
 def mask_hooks(model)->SparseHooks:
     "Add hooks that apply the masks of `model` before every forward that reads a masked weight"
-    model = _as_model(model)
+    model = as_model(model)
     targets = masked_params(model)
     if not targets: raise ValueError("The model has no masks: call `sparsify_model` first")
     targets = [t for t in targets if not t.sparse]    # a weight in sparse compute is masked by its layout: no hook
@@ -268,9 +343,14 @@ def mask_hooks(model)->SparseHooks:
         if reader: handles.append(m.register_forward_hook(functools.partial(_end_read, targets=ts), always_call=True))
     return SparseHooks(handles, model)
 
+def has_mask_hooks(model, # an `nn.Module` or a container an adapter knows (a fastai `Learner`)
+                  )->bool:
+    "Whether `model` has hooks enforcing its masks (`sparsify_model` and `mask_hooks` add them)"
+    return any(_is_ours(h, _enforce) for m in as_model(model).modules() for h in m._forward_pre_hooks.values())
+
 def remove_mask_hooks(model)->None:
     "Remove every mask-enforcing hook from `model`"
-    for m in _as_model(model).modules():
+    for m in as_model(model).modules():
         for hooks, f in ((m._forward_pre_hooks, _enforce), (m._forward_hooks, _end_read)):
             for k in [k for k, h in hooks.items() if _is_ours(h, f)]:
                 del hooks[k]; m._forward_hooks_always_called.pop(k, None)
@@ -292,9 +372,9 @@ def _entries(model, prefix=''):
         pre = prefix + (f'{mname}.' if mname else '')
         for n, t in itertools.chain(m._parameters.items(), m._buffers.items()):
             if t is None or n in m._non_persistent_buffers_set: continue
-            w = n[:-len('_values')]
-            if n == values_name(w) and w not in m._parameters and mask_name(w) in m._buffers:   # sparse compute: saved as the dense weight
-                n, t = w, m._buffers[mask_name(w)]                                           # (what is checked is its shape)
+            w = buffer_weight(n, 'values')
+            if w is not None and w not in m._parameters and (mask := get_buffer(m, w, 'mask')) is not None:   # sparse compute: saved
+                n, t = w, mask                                                  # as the dense weight (what is checked is its shape)
             entries[pre + n] = (m, n, t)
         if type(m).get_extra_state is not nn.Module.get_extra_state: extra.add(pre + '_extra_state')
         if type(m)._load_from_state_dict is not nn.Module._load_from_state_dict and not isinstance(m, nn.modules.batchnorm._NormBase):
@@ -314,12 +394,12 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
     def theirs(k): return bool(own) and k.startswith(own)
     masks = {prefix + t.name: t for t in masked_params(model)}                    # weight key -> target
     keys = [k for k in sd if isinstance(k, str) and k.startswith(prefix)]
-    ckpt_masks = {k[:-5]: k for k in keys if k.endswith('_mask') and (k not in entries or k[:-5] in masks)}
+    ckpt_masks = {w: k for k in keys if (w := buffer_weight(k, 'mask')) is not None and (k not in entries or w in masks)}
     if adopt and not ckpt_masks:
         odd = [k for k, v in sd.items() if not torch.overrides.is_tensor_like(v)]
         raise ValueError("The checkpoint has no masks: load it with `load_state_dict`, then call `sparsify_model`" + (
-            f" (its entries {_names(odd)} are not tensors: another format needs a function in "
-            "`fastsparse.masks._CHECKPOINT_ADAPTERS`)" if odd else ''))
+            f" (its entries {_names(odd)} are not tensors: another format needs an adapter's "
+            "`checkpoint` (`fastsparse.adapters.register_adapter`))" if odd else ''))
     P = {k: [] for k in ('shape', 'lacks', 'dense', 'values', 'type', 'missing', 'unexpected', 'structure')}
     updates, buffers, new, done = {}, [], [], set()
     final = {w: (t.module, t.attr, t.param) for w, t in masks.items()}              # weight key -> what is masked after loading
@@ -351,9 +431,9 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
         elif cur is None or cur.shape != v.shape or cur.dtype != v.dtype:
             buffers.append((module, name, v.detach().to(like.device if like is not None else (cur.device if cur is not None else v.device), copy=True)))
     for name in (STATE_KEY, HISTORY_KEY): sync(model, name, prefix + name)
+    state = [(k, b.like_weight) for k, b in WEIGHT_BUFFERS.items() if b.saved and k != 'mask']   # training state beside a weight
     for w, (m, n, p) in final.items():
-        for f in (explored_name, init_name, prev_name): sync(m, f(n), f(w), like=p)
-        sync(m, grown_name(n), grown_name(w))
+        for k, like in state: sync(m, buffer_name(n, k), buffer_name(w, k), like=p if like else None)
     meta = getattr(sd, '_metadata', None) or {}
     for key, (m, n, t) in entries.items():
         if key in done or theirs(key): continue
@@ -395,7 +475,7 @@ def _load_error(model, P, prefix)->str:
     if P['dense']: todo.append("Sparsify this model as the saved one was, or `unsparsify` it and `load_sparse` the checkpoint to take its masks.")
     if P['values']: todo.append("A mask holds only 0 and 1 (or False and True).")
     if P['structure']: todo.append("Load it into a model sparsified with the structure it was trained with (`sparsify_model(..., structure=)`).")
-    if P['type']: todo.append("`state` must be a model's `state_dict`: another format needs a function in `fastsparse.masks._CHECKPOINT_ADAPTERS`.")
+    if P['type']: todo.append("`state` must be a model's `state_dict`: another format needs an adapter's `checkpoint` (`fastsparse.adapters.register_adapter`).")
     where = f"{type(model).__name__}" + (f" at '{prefix[:-1]}'" if prefix else '')
     return (f"This checkpoint does not fit {where}" + (" (nothing was changed)" if not prefix else '') + ":\n  - "
             + "\n  - ".join(says) + "\n" + " ".join(todo))
@@ -464,8 +544,8 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
                    structure='element',           # what masks keep: 'element', 'fan_in', 'N:M' ('2:4'), 'row', 'column', 'kernel', 'RxC' blocks
                   )->SparseHooks:                 # call `.remove()` to stop enforcing masks
     "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights (rounded to what `structure` allows)"
-    model = _as_model(model)
-    model_sparsity = _check_sparsity(model_sparsity)
+    model = as_model(model)
+    model_sparsity = check_sparsity(model_sparsity)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     st = get_structure(structure)
     sparse_f = get_distribution(sparse_f)
@@ -484,12 +564,12 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
     except TypeError: raise TypeError(f"sparse_f `{fname}` must return a list of sparsities, got {type(sparsities).__name__}") from None
     if len(sparsities) != len(params):
         raise ValueError(f"sparse_f `{fname}` returned {len(sparsities)} sparsities for {len(params)} weights")
-    sparsities = [_check_sparsity(s, f"sparsity of '{t.name}' from `{fname}`") for s, t in zip(sparsities, targets)]
+    sparsities = [check_sparsity(s, f"sparsity of '{t.name}' from `{fname}`") for s, t in zip(sparsities, targets)]
     if overrides:
         names = [t.name for t in targets]
         _check_names(list(overrides), names, 'overrides')
         for pat, s in overrides.items():
-            s = _check_sparsity(s, f"override for '{pat}'")
+            s = check_sparsity(s, f"override for '{pat}'")
             sparsities = [s if _match(n, [pat]) else old for n, old in zip(names, sparsities)]
     if st is not ELEMENT: _check_structure(st, targets, sparsities, model_sparsity)
     keeps = [st.count(tuple(p.shape), n_keep(p.numel(), s)) for p, s in zip(params, sparsities)]   # whole groups, if structured
@@ -502,54 +582,41 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
     masks = _broadcast_masks([st.random_mask(tuple(p.shape), k, g) for p, k in zip(params, keeps)], [p.device for p in params])
     # nothing above changed the model; from here on nothing can fail
     for t, m in zip(targets, masks):
-        t.module.register_buffer(mask_name(t.attr), m.to(t.param.device))
+        set_buffer(t.module, t.attr, 'mask', m.to(t.param.device))
         if st is not ELEMENT: t.module.__dict__.setdefault(_STRUCTURE, {})[t.attr] = st
     apply_masks(model)
     _checkpoint_hooks(targets, model)
-    if compute != 'masked':
-        from fastsparse.compute import set_compute
-        set_compute(model, compute)
+    if compute != 'masked': COMPUTE_MODES[compute](model, compute)
     return mask_hooks(model) if enforce_masks else SparseHooks([], model)
 
 # %% ../nbs/01_masks.ipynb #bd411b18
 def unsparsify(model)->nn.Module:
     "Remove masks and every fastsparse hook from `model`, leaving a dense model (masked weights stay 0)"
-    model = _as_model(model)
-    if any(t.sparse for t in masked_params(model)):
-        from fastsparse.compute import set_compute
-        set_compute(model, 'masked')
+    model = as_model(model)
+    if any(t.sparse for t in masked_params(model)): COMPUTE_MODES['sparse'](model, 'masked')   # dense weights again first
     remove_mask_hooks(model)
     for m in model.modules():
         for hooks, f in ((m._state_dict_pre_hooks, _save_pre_hook), (m._load_state_dict_pre_hooks, _load_pre_hook),
                          (m._load_state_dict_post_hooks, _load_post_hook)):
             for k in [k for k, h in hooks.items() if _is_ours(getattr(h, 'hook', h), f)]: del hooks[k]
-    for t in masked_params(model):
-        del t.module._buffers[mask_name(t.attr)]
-        t.module._buffers.pop(explored_name(t.attr), None)
-        t.module._buffers.pop(grown_name(t.attr), None)
-        t.module._buffers.pop(init_name(t.attr), None)
-        t.module._buffers.pop(prev_name(t.attr), None)
+    for t in masked_params(model): drop_buffers(t.module, t.attr)
     for k in (STATE_KEY, HISTORY_KEY): model._buffers.pop(k, None)
     for m in model.modules(): m.__dict__.pop(_STRUCTURE, None)
     return model
 
 # %% ../nbs/01_masks.ipynb #cb90d03d
-_CHECKPOINT_ADAPTERS = []      # functions `loaded object -> state_dict | None`, tried in order (e.g. for fastai's `{'model', 'opt'}`)
-_CHECKPOINT_SAFE_GLOBALS = []  # classes `torch.load(weights_only=True)` may rebuild when `load_sparse` reads a file (e.g. fastai's `L`)
-
 def _unwrap_checkpoint(state)->dict:
-    "The `state_dict` in `state`: one, a path or file `torch.load(weights_only=True)` reads, or what a `_CHECKPOINT_ADAPTERS` function finds"
+    "The `state_dict` in `state`: one, a path or file `torch.load(weights_only=True)` reads, or what an adapter's `checkpoint` finds"
     if isinstance(state, (str, os.PathLike)) or hasattr(state, 'read'):
         try:
-            with torch.serialization.safe_globals(list(_CHECKPOINT_SAFE_GLOBALS)): state = torch.load(state, map_location='cpu', weights_only=True)
+            with torch.serialization.safe_globals(checkpoint_globals()): state = torch.load(state, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as e:
             raise pickle.UnpicklingError(f"{e}\n\n`load_sparse` reads files with `weights_only=True`: a format holding other classes needs "
-                "them in `fastsparse.masks._CHECKPOINT_SAFE_GLOBALS` (importing `fastsparse.callback` adds fastai's)") from e
-    for f in _CHECKPOINT_ADAPTERS:
-        if (sd := f(state)) is not None: state = sd; break
+                "them in an adapter's `safe_globals` (`fastsparse.adapters.register_adapter`; importing `fastsparse.callback` registers fastai's)") from e
+    if (sd := checkpoint_state(state)) is not None: state = sd
     if not isinstance(state, dict):
-        raise TypeError(f"Expected a state_dict, got {type(state).__name__}: another format needs a function "
-                        "`obj -> state_dict | None` in `fastsparse.masks._CHECKPOINT_ADAPTERS`")
+        raise TypeError(f"Expected a state_dict, got {type(state).__name__}: another format needs an adapter whose "
+                        "`checkpoint` finds the `state_dict` in it (`fastsparse.adapters.register_adapter`)")
     return state
 
 _HOOK_DICTS = ('_forward_pre_hooks', '_forward_hooks', '_forward_hooks_always_called', '_state_dict_pre_hooks',
@@ -571,12 +638,12 @@ def _snapshot(model):
     return restore
 
 def load_sparse(model,                   # an `nn.Module` or a fastai `Learner`, sparse or not yet
-                state,                   # a `state_dict`, a file `torch.save` wrote, or another format `_CHECKPOINT_ADAPTERS` reads
+                state,                   # a `state_dict`, a file `torch.save` wrote, or another format an adapter reads
                 enforce_masks:bool=True, # add mask-enforcing hooks (when the model was not sparse yet)
                 strict:bool=True,        # the checkpoint must have exactly the model's keys (as in `load_state_dict`)
                )->SparseHooks:
     "Load a checkpoint into `model`, all or nothing, creating its masks from the checkpoint if it has none yet"
-    model = _as_model(model)
+    model = as_model(model)
     sd = _unwrap_checkpoint(state)
     adopt = not is_sparse(model)
     updates, buffers, new = _plan_load(model, sd, strict=strict, adopt=adopt)   # everything is checked before anything changes
@@ -584,7 +651,7 @@ def load_sparse(model,                   # an `nn.Module` or a fastai `Learner`,
     if hasattr(sd, '_metadata'): full._metadata = sd._metadata
     restore = _snapshot(model)
     try:
-        for t, m in new: t.module.register_buffer(mask_name(t.attr), m.to(device=t.param.device, dtype=torch.bool, copy=True))
+        for t, m in new: set_buffer(t.module, t.attr, 'mask', m.to(device=t.param.device, dtype=torch.bool, copy=True))
         for m, name, t in buffers: m.register_buffer(name, t)
         if new: _checkpoint_hooks([t for t, _ in new], model)
         model.load_state_dict(full, strict=strict)

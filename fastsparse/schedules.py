@@ -8,8 +8,8 @@ import math, numbers
 from typing import Callable
 
 # %% auto #0
-__all__ = ['DROP_SCHEDULES', 'cosine_drop', 'constant_drop', 'linear_drop', 'get_drop_schedule', 'drop_fraction',
-           'UpdateSchedule']
+__all__ = ['DROP_SCHEDULES', 'cosine_drop', 'constant_drop', 'linear_drop', 'check_fraction', 'get_drop_schedule',
+           'drop_fraction', 'UpdateSchedule']
 
 # %% ../nbs/03_schedules.ipynb #febe3478
 def cosine_drop(initial:float, t:float)->float:
@@ -27,10 +27,17 @@ def linear_drop(initial:float, t:float)->float:
 DROP_SCHEDULES = {'cosine': cosine_drop, 'constant': constant_drop, 'linear': linear_drop}   # by name
 
 # %% ../nbs/03_schedules.ipynb #d8980dd6
-def _check_fraction(x, what, lo=0., hi=1., hi_closed=True):
+def check_fraction(x,                   # the value to check
+                   what:str,            # what to call it in the error
+                   lo:float=0.,         # the lowest value allowed
+                   hi:float=1.,         # the highest value allowed (or, with `hi_closed=False`, the bound above)
+                   hi_closed:bool=True, # whether `hi` itself is allowed
+                  )->float:             # `x` as a float
+    "`x` as a float, or a clear error naming `what` unless it is a real number in [`lo`, `hi`] (or [`lo`, `hi`))"
     if isinstance(x, bool) or not isinstance(x, numbers.Real) or math.isnan(x) or not (lo <= x <= hi if hi_closed else lo <= x < hi):
         raise ValueError(f"{what} must be a number in [{lo}, {hi}{']' if hi_closed else ')'}, got {x!r}")
     return float(x)
+
 
 def get_drop_schedule(schedule)->Callable:
     "The drop-fraction schedule `schedule`, given as a name or a function `f(initial, t)`"
@@ -46,7 +53,7 @@ def drop_fraction(pct_train:float,                 # position in training, 0 to 
     "The fraction of active weights to drop and regrow at `pct_train` of training"
     if pct_train >= stop_pct: return 0.
     f = get_drop_schedule(schedule)(initial_drop_grow_pct, max(pct_train, 0.) / stop_pct)
-    return _check_fraction(f, f'drop fraction from schedule {schedule!r} at {pct_train:.3f}')
+    return check_fraction(f, f'drop fraction from schedule {schedule!r} at {pct_train:.3f}')
 
 # %% ../nbs/03_schedules.ipynb #3619ce7d
 class UpdateSchedule:
@@ -58,8 +65,8 @@ class UpdateSchedule:
                  drop_schedule='cosine',          # decay of the drop fraction: name in `DROP_SCHEDULES` or `f(initial, t)`
                  start_step:int=0,                # no update before this many optimizer steps
                 ):
-        self.initial_drop_grow_pct = _check_fraction(initial_drop_grow_pct, 'initial_drop_grow_pct')
-        self.stop_pct = _check_fraction(stop_pct, 'stop_pct')
+        self.initial_drop_grow_pct = check_fraction(initial_drop_grow_pct, 'initial_drop_grow_pct')
+        self.stop_pct = check_fraction(stop_pct, 'stop_pct')
         if batches_per_update is not None and (isinstance(batches_per_update, bool) or not isinstance(batches_per_update, numbers.Integral) or batches_per_update < 1):
             raise ValueError(f"batches_per_update must be a whole number >= 1 (or None: once per epoch), got {batches_per_update!r}")
         if isinstance(start_step, bool) or not isinstance(start_step, numbers.Integral) or start_step < 0:

@@ -5,12 +5,14 @@
 # %% ../nbs/05_stats.ipynb #a0843d24
 from __future__ import annotations
 import math
-import pandas as pd
+from typing import TYPE_CHECKING
 import torch
 from torch import nn
-from .masks import masked_params, _as_model, HISTORY_KEY, explored_name, grown_name
+from .adapters import as_model
+from .masks import masked_params, HISTORY_KEY, get_buffer, set_buffer, ensure_buffer, drop_buffers
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
 from .activations import activation_report
+if TYPE_CHECKING: import pandas as pd   # for annotations: pandas itself is imported when a table is made (`_pd`)
 
 # %% auto #0
 __all__ = ['HISTORY_COLS', 'FLOP_RULES', 'SparsityReport', 'sparsity_report', 'UpdateLog', 'update_table', 'count_flops',
@@ -18,6 +20,11 @@ __all__ = ['HISTORY_COLS', 'FLOP_RULES', 'SparsityReport', 'sparsity_report', 'U
            'plot_input_connectivity']
 
 # %% ../nbs/05_stats.ipynb #e04292fa
+def _pd():
+    "pandas, imported when the first table is made, so that `import fastsparse` does not load it"
+    import pandas
+    return pandas
+
 class SparsityReport:
     "Model-level and per-layer sparsity of a model (and of its `SparseActivation`s, if any), as DataFrames that print well in notebooks and terminals"
     def __init__(self, model:pd.DataFrame, layers:pd.DataFrame, activations:pd.DataFrame=None):
@@ -32,7 +39,7 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
                     erk:bool=True,    # add the ERK target of each layer at the model's overall sparsity
                    )->SparsityReport:
     "Tables of total, active and non-zero weights, for the whole model and for each masked weight"
-    model = _as_model(model)
+    model = as_model(model)
     ts = masked_params(model)
     dense = {id(t.trainable): t.param for t in ts}   # in sparse compute the parameter holds the active values: count the weight
     rows = []
@@ -41,7 +48,7 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
         nz, n = int((p != 0).sum()), p.numel()
         a = int(t.mask.sum())
         rows.append(dict(layer=t.name, shape=tuple(p.shape), total=n, active=a, nonzero=nz, sparsity=1 - a / n))
-    layers = pd.DataFrame(rows, columns=['layer', 'shape', 'total', 'active', 'nonzero', 'sparsity'])
+    layers = _pd().DataFrame(rows, columns=['layer', 'shape', 'total', 'active', 'nonzero', 'sparsity'])
     params = [dense.get(id(p), p) for p in {id(p): p for p in model.parameters()}.values()]
     total = sum(p.numel() for p in params)
     sparse_total = sum(t.mask.numel() for t in ts)
@@ -50,7 +57,7 @@ def sparsity_report(model,            # a sparsified `nn.Module` (or fastai `Lea
     if erk and len(ts):
         overall = 1 - int(layers.active.sum()) / sparse_total
         layers['erk_target'] = erdos_renyi_sparsity([t.param for t in ts], min(overall, 0.999999))
-    mtab = pd.DataFrame([dict(total=total, sparse_layers=sparse_total, dense_layers=total - sparse_total, nonzero=nonzero,
+    mtab = _pd().DataFrame([dict(total=total, sparse_layers=sparse_total, dense_layers=total - sparse_total, nonzero=nonzero,
                               sparsity=1 - nonzero / total if total else 0.,
                               sparse_layers_active=sparse_active,
                               sparse_layers_sparsity=1 - sparse_active / sparse_total if sparse_total else 0.)])
@@ -81,25 +88,24 @@ class UpdateLog:
                  model,              # a sparsified `nn.Module`
                  resume:bool=False,  # continue the log saved in the model instead of starting a new one
                 ):
-        self.model = _as_model(model)
+        self.model = as_model(model)
         self.targets = masked_params(self.model)
         for t in self.targets:       # which weights were ever active during this run (ITOP's exploration)
-            ex = t.module._buffers.get(explored_name(t.attr))
-            if not resume or ex is None or ex.shape != t.mask.shape: t.module.register_buffer(explored_name(t.attr), t.mask.clone())
-            if not resume: t.module._buffers.pop(grown_name(t.attr), None)   # a new run: nothing grown yet
+            ensure_buffer(t.module, t.attr, 'explored', t.mask.clone, keep=resume)
+            if not resume: drop_buffers(t.module, t.attr, ['grown'])   # a new run: nothing grown yet
         hist = self.model._buffers.get(HISTORY_KEY)
         if not resume or hist is None: self.model.register_buffer(HISTORY_KEY, torch.zeros(0, len(HISTORY_COLS), dtype=torch.float64))
         self.history = _records(self.model._buffers[HISTORY_KEY], [t.name for t in self.targets])
 
     @property
     def last_grown(self)->dict:
-        "Per layer, the flat indices of the weights grown at the latest update (kept in the model's buffers, as `grown_name` names them)"
-        return {t.name: b for t in self.targets if (b := t.module._buffers.get(grown_name(t.attr))) is not None}
+        "Per layer, the flat indices of the weights grown at the latest update (kept in the model, as the weights' 'grown' buffers)"
+        return {t.name: b for t in self.targets if (b := get_buffer(t.module, t.attr, 'grown')) is not None}
 
     @property
     def explored(self)->dict:
         "Per masked weight, a bool tensor of the positions active at some point of this run"
-        return {t.name: t.module._buffers[explored_name(t.attr)] for t in self.targets}
+        return {t.name: get_buffer(t.module, t.attr, 'explored') for t in self.targets}
 
     def record(self,
                records:list,       # one record per layer from `SparseEngine.update`, in model order
@@ -108,12 +114,12 @@ class UpdateLog:
         "Add one update to the log: survival of the weights grown at the previous update, exploration, history"
         prev = self.last_grown
         for r, t in zip(records, self.targets):
-            ex = t.module._buffers[explored_name(t.attr)]
+            ex = get_buffer(t.module, t.attr, 'explored')
             ex.logical_or_(t.mask)
             g = prev.get(t.name)    # weights grown at the previous update that are still active
             r.update(pct_train=pct_train, survived=-1 if g is None else int(t.mask.view(-1)[g].sum()),
                      explored=int(torch.count_nonzero(ex)))
-            t.module.register_buffer(grown_name(t.attr), r.pop('grown_idx'))   # in the model: a resumed run counts their survival
+            set_buffer(t.module, t.attr, 'grown', r.pop('grown_idx'))   # in the model: a resumed run counts their survival
         self.history.append(records)
         hist = self.model._buffers[HISTORY_KEY]
         self.model.register_buffer(HISTORY_KEY, torch.cat([hist, _rows(records, len(self.history) - 1).to(hist.device)]))
@@ -131,16 +137,16 @@ def update_table(x)->pd.DataFrame:
     log = x if isinstance(x, UpdateLog) else getattr(x, 'log', None)
     if log is not None: history = log.history
     else:
-        model = _as_model(x)
+        model = as_model(x)
         hist = model._buffers.get(HISTORY_KEY)
         history = [] if hist is None else _records(hist, [t.name for t in masked_params(model)])
-    df = pd.DataFrame([r for u in history for r in u], columns=list(HISTORY_COLS))
+    df = _pd().DataFrame([r for u in history for r in u], columns=list(HISTORY_COLS))
     if len(df): df['explored_pct'] = df.explored / df.numel
     return df
 
 # %% ../nbs/05_stats.ipynb #25d0650c
 def _density(m, attr):
-    mask = m._buffers.get(f'{attr}_mask')
+    mask = get_buffer(m, attr, 'mask')
     return 1. if mask is None else int(torch.count_nonzero(mask)) / mask.numel()
 
 def _rnn_macs(m, x, out):
@@ -191,7 +197,7 @@ def count_flops(model,   # an `nn.Module` or fastai `Learner`, sparse or dense
                 *xb,     # one batch of inputs, as the model's forward takes them
                )->pd.DataFrame: # per layer: dense and sparse MACs of the forward pass on `xb`
     "Multiply-accumulates of one forward pass on `xb`, per layer, for a dense and for a sparse implementation"
-    model = _as_model(model)
+    model = as_model(model)
     rows, handles = [], []
     def hook(m, args, out, name):
         r = _layer_macs(m, args, out)
@@ -206,7 +212,7 @@ def count_flops(model,   # an `nn.Module` or fastai `Learner`, sparse or dense
         with torch.no_grad(): model(*xb)
     finally:
         for h in handles: h.remove()
-    df = pd.DataFrame(rows, columns=['layer', 'type', 'dense_macs', 'sparse_macs'])
+    df = _pd().DataFrame(rows, columns=['layer', 'type', 'dense_macs', 'sparse_macs'])
     df['ratio'] = df.sparse_macs / df.dense_macs.where(df.dense_macs > 0, 1.)
     return df
 
@@ -251,7 +257,7 @@ def training_flops(fwd:pd.DataFrame,   # `count_flops` of the model on one batch
     if method not in FLOP_RULES: raise ValueError(f"Unknown method {method!r}: one of {list(FLOP_RULES)}")
     if n_steps < 1: raise ValueError(f"`n_steps` must be at least 1, got {n_steps}")
     fS, fD = float(fwd.sparse_macs.sum()), float(fwd.dense_macs.sum())
-    table = None if history is None else history if isinstance(history, pd.DataFrame) else update_table(history)
+    table = None if history is None else history if isinstance(history, _pd().DataFrame) else update_table(history)
     if table is None or not len(table): segs, at_updates = [(n_steps, fS)], [fS] * n_updates
     else: segs, at_updates = _segments(fwd, table, n_steps)
     rule = FLOP_RULES[method]
@@ -265,18 +271,21 @@ def inference_flops(fwd:pd.DataFrame)->float:
     return float(fwd.sparse_macs.sum() / fwd.dense_macs.sum())
 
 # %% ../nbs/05_stats.ipynb #889b3e65
-import matplotlib.pyplot as plt
+def _plt():
+    "matplotlib's pyplot, imported when the first plot is drawn, so that `import fastsparse` does not load it"
+    import matplotlib.pyplot as plt
+    return plt
 
 def plot_densities(model, ax=None):
     "Per-layer density: uniform and ERK at the model's sparsity, against what the masks hold now"
-    model = _as_model(model)
+    model = as_model(model)
     ts = masked_params(model)
     params = [t.param for t in ts]
     s = 1 - sum(int(t.mask.sum()) for t in ts) / sum(t.mask.numel() for t in ts)
     series = {'uniform': [1 - x for x in uniform_sparsity(params, s)],
               'ERK': [1 - x for x in erdos_renyi_sparsity(params, min(s, 0.999999))],
               'now': [int(t.mask.sum()) / t.mask.numel() for t in ts]}
-    ax = ax or plt.subplots(figsize=(max(4, 0.6 * len(ts) + 2), 3))[1]
+    ax = ax or _plt().subplots(figsize=(max(4, 0.6 * len(ts) + 2), 3))[1]
     w = 0.8 / len(series)
     for j, (lbl, d) in enumerate(series.items()): ax.bar([i + j * w for i in range(len(ts))], d, width=w, label=lbl)
     ax.set_xticks([i + 0.4 - w / 2 for i in range(len(ts))], [t.name for t in ts], rotation=90, fontsize=8)
@@ -286,7 +295,7 @@ def plot_densities(model, ax=None):
 def plot_updates(dst, ax=None):
     "Weights dropped, grown and ever active (explored) at every update, over the whole model"
     df = update_table(dst)
-    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    ax = ax or _plt().subplots(figsize=(6, 3))[1]
     if not len(df): ax.set_title('no update yet'); return ax
     g = df.groupby('update').agg(step=('step', 'first'), dropped=('dropped', 'sum'), grown=('grown', 'sum'),
                                  survived=('survived', 'sum'), explored=('explored', 'sum'), active=('active_after', 'sum'))
@@ -300,7 +309,7 @@ def plot_updates(dst, ax=None):
 def plot_active(x, ax=None, title:str=None):
     "Density of every masked layer after each update, against the position in training: how a method moves (or prunes) the budget"
     df = update_table(x)
-    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    ax = ax or _plt().subplots(figsize=(6, 3))[1]
     if not len(df): ax.set_title('no update yet'); return ax
     for name, g in df.groupby('layer', sort=False):
         ax.plot(g.pct_train, g.active_after / g.numel, '.-', label=name, alpha=0.8)
@@ -313,7 +322,7 @@ def plot_active(x, ax=None, title:str=None):
 def plot_schedule(schedule, n_steps:int, steps_per_epoch:int=None, ax=None):
     "The drop fraction of `schedule` (an `UpdateSchedule`) over `n_steps` optimizer steps, with its updates marked"
     if schedule.per_epoch and not steps_per_epoch: raise ValueError("This schedule updates once per epoch: pass `steps_per_epoch`")
-    ax = ax or plt.subplots(figsize=(6, 2.6))[1]
+    ax = ax or _plt().subplots(figsize=(6, 2.6))[1]
     xs = range(1, n_steps + 1)
     ax.plot(xs, [schedule.drop_fraction(s / n_steps) for s in xs], label='drop fraction')
     ups = [s for s in xs if schedule.is_due(s, s / n_steps, epoch_end=bool(steps_per_epoch) and s % steps_per_epoch == 0)]
@@ -326,7 +335,7 @@ def plot_input_connectivity(model, shape:tuple, ax=None, title=None):
     if isinstance(model, torch.Tensor): mask, name = model, 'mask'
     else: t = masked_params(model)[0]; mask, name = t.mask, t.name
     counts = mask.reshape(mask.shape[0], -1).sum(0).reshape(shape).float()
-    ax = ax or plt.subplots(figsize=(3, 3))[1]
-    im = ax.imshow(counts, cmap='viridis'); plt.colorbar(im, ax=ax, fraction=0.046)
+    ax = ax or _plt().subplots(figsize=(3, 3))[1]
+    im = ax.imshow(counts, cmap='viridis'); _plt().colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title or f'active weights per input of {name}', fontsize=9); ax.set_xticks([]); ax.set_yticks([])
     return ax

@@ -52,3 +52,8 @@ def test_compute_conv_smoke():
     "The resnet18 section of the compute benchmark, on 32 x 32 images at batch 16 (the figures come from full runs)"
     out = bench('compute.py', 'conv', '--image', '32', '--bs', '16', '--conv-repeats', '1')
     assert 'layer4.1.conv2' in out and 'all convolutions' in out and 'kept memory' in out and 'page faults per step' in out
+
+def test_imports_smoke():
+    "The import-time benchmark: one fresh process of each import (the figures come from full runs)"
+    out = bench('imports.py', '--runs', '1')
+    assert 'import fastsparse' in out and 'ratio' in out and 'heavy modules loaded by import fastsparse: none' in out

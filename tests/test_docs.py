@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian'
 # building the docs is a development task: it needs nbdev 2, which the pass against the newest fastcore does not have
 pytest.importorskip('nbdev.processors', reason='the docs build needs nbdev (the development environment)')
 pytest.importorskip('mkdocs', reason='the docs build needs mkdocs (pip install -e ".[dev]")')
-MODULES = ['distributions', 'masks', 'criteria', 'schedules', 'engine', 'stats', 'callback', 'data', 'cli', 'export', 'compute', 'budgets', 'structure', 'activations']
+MODULES = ['distributions', 'adapters', 'masks', 'criteria', 'schedules', 'engine', 'stats', 'callback', 'data', 'cli', 'export', 'compute', 'budgets', 'structure', 'activations']
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args): pass

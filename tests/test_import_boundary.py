@@ -1,4 +1,4 @@
-"The core (masks, distributions, criteria, schedules, engine, stats) imports no fastai."
+"The core (masks, distributions, criteria, schedules, engine, stats) imports no fastai, and `import fastsparse` no pandas or matplotlib."
 import subprocess, sys
 import pytest
 
@@ -10,6 +10,20 @@ def test_core_imports_no_fastai(mod):
     code = f"import sys, {mod}; bad = sorted(m for m in sys.modules if m == 'fastai' or m.startswith('fastai.')); print(bad); sys.exit(1 if bad else 0)"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0, f'{mod} imports fastai: {r.stdout}{r.stderr[-2000:]}'
+
+def test_import_leaves_tables_and_plots_out():
+    "pandas and matplotlib are imported when a table is made or a plot drawn, not by `import fastsparse`"
+    code = """
+import sys, fastsparse
+from torch import nn
+heavy = lambda: [m for m in ('pandas', 'matplotlib') if m in sys.modules]
+assert heavy() == [], heavy()
+m = nn.Sequential(nn.Linear(8, 8)); fastsparse.sparsify_model(m, 0.5, seed=0)
+assert heavy() == [], heavy()
+assert fastsparse.sparsity_report(m).layers.active[0] == 32 and heavy() == ['pandas'], heavy()
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 def test_plain_pytorch_training_without_fastai():
     code = """
