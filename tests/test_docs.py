@@ -71,7 +71,7 @@ def test_navigation_and_links_resolve(site, browser):
     visit(browser, f'{base}/callback.html')
     browser.save_screenshot(str(out/'callback.png'))
     nav = [a.get_attribute('href') for a in browser.find_elements('css selector', 'nav.md-nav a.md-nav__link[href]')]
-    for mod in MODULES + ['tutorial_criteria', 'tutorial_pytorch', 'tutorial_activations', 'results']: assert any(h.split('#')[0].endswith(f'/{mod}.html') for h in nav), mod
+    for mod in MODULES + ['tutorial_criteria', 'tutorial_pytorch', 'tutorial_activations', 'results', 'architecture']: assert any(h.split('#')[0].endswith(f'/{mod}.html') for h in nav), mod
     pages, checked = sorted(p.name for p in out.glob('*.html') if p.name != '404.html'), set()
     for page in pages:
         html = (out/page).read_text()

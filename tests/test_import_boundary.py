@@ -63,3 +63,29 @@ print(sparse.sparsity_report(learn).model.sparse_layers_sparsity[0])
 """
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().startswith('0.9'), r.stderr[-3000:]
+
+def _module_imports():
+    "Per module of fastsparse: its notebook's number, and the (module, names) it imports from the package"
+    import ast, re
+    from pathlib import Path
+    pkg = Path(__file__).resolve().parents[1]/'fastsparse'
+    out = {}
+    for p in sorted(pkg.glob('*.py')):
+        if p.stem in ('__init__', '_modidx'): continue
+        src = p.read_text()
+        nb = re.search(r'File to edit: \.\./nbs/(\d+)_', src)
+        deps = [(n.module.removeprefix('fastsparse.'), [a.name for a in n.names]) for n in ast.walk(ast.parse(src))   # in functions too
+                if isinstance(n, ast.ImportFrom) and n.module and (n.level == 1 or n.module.startswith('fastsparse.'))]
+        out[p.stem] = (int(nb.group(1)) if nb else None, deps)
+    return out
+
+def test_modules_import_in_notebook_order():
+    "Notebooks are numbered in dependency order: a module imports only modules of lower-numbered notebooks, so there is no import cycle"
+    mods = _module_imports()
+    bad = [(m, d) for m, (n, deps) in mods.items() for d, _ in deps if mods[d][0] >= n]
+    assert not bad, f'modules that import a module from a later (or the same) notebook: {bad}'
+
+def test_no_private_names_across_modules():
+    "No module imports another module's private names: what modules share is public and documented"
+    bad = [(m, d, names) for m, (_, deps) in _module_imports().items() for d, names in deps if any(x.startswith('_') for x in names)]
+    assert not bad, bad

@@ -76,9 +76,9 @@ def build(site:Path=ROOT/'site')->Path:
         docs = Path(tmp)/'docs'; docs.mkdir()
         pages = [process(p, docs, host) for p in notebooks]
         home = [f'  - Home: index.ipynb']
-        api = [f'    - {t}: {n}.ipynb' for n, t in pages if n not in ('index', 'results') and not n.startswith('tutorial_')]
+        api = [f'    - {t}: {n}.ipynb' for n, t in pages if n not in ('index', 'results', 'architecture') and not n.startswith('tutorial_')]
         tut = [f'    - {t}: {n}.ipynb' for n, t in pages if n.startswith('tutorial_')]
-        res = [f'  - {t}: {n}.ipynb' for n, t in pages if n == 'results']
+        res = [f'  - {t}: {n}.ipynb' for n, t in pages if n in ('results', 'architecture')]
         nav = '\n'.join(home + res + ['  - Reference:'] + api + (['  - Tutorials:'] + tut if tut else []))
         extra = ROOT/'tools'/'docs_extra'
         if extra.exists(): shutil.copytree(extra, docs, dirs_exist_ok=True)
