@@ -138,6 +138,7 @@ def is_sparse(model)->bool:
 
 # %% ../nbs/03_masks.ipynb #fd769870
 _FRESH = '_fastsparse_fresh'   # in a module's `__dict__`: `{attr: promise}` for its weights masked with `fresh=True`
+_ENFORCED = '_fastsparse_enforced'   # in the `__dict__` of a module owning a masked weight: `mask_hooks` enforces its masks, even while it computes sparse
 _PROMISE = object()            # part of every promise: a copied or unpickled model holds another object, so promises stay behind
 
 def _promise(t):
@@ -295,7 +296,9 @@ class SparseHooks:
         "Stop enforcing masks at each forward (the masks stay in the model and its `state_dict`)"
         for h in self.handles: h.remove()
         self.handles = []
-        for m in self.model.modules(): m.__dict__.pop(_FRESH, None)   # promises hold only while hooks use them
+        for m in self.model.modules():
+            m.__dict__.pop(_FRESH, None)   # promises hold only while hooks use them
+            m.__dict__.pop(_ENFORCED, None)
     def __len__(self): return len(self.handles)
     def __enter__(self): return self
     def __exit__(self, *args): self.remove()
@@ -335,8 +338,9 @@ def mask_hooks(model)->SparseHooks:
     model = as_model(model)
     targets = masked_params(model)
     if not targets: raise ValueError("The model has no masks: call `sparsify_model` first")
-    targets = [t for t in targets if not t.sparse]    # a weight in sparse compute is masked by its layout: no hook
     remove_mask_hooks(model)
+    for t in targets: t.module.__dict__[_ENFORCED] = True   # `set_compute` gives a weight hooks when it goes back to masked compute
+    targets = [t for t in targets if not t.sparse]    # a weight in sparse compute is masked by its layout: no hook
     handles = []
     for m, ts, reader in _readers_of(model, targets):
         handles.append(m.register_forward_pre_hook(functools.partial(_enforce, targets=ts, reader=reader)))
@@ -345,8 +349,8 @@ def mask_hooks(model)->SparseHooks:
 
 def has_mask_hooks(model, # an `nn.Module` or a container an adapter knows (a fastai `Learner`)
                   )->bool:
-    "Whether `model` has hooks enforcing its masks (`sparsify_model` and `mask_hooks` add them)"
-    return any(_is_ours(h, _enforce) for m in as_model(model).modules() for h in m._forward_pre_hooks.values())
+    "Whether the masks of `model` are enforced at every forward (`sparsify_model` and `mask_hooks` add the hooks; a weight in sparse compute needs none until it goes back to masked)"
+    return any(m.__dict__.get(_ENFORCED) or any(_is_ours(h, _enforce) for h in m._forward_pre_hooks.values()) for m in as_model(model).modules())
 
 def remove_mask_hooks(model)->None:
     "Remove every mask-enforcing hook from `model`"
@@ -355,6 +359,7 @@ def remove_mask_hooks(model)->None:
             for k in [k for k, h in hooks.items() if _is_ours(h, f)]:
                 del hooks[k]; m._forward_hooks_always_called.pop(k, None)
         m.__dict__.pop(_FRESH, None)   # promises hold only while hooks use them
+        m.__dict__.pop(_ENFORCED, None)
 
 # %% ../nbs/03_masks.ipynb #334eabfd
 def _save_pre_hook(module, prefix, keep_vars, targets=()):
