@@ -11,7 +11,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['ADAPTERS', 'Adapter', 'register_adapter', 'remove_adapter', 'as_model', 'inner_optimizer', 'param_lists',
-           'lacks_momentum', 'momentum_rule', 'checkpoint_state', 'checkpoint_globals']
+           'lacks_momentum', 'momentum_rule', 'checkpoint_state', 'checkpoint_globals', 'params_replaced']
 
 # %% ../nbs/02_adapters.ipynb #7c784c6a
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Adapter:
     momentum_rule:Callable=None  # `(opt, param) -> (beta, scale) | None`: how `opt` updates the gradient's running average
     checkpoint:Callable=None     # `loaded object -> state_dict | None`: the model's state in what `torch.load` read
     safe_globals:tuple=()        # classes `torch.load(weights_only=True)` may rebuild when reading such a file
+    params_replaced:Callable=None # `obj -> None`: told that the model in container `obj` trains new parameters (`set_compute`)
 
 ADAPTERS = []   # the registered adapters, in the order they are asked
 
@@ -105,3 +106,10 @@ def checkpoint_state(obj,  # what `torch.load` read from a checkpoint file
 def checkpoint_globals()->list:
     "The classes the registered adapters let `torch.load(weights_only=True)` rebuild"
     return [g for a in ADAPTERS for g in a.safe_globals]
+
+# %% ../nbs/02_adapters.ipynb #ce48dc82
+def params_replaced(obj,  # what the user passed (a container an adapter knows, or a module)
+                   )->None:
+    "Tell every registered adapter that the model in `obj` now trains new parameters, so that it drops what holds the old ones"
+    for a in ADAPTERS:
+        if a.params_replaced is not None: a.params_replaced(obj)

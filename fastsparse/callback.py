@@ -69,9 +69,7 @@ def sparsify(self:Learner,
              **kwargs,                            # passed to `sparsify_model`
             ):
     "Sparsify `self.model` with `sparsify_model`; returns the mask hooks"
-    hooks = sparsify_model(self.model, model_sparsity, sparse_f, **kwargs)
-    if kwargs.get('compute', 'masked') != 'masked': self.opt = None   # it trained other parameters: `fit` makes a new one
-    return hooks
+    return sparsify_model(self, model_sparsity, sparse_f, **kwargs)   # layers switched to sparse compute drop `self.opt`
 
 @patch
 def load_sparse(self:Learner,
@@ -103,6 +101,10 @@ def _fastai_momentum_rule(o, param):
         if any(p is param for p in pl): return float(hp['mom']), (1. - float(hp['mom'])) if damp else 1.
     return None
 
+def _fastai_params_replaced(o):
+    "Layers of `o.model` switched compute and train new parameters: drop the `Learner`'s optimizer, so that `fit` makes a new one"
+    if isinstance(o, Learner): o.opt = None
+
 def _fastai_checkpoint(state):
     "The model's `state_dict` in a file written by `learn.save` or `save_model` (`{'model': ..., 'opt': ...}`)"
     if isinstance(state, dict) and isinstance(state.get('model'), dict) and set(state) <= {'model', 'opt'}: return state['model']
@@ -116,7 +118,8 @@ def _fastai_safe_globals():
 
 register_adapter(Adapter('fastai', model=_learner_model, optimizer=_optim_wrapper_opt, param_lists=_fastai_param_lists,
                          lacks_momentum=_fastai_lacks_momentum, momentum_rule=_fastai_momentum_rule,
-                         checkpoint=_fastai_checkpoint, safe_globals=tuple(_fastai_safe_globals())))
+                         checkpoint=_fastai_checkpoint, safe_globals=tuple(_fastai_safe_globals()),
+                         params_replaced=_fastai_params_replaced))
 
 # %% ../nbs/12_callback.ipynb #a17a5136
 class ActivationSparsityCallback(Callback):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.nn import functional as F
-from .adapters import as_model
+from .adapters import as_model, params_replaced
 from .masks import (masked_params, mask_hooks, has_mask_hooks, select_targets, register_compute, DIRECT_READERS,
                     COMPUTE_MODES, buffer_name, buffer_weight)
 from .criteria import state_view, opt_state, MOMENTUM_KEYS
@@ -465,15 +465,15 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
                 min_sparsity:dict=None, # per layer kind ('linear', 'conv'), the sparsity from which a weight switches (default `COMPUTE_MIN_SPARSITY`)
                )->dict:                 # `{weight name: why it stays masked}` for the weights that could not switch
     "Switch the masked weights of `model` between masked and sparse compute; the masks, values and checkpoints stay the same"
-    model = as_model(model)
+    obj, model = model, as_model(model)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     ts = masked_params(model)
     if not ts: raise ValueError("The model has no masks: call `sparsify_model` first")
     ts = select_targets(ts, include=include)
     hooked = has_mask_hooks(model)
     if compute == 'masked':
-        for t in ts:
-            if t.sparse: _to_masked(t)
+        switch = [t for t in ts if t.sparse]
+        for t in switch: _to_masked(t)
         skipped = {}
     else:
         tied = {}
@@ -489,9 +489,10 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
 
         skipped = {t.name: why for t in ts if not t.sparse and (why := _can_compute(t, tied, read, thresholds)) is not None}
 
-        for t in ts:
-            if not t.sparse and t.name not in skipped: _to_sparse(t)
+        switch = [t for t in ts if not t.sparse and t.name not in skipped]
+        for t in switch: _to_sparse(t)
     if hooked: mask_hooks(model)   # hooks for the weights that are masked now, none for those that compute sparse
+    if switch: params_replaced(obj)   # a container that keeps an optimizer (fastai's `Learner`) drops it
     return skipped
 
 register_compute('sparse', set_compute)   # `sparsify_model(compute='sparse')` and `unsparsify` switch through it

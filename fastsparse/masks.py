@@ -553,7 +553,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
                    structure='element',           # what masks keep: 'element', 'fan_in', 'N:M' ('2:4'), 'row', 'column', 'kernel', 'RxC' blocks
                   )->SparseHooks:                 # call `.remove()` to stop enforcing masks
     "Give each sparsifiable weight of `model` a random mask keeping `round((1-s)*numel)` weights (rounded to what `structure` allows)"
-    model = as_model(model)
+    obj, model = model, as_model(model)
     model_sparsity = check_sparsity(model_sparsity)
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     st = get_structure(structure)
@@ -595,14 +595,14 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
         if st is not ELEMENT: t.module.__dict__.setdefault(_STRUCTURE, {})[t.attr] = st
     apply_masks(model)
     _checkpoint_hooks(targets, model)
-    if compute != 'masked': COMPUTE_MODES[compute](model, compute)
+    if compute != 'masked': COMPUTE_MODES[compute](obj, compute)   # given the container, which may keep an optimizer
     return mask_hooks(model) if enforce_masks else SparseHooks([], model)
 
 # %% ../nbs/03_masks.ipynb #bd411b18
 def unsparsify(model)->nn.Module:
     "Remove masks and every fastsparse hook from `model`, leaving a dense model (masked weights stay 0)"
-    model = as_model(model)
-    if any(t.sparse for t in masked_params(model)): COMPUTE_MODES['sparse'](model, 'masked')   # dense weights again first
+    obj, model = model, as_model(model)
+    if any(t.sparse for t in masked_params(model)): COMPUTE_MODES['sparse'](obj, 'masked')   # dense weights again first
     remove_mask_hooks(model)
     for m in model.modules():
         for hooks, f in ((m._state_dict_pre_hooks, _save_pre_hook), (m._load_state_dict_pre_hooks, _load_pre_hook),
