@@ -36,8 +36,9 @@ class DynamicSparseTrainingCallback(Callback):
         DynamicSparseTraining.check_args(batches_per_update=batches_per_update, **kwargs)   # fail now, not at `fit`
 
     def before_fit(self):
-        "Start the driver (continuing its saved counters when fastai resumes with `start_epoch`); nothing in `validate`, `get_preds`, `predict`"
+        "Start the driver (continuing its saved counters when fastai resumes with `start_epoch`); nothing in `validate`, `get_preds`, `predict`, `lr_find`"
         if self.learn.lock.locked(): return     # fastai's validation_context: inference only, training state stays as it is
+        if hasattr(self.learn, 'lr_finder'): self.run = False; return   # a mock fit on the masks as they are: the run stays as it is
         twins = [cb for cb in self.learn.cbs if isinstance(cb, DynamicSparseTrainingCallback)]
         if len(twins) > 1: raise ValueError(f"The Learner has {len(twins)} DynamicSparseTrainingCallbacks: give it once, "
                                             "either at `Learner(..., cbs=...)` or at `fit(..., cbs=...)`")
