@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #244dc9df
 from __future__ import annotations
-import argparse, sys, time, warnings
+import argparse, math, numbers, os, sys, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
 import torch
@@ -15,7 +15,7 @@ from fastai.learner import Learner, save_model
 from fastai.metrics import accuracy
 from fastai.losses import CrossEntropyLossFlat
 from fastai.callback.schedule import fit_one_cycle   # adds `Learner.fit_one_cycle`
-from .distributions import DISTRIBUTIONS
+from .distributions import DISTRIBUTIONS, check_sparsity
 from .masks import sparsify_model
 from .engine import PRESETS
 from .callback import DynamicSparseTrainingCallback
@@ -36,9 +36,50 @@ def _spelt(v, names:list):
     "The name in `names` that `v` spells in any case, else `v` unchanged"
     return next((n for n in names if isinstance(v, str) and n.lower() == v.lower()), v)
 
+def _whole(v, flag:str, lo:int=1, hi:int=None, what:str=''):
+    "Raise a `ValueError` naming `flag` unless `v` is a whole number in [`lo`, `hi`]"
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+        rng = f'>= {lo}' if hi is None else f'in [{lo}, {hi}]'
+        raise ValueError(f"{flag} must be a whole number {rng}{what}, got {v!r}")
+
+def _check_save(save:Path):
+    "Raise a `ValueError` naming `--save` unless a file can be written at `save` (creating no file and no folder)"
+    if save.is_dir(): raise ValueError(f"--save {save} is a folder: give a file name, e.g. --save {save/'model.pth'}")
+    if save.exists() and not os.access(save, os.W_OK): raise ValueError(f"--save {save}: the file exists and cannot be written over")
+    d = save.parent.absolute()
+    while not d.exists(): d = d.parent     # the folders missing below it are made when saving
+    try:
+        if not d.is_dir(): raise NotADirectoryError(f"{d} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=d): pass
+    except OSError as e:
+        raise ValueError(f"--save {save} cannot be written ({e.strerror or e}): give a path in a folder you can write to") from None
+
+def _check_flags(preset, sparsity, epochs, lr, bs, batches_per_update, seed, save, start_sparsity, prunes:bool):
+    "Raise a `ValueError` naming the flag and its valid values for the first flag `train` cannot train with (before any data is read)"
+    if preset == 'dense':
+        given = [f for f, v in (('--sparsity', sparsity), ('--start-sparsity', start_sparsity), ('--batches-per-update', batches_per_update)) if v is not None]
+        if given: raise ValueError(f"--preset dense trains every weight: leave out {', '.join(given)}, or pick a sparse preset")
+    elif preset == 'static' and batches_per_update is not None:
+        raise ValueError("--preset static keeps its random mask: leave out --batches-per-update, or pick a dynamic preset (e.g. RigL)")
+    _whole(epochs, '--epochs')
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"--lr must be a learning rate > 0 (e.g. 0.01), got {lr!r}")
+    if bs is not None: _whole(bs, '--bs', what=' (and at most the size of the training set)')
+    if batches_per_update is not None: _whole(batches_per_update, '--batches-per-update', what=' (leave it out to update once per epoch)')
+    _whole(seed, '--seed', 0, 2**64 - 1)
+    if save is not None: _check_save(Path(save))
+    if prunes:
+        final = check_sparsity(0.9 if sparsity is None else sparsity, '--sparsity')
+        if start_sparsity is not None:
+            start = check_sparsity(start_sparsity, '--start-sparsity')
+            if start > final: raise ValueError(f"--start-sparsity {start} is above --sparsity {final}: {preset} prunes from --start-sparsity "
+                                               "up to --sparsity, so give a start at or below it")
+    elif start_sparsity is not None:
+        raise ValueError(f"--start-sparsity is where GMP and GraNet start pruning from; --preset {preset} trains at --sparsity throughout: leave it out")
+
 # %% ../nbs/14_cli.ipynb #f4e06b68
 def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `static` (a fixed random mask) or `dense`
-          sparsity:float=0.9,            # fraction of the weights set to zero (GMP, GraNet: at the end of pruning)
+          sparsity:float=None,           # fraction of the weights set to zero, at the end of pruning for GMP and GraNet (default: 0.9)
           distribution:str='erk',        # how the sparsity is split across layers, a name in `DISTRIBUTIONS`
           data:str='digits',             # offline data set (with its model), a name in `DATASETS`
           epochs:int=20,                 # epochs of training
@@ -57,13 +98,20 @@ def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `stati
     preset, data = _spelt(preset, names['preset']), _spelt(data, names['data'])
     for k, v in (('preset', preset), ('data', data)):
         if v not in names[k]: raise ValueError(f"Unknown {k} {v!r}. Known names: {names[k]}")
+    prunes = preset in PRESETS and 'final_sparse_f' in PRESETS[preset]   # GMP, GraNet: prune from `start_sparsity` to `sparsity`
+    _check_flags(preset, sparsity, epochs, lr, bs, batches_per_update, seed, save, start_sparsity, prunes)
+    if sparsity is None: sparsity = 0.9
     torch.manual_seed(seed)
     dls_f, model_f, default_bs = DATASETS[data]
-    learn = Learner(dls_f(bs=bs or default_bs, seed=seed), model_f(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    dls = dls_f(bs=bs or default_bs, seed=seed)
+    if len(dls.train) == 0:
+        n = len(dls.train_ds)
+        raise ValueError(f"--bs {bs} is larger than the {n} training samples of {data}, and the last incomplete batch is dropped: "
+                         f"give --bs between 1 and {n}")
+    learn = Learner(dls, model_f(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     cbs = []
     if preset != 'dense':
         kw = dict(PRESETS[preset]) if preset != 'static' else {}
-        prunes = 'final_sparse_f' in kw      # the presets that change the budget prune from `start_sparsity` to `sparsity`
         if prunes:
             start_s = (0. if kw['grow_score_f'] is None else min(0.5, sparsity)) if start_sparsity is None else start_sparsity
             kw['final_sparsity'] = sparsity
@@ -89,7 +137,11 @@ def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `stati
         save = Path(save)
         save.parent.mkdir(parents=True, exist_ok=True)
         save_model(save, learn.model, learn.opt)
-        print(f"\nsaved to {save} (load it into a fresh model with `load_sparse(model, '{save}')`)", file=out)
+        print(f"\nsaved to {save} (the model with its masks, and the optimizer state). To load it in a fresh Python process:\n"
+              f"    import fastsparse.callback                 # reads fastai's checkpoint format\n"
+              f"    from fastsparse.masks import load_sparse\n"
+              f"    from fastsparse.data import {model_f.__name__}\n"
+              f"    model = {model_f.__name__}(); load_sparse(model, {str(save.absolute())!r})", file=out)
     return learn
 
 # %% ../nbs/14_cli.ipynb #46d523ff

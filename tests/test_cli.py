@@ -1,5 +1,5 @@
 "The `fastsparse` command, as a user runs it."
-import subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 import torch
 
@@ -48,3 +48,48 @@ def test_help():
     for default in ('(default: RigL)', '(default: 0.9)', '(default: erk)', '(default: digits)', '(default: 20)', '(default: 0.01)'):
         assert default in text, default
     assert '--out' not in r.stdout          # a Python-only parameter
+
+def _errors(*argvs):
+    "Exit status, stdout and stderr of `fastsparse` for each argument list, run in one fresh process through its entry point"
+    code = ("import io, json, sys, contextlib\nfrom fastsparse.cli import main\nres = []\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    out, err = io.StringIO(), io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+            "        try: main(argv); c = 0\n"
+            "        except SystemExit as e: c = e.code\n"
+            "    res.append((c, out.getvalue(), err.getvalue()))\n"
+            "print(json.dumps(res))")
+    r = subprocess.run([sys.executable, '-c', code, json.dumps([list(a) for a in argvs])], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+def test_flags_checked_before_training(tmp_path):
+    afile = tmp_path/'afile'; afile.write_text('x')
+    cases = {('--epochs', '0'): ['--epochs', '>= 1'], ('--epochs', '-1'): ['--epochs', '>= 1'],
+             ('--bs', '0'): ['--bs', '>= 1'], ('--bs', '5000'): ['--bs', 'between 1 and 1438'],
+             ('--lr', '-1'): ['--lr', '> 0'], ('--lr', '0'): ['--lr', '> 0'], ('--seed', '-1'): ['--seed', 'in [0, '],
+             ('--batches-per-update', '0'): ['--batches-per-update', '>= 1'],
+             ('--save', str(afile/'m.pth')): ['--save', 'cannot be written'], ('--save', str(tmp_path)): ['--save', 'is a folder'],
+             ('--preset', 'dense', '--sparsity', '0.5'): ['--preset dense', 'leave out --sparsity'],
+             ('--preset', 'static', '--batches-per-update', '5'): ['--batches-per-update'],
+             ('--start-sparsity', '0.5'): ['--start-sparsity', 'GMP and GraNet'],
+             ('--preset', 'GMP', '--sparsity', '1'): ['--sparsity must be in [0, 1)'],
+             ('--preset', 'GraNet', '--start-sparsity', '1.5'): ['--start-sparsity must be in [0, 1)'],
+             ('--preset', 'GMP', '--start-sparsity', '0.95', '--sparsity', '0.9'): ['--start-sparsity 0.95 is above --sparsity 0.9']}
+    for argv, (code, out, err) in zip(cases, _errors(*[('train', '--no-bar', '--epochs', '1', *a) for a in cases])):
+        assert code == 2 and 'Traceback' not in err and err.startswith('fastsparse: error: '), (argv, code, err)
+        assert 'accuracy' not in out, (argv, out)                   # nothing trained
+        for part in cases[argv]: assert part in err, (argv, part, err)
+    assert list(tmp_path.iterdir()) == [afile]                       # no file and no folder made
+
+def test_saved_model_loads_in_a_fresh_process_as_printed(tmp_path):
+    path = tmp_path/'sub'/'m.pth'
+    r = fastsparse('train', '--epochs', '1', '--no-bar', '--save', str(path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split('To load it in a fresh Python process:\n')[1].splitlines()
+    snippet = '\n'.join(l[4:] for l in lines if l.startswith('    '))
+    check = snippet + "\nprint(sum(int(v.sum()) for k, v in model.state_dict().items() if k.endswith('_mask')))"
+    loaded = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, cwd=tmp_path)
+    assert loaded.returncode == 0, (snippet, loaded.stderr)
+    sd = torch.load(path, weights_only=False)['model']
+    assert int(loaded.stdout.split()[-1]) == sum(int(v.sum()) for k, v in sd.items() if k.endswith('_mask'))
