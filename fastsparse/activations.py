@@ -15,15 +15,18 @@ __all__ = ['ACTIVATION_MODES', 'SparseActivation', 'SparseBatchNorm', 'activatio
 ACTIVATION_MODES = ('sample', 'static', 'running')
 
 def _check_k(k):
+    "`k` as an `int` (a count) or a `float` (a fraction of the width), or a clear error"
     if k is None: return None
-    if isinstance(k, bool) or not isinstance(k, numbers.Real) or (isinstance(k, float) and not 0 < k < 1 and k != int(k)) or k <= 0:
-        raise ValueError(f"k is how many activations each sample keeps: a count >= 1, or a fraction of the width in (0, 1); got {k!r}")
-    return int(k) if float(k) >= 1 else float(k)
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1: return int(k)
+    if isinstance(k, numbers.Real) and not isinstance(k, (bool, numbers.Integral)) and 0 < k <= 1: return float(k)
+    hint = f' (for a count, give the int k={int(k)})' if isinstance(k, float) and k > 1 and k == int(k) else ''
+    raise ValueError(f"k is how many activations each sample keeps: a count >= 1, or a fraction of the width in (0, 1] "
+                     f"(an int is a count, a float a fraction: k=1.0 keeps them all); got {k!r}{hint}")
 
 class SparseActivation(nn.Module):
     "Zero all but the `k` largest activations of each sample (or those not above `threshold`); the kept set is per sample, or one unit mask"
     def __init__(self,
-                 k:int|float=None,        # activations each sample keeps: a count, or a fraction of the width in (0, 1)
+                 k:int|float=None,        # activations each sample keeps: an int is a count (k=1 keeps one), a float a fraction of the width in (0, 1] (k=1.0 keeps all)
                  threshold:float=None,    # instead of `k`: keep the activations above this value
                  mode:str='sample',       # 'sample': each sample its own k; 'static': one unit mask, set by the first training batch; 'running': one unit mask from running means, updated every training batch
                  momentum:float=0.1,      # 'running': weight of each batch in the running means of the activations
@@ -52,7 +55,7 @@ class SparseActivation(nn.Module):
     def __getstate__(self): return {**self.__dict__, '_last': None}   # copies and pickles leave the last output and its graph behind
 
     def n_keep(self, width:int)->int:
-        "Activations kept per sample when each has `width`; raises if `k` is above it"
+        "Activations kept per sample when each has `width` (at least 1 for a fraction); raises if a count `k` is above it"
         k = self.k if isinstance(self.k, int) else max(1, round(self.k * width))
         if k > width: raise ValueError(f"SparseActivation keeps k={k} activations per sample, but its input has {width} per sample: "
                                        "lower k, or give it as a fraction of the width (k=0.1)")
@@ -74,9 +77,11 @@ class SparseActivation(nn.Module):
                     if self.mode == 'running' and self.training:
                         self.running_mean = mean if self.running_mean is None else torch.lerp(self.running_mean, mean, self.momentum)
                         self.unit_mask = self._units(self.running_mean, k)
-                    elif self.unit_mask is None:
+                    elif self.unit_mask is None and self.training:   # 'static': the first training batch fixes the units
                         self.unit_mask = self._units(mean if self.running_mean is None else self.running_mean, k)
-                keep = self.unit_mask.expand_as(flat)
+                    # before any training batch (in eval), this batch's own units, fixed by nothing
+                    units = self.unit_mask if self.unit_mask is not None else self._units(mean if self.running_mean is None else self.running_mean, k)
+                keep = units.expand_as(flat)
         out = flat * keep
         if self.training: self._last = out          # nothing is measured at inference
         return out.view_as(x)
