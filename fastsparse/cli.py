@@ -17,7 +17,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.callback.schedule import fit_one_cycle   # adds `Learner.fit_one_cycle`
 from .distributions import DISTRIBUTIONS, check_sparsity
 from .masks import sparsify_model
-from .engine import PRESETS
+from .engine import PRESETS, GradualPruning
 from .callback import DynamicSparseTrainingCallback
 from .stats import sparsity_report
 from .data import digits_dls, digits_mlp, mnist1d_dls, mnist1d_cnn
@@ -117,6 +117,13 @@ def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `stati
             kw['final_sparsity'] = sparsity
             if kw['final_sparse_f'] != 'global': kw['final_sparse_f'] = distribution
         sparsify_model(learn.model, start_s if prunes else sparsity, distribution, seed=seed)
+        if prunes:   # the budget the callback checks at `fit`, checked now so that its error speaks of the options
+            try: GradualPruning(learn.model, sparsity, kw['final_sparse_f'])
+            except ValueError as e:
+                why = ('its global ranking keeps at least 1% of each layer' if 'floors' in str(e) else
+                       'it would keep more weights than the model starts with')
+                raise ValueError(f"--preset {preset} cannot prune this model from --start-sparsity {start_s} to --sparsity {sparsity} "
+                                 f"({why}): give a lower --sparsity") from None
         if preset != 'static':
             cbs.append(DynamicSparseTrainingCallback(**kw, batches_per_update=batches_per_update, seed=seed))
     start = time.time()

@@ -75,7 +75,8 @@ def test_flags_checked_before_training(tmp_path):
              ('--start-sparsity', '0.5'): ['--start-sparsity', 'GMP and GraNet'],
              ('--preset', 'GMP', '--sparsity', '1'): ['--sparsity must be in [0, 1)'],
              ('--preset', 'GraNet', '--start-sparsity', '1.5'): ['--start-sparsity must be in [0, 1)'],
-             ('--preset', 'GMP', '--start-sparsity', '0.95', '--sparsity', '0.9'): ['--start-sparsity 0.95 is above --sparsity 0.9']}
+             ('--preset', 'GMP', '--start-sparsity', '0.95', '--sparsity', '0.9'): ['--start-sparsity 0.95 is above --sparsity 0.9'],
+             ('--preset', 'GraNet', '--sparsity', '0.999'): ['--preset GraNet cannot prune', 'to --sparsity 0.999', 'give a lower --sparsity']}
     for argv, (code, out, err) in zip(cases, _errors(*[('train', '--no-bar', '--epochs', '1', *a) for a in cases])):
         assert code == 2 and 'Traceback' not in err and err.startswith('fastsparse: error: '), (argv, code, err)
         assert 'accuracy' not in out, (argv, out)                   # nothing trained
