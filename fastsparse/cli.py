@@ -78,6 +78,27 @@ def _check_flags(preset, sparsity, epochs, lr, bs, batches_per_update, seed, sav
         raise ValueError(f"--start-sparsity is where GMP and GraNet start pruning from; --preset {preset} trains at --sparsity throughout: leave it out")
 
 # %% ../nbs/14_cli.ipynb #f4e06b68
+def _sparse_setup(learn, preset, sparsity, distribution, seed, start_sparsity, batches_per_update, prunes)->list:
+    "Sparsify `learn.model` as `preset` starts, and the callbacks that train it (none for static and dense)"
+    cbs = []
+    if preset != 'dense':
+        kw = dict(PRESETS[preset]) if preset != 'static' else {}
+        if prunes:
+            start_s = (0. if kw['grow_score_f'] is None else min(0.5, sparsity)) if start_sparsity is None else start_sparsity
+            kw['final_sparsity'] = sparsity
+            if kw['final_sparse_f'] != 'global': kw['final_sparse_f'] = distribution
+        sparsify_model(learn.model, start_s if prunes else sparsity, distribution, seed=seed)
+        if prunes:   # the budget the callback checks at `fit`, checked now so that its error speaks of the options
+            try: GradualPruning(learn.model, sparsity, kw['final_sparse_f'])
+            except ValueError as e:
+                why = ('its global ranking keeps at least 1% of each layer' if 'floors' in str(e) else
+                       'it would keep more weights than the model starts with')
+                raise ValueError(f"--preset {preset} cannot prune this model from --start-sparsity {start_s} to --sparsity {sparsity} "
+                                 f"({why}): give a lower --sparsity") from None
+        if preset != 'static':
+            cbs.append(DynamicSparseTrainingCallback(**kw, batches_per_update=batches_per_update, seed=seed))
+    return cbs
+
 def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `static` (a fixed random mask) or `dense`
           sparsity:float=None,           # fraction of the weights set to zero, at the end of pruning for GMP and GraNet (default: 0.9)
           distribution:str='erk',        # how the sparsity is split across layers, a name in `DISTRIBUTIONS`
@@ -109,23 +130,7 @@ def train(preset:str='RigL',             # a dynamic method in `PRESETS`, `stati
         raise ValueError(f"--bs {bs} is larger than the {n} training samples of {data}, and the last incomplete batch is dropped: "
                          f"give --bs between 1 and {n}")
     learn = Learner(dls, model_f(), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
-    cbs = []
-    if preset != 'dense':
-        kw = dict(PRESETS[preset]) if preset != 'static' else {}
-        if prunes:
-            start_s = (0. if kw['grow_score_f'] is None else min(0.5, sparsity)) if start_sparsity is None else start_sparsity
-            kw['final_sparsity'] = sparsity
-            if kw['final_sparse_f'] != 'global': kw['final_sparse_f'] = distribution
-        sparsify_model(learn.model, start_s if prunes else sparsity, distribution, seed=seed)
-        if prunes:   # the budget the callback checks at `fit`, checked now so that its error speaks of the options
-            try: GradualPruning(learn.model, sparsity, kw['final_sparse_f'])
-            except ValueError as e:
-                why = ('its global ranking keeps at least 1% of each layer' if 'floors' in str(e) else
-                       'it would keep more weights than the model starts with')
-                raise ValueError(f"--preset {preset} cannot prune this model from --start-sparsity {start_s} to --sparsity {sparsity} "
-                                 f"({why}): give a lower --sparsity") from None
-        if preset != 'static':
-            cbs.append(DynamicSparseTrainingCallback(**kw, batches_per_update=batches_per_update, seed=seed))
+    cbs = _sparse_setup(learn, preset, sparsity, distribution, seed, start_sparsity, batches_per_update, prunes)
     start = time.time()
     if no_bar:
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr, cbs=cbs)

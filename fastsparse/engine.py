@@ -856,6 +856,18 @@ def _selection_args()->dict:
     ps = inspect.signature(SparseEngine.__init__).parameters
     return {k: p.default for k, p in ps.items() if k not in ('self', 'model', 'opt', 'keep_init')}
 
+def _warn_no_epochs(dst, pct_train:float):
+    "Warn once if a once-per-epoch run reached `stop_pct` never told of an epoch end: no update came, and none can any more"
+    s = dst.schedule
+    if not s.per_epoch or dst._warned_epochs or dst.n_epochs or dst.n_updates or dst.engine.grow_score_f is None: return
+    if not 0 < s.stop_pct <= pct_train: return
+    dst._warned_epochs = True
+    warnings.warn(f"DynamicSparseTraining updates once per epoch (batches_per_update=None), but training reached stop_pct={s.stop_pct} "
+                  f"(pct_train={pct_train:.3g}, after {dst.n_steps} steps) without being told of any epoch end: no topology update "
+                  "has happened, and none can now. A loop of your own marks the last step of each epoch with `step(pct_train, "
+                  "epoch_end=True)`, or calls `end_epoch()` after each epoch. A loop that marks them (as the fastai callback does) "
+                  "ends its first epoch after stop_pct (one epoch in all): give `batches_per_update=n` steps.", UserWarning, stacklevel=3)
+
 class DynamicSparseTraining:
     "Drives dynamic sparse training in any loop: call `step(pct_train)` after each optimizer step"
     @delegates(SparseEngine.__init__, but=['model', 'opt', 'keep_init'])   # the selection arguments, with their defaults and docs
@@ -901,7 +913,7 @@ class DynamicSparseTraining:
             if (h := _from_bits(st[4])) is not None: self.engine.threshold = h
         else: self.n_steps, self.n_updates = 0, 0
         self.n_epochs, self._ended, self._end_due = 0, False, False    # epoch ends marked; marked at a step; carried to the next step
-        self._warned_epochs = False                                     # the warning of `_check_epochs` was given
+        self._warned_epochs = False                                     # the warning of `_warn_no_epochs` was given
         self._save_state()
 
     final_sparsity = property(lambda self: getattr(self.pruning, 'final_sparsity', None), doc="The sparsity pruning ends at (None: no pruning)")
@@ -986,20 +998,8 @@ class DynamicSparseTraining:
         for t in self.engine.sparse: t.module.clear_record()   # the next step's backward passes start a new record
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
         self._save_state()
-        if records is None: self._check_epochs(pct_train)
+        if records is None: _warn_no_epochs(self, pct_train)
         return records
-
-    def _check_epochs(self, pct_train:float):
-        "Warn once if a once-per-epoch run reached `stop_pct` never told of an epoch end: no update came, and none can any more"
-        s = self.schedule
-        if not s.per_epoch or self._warned_epochs or self.n_epochs or self.n_updates or self.engine.grow_score_f is None: return
-        if not 0 < s.stop_pct <= pct_train: return
-        self._warned_epochs = True
-        warnings.warn(f"DynamicSparseTraining updates once per epoch (batches_per_update=None), but training reached stop_pct={s.stop_pct} "
-                      f"(pct_train={pct_train:.3g}, after {self.n_steps} steps) without being told of any epoch end: no topology update "
-                      "has happened, and none can now. A loop of your own marks the last step of each epoch with `step(pct_train, "
-                      "epoch_end=True)`, or calls `end_epoch()` after each epoch. A loop that marks them (as the fastai callback does) "
-                      "ends its first epoch after stop_pct (one epoch in all): give `batches_per_update=n` steps.", UserWarning, stacklevel=3)
 
     def step_skipped(self):
         "The optimizer step was skipped and its gradients are dropped (e.g. fp16 overflow): so is what its backward passes recorded"
