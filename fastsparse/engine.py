@@ -545,10 +545,10 @@ class LayerSelection:
     "scope='layer': each layer drops its own share and grows as many, or what the regrowth rule gives it; one context at a time unless the rule reads all"
     def __init__(self, engine): self.e = engine
 
-    def plan(self, frac, ctxs=None, prune=None)->list:
-        "One `LayerPlan` per layer: `frac` of what remains after pruning `prune`, whole groups for group structures"
+    def plan(self, frac, ctxs=None, prune=None, r:Round=None)->list:
+        "One `LayerPlan` per layer: `frac` of what remains after pruning `prune`, whole groups for group structures (`r`: the update's counts, if known)"
         e = self.e
-        r = Round(frac, 0, 0, [t.trainable.requires_grad for t in e.targets], [_n_active(t) for t in e.targets])
+        r = r or Round(frac, 0, 0, [t.trainable.requires_grad for t in e.targets], [_n_active(t) for t in e.targets])
         prune = prune or [0] * len(r.active)
         rest = [a - p for a, p in zip(r.active, prune)]
         n_drop = [min(round(frac * n), n - 1) if l and n > 0 else 0 for n, l in zip(rest, r.live)]
@@ -564,7 +564,7 @@ class LayerSelection:
         e = self.e
         prune = prune_counts([a if l else 0 for a, l in zip(r.active, r.live)], r.finals, r.n_prune) if r.n_prune else [0] * len(r.active)
         ctxs = [e.scorer.ctx(i, t, r.step, r.n_update) for i, t in enumerate(e.targets)] if e.regrowth.needs_contexts else None
-        plans = self.plan(r.frac, ctxs, prune)
+        plans = self.plan(r.frac, ctxs, prune, r)   # the counts `update` made: no second count of every mask
         changes, stats = [], layer_stats(e.targets, r.active, [q.drop for q in plans])
         for i, (t, p) in enumerate(zip(e.targets, plans)):
             c = e.scorer.ctx(i, t, r.step, r.n_update) if ctxs is None else ctxs[i]
