@@ -1,12 +1,14 @@
 """Speed and memory of sparse training relative to dense, measured as ratios in one run (medians over repeats).
 
     python benchmarks/speed.py                            # MLP 784-1024-1024-10, batch 128, Adam, 1 thread
+    python benchmarks/speed.py --model mlp-wide           # MLP 784-4096-4096-10, batch 64, Adam
     python benchmarks/speed.py --model resnet18           # torchvision resnet18(weights=None), batch 64, 224x224, SGD
     python benchmarks/speed.py --model all --save         # both; figures to benchmarks/results/speed.json
 
 Reports, per model (sparsity 0.9, ERK):
 - masked step / dense step: one training step (forward, backward, optimizer step, zero_grad) of the sparsified
-  model, with its mask hooks and the per-step mask application that `DynamicSparseTrainingCallback` does, against
+  model in masked compute, with its mask hooks, the gradient masking after each backward (RigL keeping the dense
+  gradient apart) and the per-step mask application that `DynamicSparseTrainingCallback` does, against
   the same model without masks. Dense and masked steps alternate, so drifts in machine speed hit both alike;
 - update / step: one full SET, SNFS or RigL topology update over all masked layers, against one dense step;
 - memory: what the masks and the bookkeeping of dynamic sparse training keep (bytes / bytes of the masked
@@ -39,6 +41,8 @@ def resnet18():
 # name: (model, input shape without batch, classes, default batch size, optimizer, description)
 MODELS = {
     'mlp': (mlp, (784,), 10, 128, lambda ps: torch.optim.Adam(ps, lr=1e-3), 'MLP 784-1024-1024-10, torch.optim.Adam'),
+    'mlp-wide': (lambda: mlp((784, 4096, 4096, 10)), (784,), 10, 64, lambda ps: torch.optim.Adam(ps, lr=1e-3),
+                 'MLP 784-4096-4096-10, torch.optim.Adam'),
     'resnet18': (resnet18, (3, 224, 224), 1000, 64, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
                  'torchvision resnet18(weights=None), 224x224, torch.optim.SGD(momentum=0.9)'),
 }

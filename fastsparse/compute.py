@@ -13,12 +13,13 @@ from torch import nn
 from torch.nn import functional as F
 from .adapters import as_model, params_replaced
 from .masks import (masked_params, mask_hooks, has_mask_hooks, select_targets, register_compute, DIRECT_READERS,
-                    COMPUTE_MODES, buffer_name, buffer_weight)
+                    COMPUTE_MODES, buffer_name, buffer_weight, MASK_KERNELS, GRAD_RECORDS, zero_inactive, split_inactive)
 from .criteria import state_view, opt_state, MOMENTUM_KEYS
 
 # %% auto #0
 __all__ = ['KERNEL_SOURCES', 'SparseTrainLinear', 'SparseTrainConv2d', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout',
-           'sparse_linear', 'dense_grad', 'sparse_conv2d', 'SparseTrain', 'sparse_class', 'set_compute']
+           'sparse_linear', 'dense_grad', 'sparse_conv2d', 'SparseTrain', 'sparse_class', 'GradRecord', 'grad_record',
+           'set_compute']
 
 # %% ../nbs/07_compute.ipynb #3b9661a2
 import importlib.resources
@@ -66,16 +67,23 @@ class _TorchKernels:
         rows = ptr.numel() - 1
         return val.new_zeros(rows * cols).index_copy(0, _entry_rows(ptr, idx.numel()) * cols + idx.long(), val).view(rows, cols)
     @staticmethod
+    def zero_inactive(x, mask): x.masked_fill_(~mask, 0)
+    @staticmethod
+    def split_inactive(g, mask, out, add):
+        if add: out.masked_fill_(mask, 0).add_(g)
+        else: out.copy_(g)
+        g.masked_fill_(~mask, 0)
+    @staticmethod
     def sddmm(ptr, idx, gy, x):
         s = torch.sparse_csr_tensor(ptr, idx.long(), gy.new_zeros(idx.numel()), (gy.shape[0], x.shape[0]), check_invariants=False)
         return torch.sparse.sampled_addmm(s, gy, x.t(), beta=0.).values()
 
 _KERNELS = None
 _KERNEL_NAMES = ('spmm', 'sddmm', 'csr_transpose', 'relayout', 'above', 'move', 'densify', 'transpose',
-                 'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values')
+                 'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values', 'zero_inactive', 'split_inactive')
 _CSRC = Path(str(importlib.resources.files('fastsparse')/'csrc'))   # installed with the package (its package data)
 # the kernels' C++: the shared header, then the files to compile, the slowest first (the build runs them in parallel)
-KERNEL_SOURCES = [_CSRC/f for f in ('fastsparse.h', 'bindings.cpp', 'linear.cpp', 'layout.cpp', 'conv.cpp')]
+KERNEL_SOURCES = [_CSRC/f for f in ('fastsparse.h', 'bindings.cpp', 'linear.cpp', 'layout.cpp', 'conv.cpp', 'masks.cpp')]
 
 def kernels():
     "The sparse kernels: compiled from `KERNEL_SOURCES` on first use, or torch's sparse ops (with a warning) where that fails"
@@ -102,6 +110,10 @@ def kernels():
                       "using torch's sparse ops, which are slower")
         _KERNELS = _TorchKernels
     return _KERNELS
+
+# masked compute's passes over large weights and gradients (`zero_inactive`, `split_inactive`) use these kernels too
+MASK_KERNELS.update(zero=lambda x, mask: kernels().zero_inactive(x, mask),
+                    split=lambda g, mask, out, add: kernels().split_inactive(g, mask, out, add))
 
 # %% ../nbs/07_compute.ipynb #12d1bd7e
 class CSRLayout(NamedTuple):
@@ -398,6 +410,68 @@ def _sparse_layer(base): return object.__new__(sparse_class(base))
 
 SparseTrainLinear = sparse_class(nn.Linear)   # what an `nn.Linear` becomes
 SparseTrainConv2d = sparse_class(nn.Conv2d)   # what an `nn.Conv2d` becomes
+
+class GradRecord:
+    """Masked compute's counterpart of `SparseTrain`'s records, for one masked weight: its optimizer sees the active
+    gradient only (the mask hooks zero the rest after each backward), and this keeps the dense gradient apart while a
+    score reads it: for RigL's growth, and for the momentum of inactive weights that SNFS grows by"""
+    def __init__(self, t):
+        self.t, self.grad_on, self.dense, self.n, self.momentum = t, False, None, 0, None
+
+    @classmethod
+    def of(cls, t)->GradRecord:
+        "The record of masked weight `t` (a `SparseTarget`), made on first use and kept in its module"
+        recs = t.module.__dict__.setdefault(GRAD_RECORDS, {})
+        r = recs.get(t.attr)
+        if r is None: r = recs[t.attr] = cls(t)
+        return r
+
+    def take(self, grad:torch.Tensor, mask:torch.Tensor):
+        "From the mask hook, after a backward accumulated `grad`: zero its inactive part, keeping the dense gradient if a score reads it"
+        if not (self.grad_on or self.momentum is not None): zero_inactive(grad, mask); return
+        if self.dense is None or self.dense.shape != grad.shape: self.dense, self.n = torch.empty_like(grad, memory_format=torch.contiguous_format), 0
+        split_inactive(grad, mask, self.dense, add=self.n > 0)
+        self.n += 1
+
+    def record_grad(self, on:bool=True):
+        "Keep (`on`) or stop keeping the inactive gradient of each backward pass, so that `weight_grad` can give the dense one"
+        self.grad_on = on
+        if not on and self.momentum is None: self.dense, self.n = None, 0
+
+    def weight_grad(self)->torch.Tensor|None:
+        "The dense gradient of the backward passes since `clear_record`, as they made it (None if none was kept)"
+        return self.dense.clone() if self.n else None
+
+    def clear_record(self):
+        "Forget the kept backward passes (the driver calls it after each optimizer step)"
+        self.n = 0
+
+    def track_momentum(self, on:bool=True):
+        "Keep (`on`) a running average of the gradient at the inactive weights, as `SparseTrain.track_momentum` does"
+        self.momentum = torch.zeros_like(self.t.param, memory_format=torch.contiguous_format) if on else None
+        if not on and not self.grad_on: self.dense, self.n = None, 0
+
+    def update_momentum(self, beta:float, scale:float):
+        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` their gradient in the step"
+        if self.momentum is not None and self.n: self.momentum.mul_(beta).add_(self.dense, alpha=scale).masked_fill_(self.t.mask, 0.)
+
+    inactive_momentum = property(lambda self: self.momentum, doc="The running average `track_momentum` keeps (None when it keeps none)")
+
+    def reset_inactive_momentum(self, idx:torch.Tensor):
+        "The weights at flat indices `idx` were grown: as active weights, their momentum is in the optimizer's state now"
+        if self.momentum is not None: self.momentum.view(-1).index_fill_(0, idx, 0.)
+
+    def dense_state(self, opt)->dict:
+        "The optimizer state of the weight, with the momentum of its inactive weights where `track_momentum` keeps it"
+        st = dict(opt_state(opt, self.t.param))
+        if self.momentum is not None:
+            for k in MOMENTUM_KEYS:
+                if k in st: st[k] = st[k] + self.momentum
+        return st
+
+def grad_record(t):
+    "What keeps the dense gradient and inactive momentum of masked weight `t`: its `SparseTrain` layer in sparse compute, else its `GradRecord`"
+    return t.module if t.sparse else GradRecord.of(t)
 
 
 # %% ../nbs/07_compute.ipynb #e7db0d43

@@ -9,10 +9,10 @@ from functools import partial
 from typing import NamedTuple
 import torch
 from .adapters import as_model, inner_optimizer, param_lists, momentum_rule
-from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer
+from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer, grad_masked
 from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view
 from torch import nn
-from .compute import CSRLayout, kernels
+from .compute import CSRLayout, kernels, grad_record
 from .schedules import UpdateSchedule, check_fraction
 from .stats import UpdateLog
 from .budgets import (allocate, layer_floors, global_drop, global_grow, threshold_drop, adjust_threshold, prune_counts,
@@ -212,23 +212,28 @@ class SparseEngine:
         "What sparse compute must keep for these scores: the dense gradient on update steps, the momentum of inactive weights"
         self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
         # a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
-        self.momentum_layers = self.sparse if self.scorer.reads('momentum', [self.grow_score_f]) else []
+        self.momentum_layers = self.targets if self.scorer.reads('momentum', [self.grow_score_f]) else []
         if self.sparse:
             if (self.redistribution_f is not None or self.scope == 'global' or self.neuron_ablation) and _dist() is not None:
                 raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
                                  "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
                                  "DDP, or with `scope='layer'` and no redistribution")
-            for t in self.sparse: t.module.record_grad(self.scorer.reads('grad'))    # the dense gradient is made on update steps only
-            for t in self.momentum_layers: t.module.track_momentum()
         if opt is not None and self.sparse: _check_opt(opt, self.sparse)
+        # the optimizer sees active gradients only, in either compute: what the scores read of the rest is kept apart
+        reads_grad = self.scorer.reads('grad')
+        for t in self.targets:   # turned on, never off: another engine of the same model may read them
+            r = grad_record(t)
+            if reads_grad: r.record_grad()       # sparse: the dense gradient is made on update steps only
+            if self.momentum_layers and r.inactive_momentum is None: r.track_momentum()
 
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"
         for t in self.momentum_layers:
+            if not t.trainable.requires_grad: continue   # frozen: no gradient, and perhaps not in the optimizer
             rule = momentum_rule(self.opt, t.trainable)
             if rule is None: raise ValueError(f"`{getattr(self.grow_score_f, '__name__', 'the grow score')}` needs an optimizer with momentum "
                                               f"for '{t.name}': use fastai's Adam or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW")
-            t.module.update_momentum(*rule)
+            grad_record(t).update_momentum(*rule)
 
     def record_init(self, keep:bool=False):
         "Keep a copy of the current weights for scores that ask for `init`, as model buffers (`keep`: reuse saved ones)"
@@ -388,9 +393,18 @@ class Scorer:
         "What the scores `fs` (default: all) of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
         w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
         g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
-        grad = (t.module.weight_grad() if self.reads('grad', fs) else None) if t.sparse else w.grad   # sparse: made only if read
-        if t.sparse and grad is not None and (dist := _dist()) is not None:   # as DDP averages the gradient of a masked weight
+        rec = grad_record(t) if self.reads('grad', fs) else None
+        grad = rec.weight_grad() if rec is not None else None if t.sparse else w.grad   # sparse: made only if read
+        if grad is None and not t.sparse:
+            grad = w.grad     # exact at the active weights, all that a keep score reads; a grow score reads the others too:
+            if grad_masked(t) and self.grow_score_f in (self.scores if fs is None else fs) and 'grad' in score_needs(self.grow_score_f):
+                raise ValueError(f"'{t.name}': the grow score reads the dense gradient, and masked compute keeps the gradient of "
+                                 "inactive weights only for an engine that exists during the backward pass: make the `SparseEngine` "
+                                 "(or `DynamicSparseTraining`) before `loss.backward()`")
+        if rec is not None and grad is not None and (dist := _dist()) is not None:   # as DDP averages the active gradient
             dist.all_reduce(grad); grad /= dist.get_world_size()
+        if not t.sparse and self.reads('momentum', fs) and grad_record(t).inactive_momentum is not None:
+            w = state_view(w.detach(), grad_record(t).dense_state)   # its state: the optimizer's, with the inactive weights' momentum
         state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
         return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
                     step=step, generator=g, init=_buffer(t, 'init') if self.uses_init else None,
@@ -712,7 +726,9 @@ def commit(self:SparseEngine,
     else:
         changed = torch.cat([dropped, grown])
         _fill_at(t.param.data, changed, 0.)
+        if t.param.grad is not None: _fill_at(t.param.grad, dropped, 0.)   # inactive weights have no gradient
         reset_opt_state(self.opt, t.param, changed)
+        grad_record(t).reset_inactive_momentum(grown)
     if self.uses_init: _fill_at(_buffer(t, 'init'), grown, 0.)
     apply_masks([t])                            # the optimizer step may have written masked positions
     if self.uses_prev: _buffer(t, 'prev').copy_(t.param.detach())   # the next update compares with these
@@ -995,7 +1011,7 @@ class DynamicSparseTraining:
             # once at the final count, later steps need not count the active weights again to know it
             if target is not None: self.pruning.at_final = sum(r['active_after'] for r in records) == self.final_total
             self.n_updates += 1
-        for t in self.engine.sparse: t.module.clear_record()   # the next step's backward passes start a new record
+        for t in self.engine.targets: grad_record(t).clear_record()   # the next step's backward passes start a new record
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
         self._save_state()
         if records is None: _warn_no_epochs(self, pct_train)
@@ -1003,7 +1019,7 @@ class DynamicSparseTraining:
 
     def step_skipped(self):
         "The optimizer step was skipped and its gradients are dropped (e.g. fp16 overflow): so is what its backward passes recorded"
-        for t in self.engine.sparse: t.module.clear_record()
+        for t in self.engine.targets: grad_record(t).clear_record()
 
     def end_epoch(self):
         "An epoch ended: if its last optimizer step was not marked `epoch_end`, a once-per-epoch update follows the next step"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_masks.ipynb #9f22ab0f
 from __future__ import annotations
-import fnmatch, functools, itertools, math, os, pickle
+import fnmatch, functools, itertools, math, os, pickle, weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -15,12 +15,12 @@ from .structure import ELEMENT, get_structure
 from .adapters import as_model, checkpoint_state, checkpoint_globals
 
 # %% auto #0
-__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'WEIGHT_BUFFERS', 'STATE_KEY', 'HISTORY_KEY', 'DIRECT_READERS', 'COMPUTE_MODES',
-           'SparseTarget', 'sparsifiable_params', 'select_targets', 'masked_params', 'is_sparse', 'apply_masks',
-           'WeightBuffer', 'buffer_name', 'buffer_weight', 'get_buffer', 'set_buffer', 'ensure_buffer', 'drop_buffers',
-           'mask_name', 'values_name', 'explored_name', 'grown_name', 'init_name', 'prev_name', 'SparseHooks',
-           'register_compute', 'mask_hooks', 'has_mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model',
-           'unsparsify', 'load_sparse']
+__all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'MASK_KERNELS', 'WEIGHT_BUFFERS', 'STATE_KEY', 'HISTORY_KEY', 'GRAD_RECORDS',
+           'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget', 'sparsifiable_params', 'select_targets', 'masked_params',
+           'is_sparse', 'zero_inactive', 'split_inactive', 'apply_masks', 'WeightBuffer', 'buffer_name',
+           'buffer_weight', 'get_buffer', 'set_buffer', 'ensure_buffer', 'drop_buffers', 'mask_name', 'values_name',
+           'explored_name', 'grown_name', 'init_name', 'prev_name', 'grad_masked', 'SparseHooks', 'register_compute',
+           'mask_hooks', 'has_mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
 
 # %% ../nbs/03_masks.ipynb #ccc5c955
 def _only_weight(m): return ['weight']
@@ -160,6 +160,36 @@ def _as_targets(x)->list:
         return x
     return masked_params(x)
 
+# fast versions of the two passes masked compute makes over a weight-sized tensor, where `fastsparse.compute` can compile
+# them: 'zero' is `zero(x, mask)`, 'split' is `split(grad, mask, out, add)` (see `zero_inactive` and `split_inactive`)
+MASK_KERNELS = {}
+
+def _fast(name, x, mask):
+    f = MASK_KERNELS.get(name)
+    return f if (f is not None and x.numel() >= 1 << 16 and x.dtype == torch.float32 and x.device.type == 'cpu'   # small: torch's ops do
+                 and x.is_contiguous() and mask.is_contiguous()) else None
+
+def zero_inactive(x:torch.Tensor,     # a masked weight (its `.data`) or its gradient
+                  mask:torch.Tensor,  # its bool mask (True: active)
+                 )->torch.Tensor:     # `x`, with exact zeros where `mask` is False (NaN and inf too)
+    "Zero `x` in place where `mask` is False"
+    if (f := _fast('zero', x, mask)) is not None: f(x, mask)
+    else: x.masked_fill_(~mask, 0)
+    return x
+
+def split_inactive(grad:torch.Tensor,  # the gradient of a masked weight, after a backward pass: keeps its active part, zeros elsewhere
+                   mask:torch.Tensor,  # its bool mask (True: active)
+                   out:torch.Tensor,   # receives the dense gradient
+                   add:bool=False,     # `out` holds the dense gradient of earlier passes, and `grad` their active part: accumulate
+                  )->torch.Tensor:     # `out`
+    "Keep the dense gradient in `out` and zero the inactive part of `grad`, in one pass: what a grow score reads, and what the optimizer may see"
+    if (f := _fast('split', grad, mask)) is not None and out.is_contiguous(): f(grad, mask, out, add)
+    else:
+        if add: out.masked_fill_(mask, 0).add_(grad)
+        else: out.copy_(grad)
+        grad.masked_fill_(~mask, 0)
+    return out
+
 def apply_masks(model_or_targets,  # a model (every masked weight), a `SparseTarget` or a list of them
                 fresh:bool=False,  # promise that nothing writes these weights before the next forward reads them
                )->None:
@@ -169,7 +199,9 @@ def apply_masks(model_or_targets,  # a model (every masked weight), a `SparseTar
         mask = get_buffer(m, t.attr, 'mask')
         if mask is None: raise ValueError(f"'{t.name}' has no mask")
         if t.sparse: continue    # sparse compute holds the active weights only: nothing to mask
-        m._parameters[t.attr].data.mul_(mask.view(torch.uint8))   # `.data`: outside autograd; a uint8 view multiplies ~3x faster than bool
+        w = m._parameters[t.attr]
+        zero_inactive(w.data, mask)   # `.data`: outside autograd
+        torch.autograd.graph.increment_version(w)   # a graph that saved the weight must see that it changed
         if fresh: _promise(t)
 
 # %% ../nbs/03_masks.ipynb #1685cedd
@@ -274,8 +306,39 @@ def _enforce(module, args, targets=(), reader=False):
     "Forward-pre-hook: mask `targets`, except those promised clean (`apply_masks(..., fresh=True)`) and not written since"
     dirty = [t for t in targets if not _kept(t)]
     if dirty: apply_masks(dirty)
+    if torch.is_grad_enabled() and module.training: _hook_grads(targets)
     if reader:   # `module` reads them itself, or lets submodules skip their forward: clean until its forward ends
         for t in targets: _promise(t)
+
+_ZEROED = '_fastsparse_zeroed'   # in a module's `__dict__`: `{attr: weak reference}` to the last gradient the hook zeroed
+GRAD_RECORDS = '_fastsparse_grads'   # in a module's `__dict__`: `{attr: record}`, what keeps a masked weight's inactive gradient (`fastsparse.compute.GradRecord`)
+
+def _mask_grad(p, module=None, attr=None):
+    "Post-accumulate-grad hook of a weight in masked compute: its gradient at inactive weights is zeroed (and kept apart if a record asks)"
+    g, mask = p.grad, get_buffer(module, attr, 'mask')
+    if g is None or mask is None or g.layout != torch.strided or g.shape != mask.shape: return
+    rec = module.__dict__.get(GRAD_RECORDS, {}).get(attr)
+    if rec is not None: rec.take(g, mask)
+    else: zero_inactive(g, mask)
+    module.__dict__.setdefault(_ZEROED, {})[attr] = weakref.ref(g)
+
+def grad_masked(t)->bool:
+    "Whether the gradient of masked weight `t` (a `SparseTarget`) is one the mask hooks zeroed at inactive weights, not one set by hand"
+    r = t.module.__dict__.get(_ZEROED, {}).get(t.attr)
+    return r is not None and t.param.grad is not None and r() is t.param.grad
+
+def _grad_hooked(p)->bool: return any(_is_ours(h, _mask_grad) for h in (getattr(p, '_post_accumulate_grad_hooks', None) or {}).values())
+
+def _hook_grads(targets)->list:
+    "Give each weight of `targets` that trains the gradient hook it lacks (copies and unpickled models have lost theirs)"
+    return [t.param.register_post_accumulate_grad_hook(functools.partial(_mask_grad, module=t.module, attr=t.attr))
+            for t in targets if t.param.requires_grad and not _grad_hooked(t.param)]
+
+def _unhook_grads(m):
+    "Take the gradient hooks off the weights of module `m`"
+    for p in m._parameters.values():
+        hooks = getattr(p, '_post_accumulate_grad_hooks', None) or {}
+        for k in [k for k, h in hooks.items() if _is_ours(h, _mask_grad)]: del hooks[k]
 
 def _end_read(module, args, output, targets=()):
     "Forward hook of a reader (it runs even when the forward fails): the promises its pre-hook made end with its forward"
@@ -299,6 +362,7 @@ class SparseHooks:
         for m in self.model.modules():
             m.__dict__.pop(_FRESH, None)   # promises hold only while hooks use them
             m.__dict__.pop(_ENFORCED, None)
+            _unhook_grads(m)
     def __len__(self): return len(self.handles)
     def __enter__(self): return self
     def __exit__(self, *args): self.remove()
@@ -345,6 +409,7 @@ def mask_hooks(model)->SparseHooks:
     for m, ts, reader in _readers_of(model, targets):
         handles.append(m.register_forward_pre_hook(functools.partial(_enforce, targets=ts, reader=reader)))
         if reader: handles.append(m.register_forward_hook(functools.partial(_end_read, targets=ts), always_call=True))
+    handles += _hook_grads(targets)   # the optimizer (and every gradient norm) sees the active gradient only
     return SparseHooks(handles, model)
 
 def has_mask_hooks(model, # an `nn.Module` or a container an adapter knows (a fastai `Learner`)
@@ -360,6 +425,7 @@ def remove_mask_hooks(model)->None:
                 del hooks[k]; m._forward_hooks_always_called.pop(k, None)
         m.__dict__.pop(_FRESH, None)   # promises hold only while hooks use them
         m.__dict__.pop(_ENFORCED, None)
+        _unhook_grads(m)
 
 # %% ../nbs/03_masks.ipynb #334eabfd
 def _save_pre_hook(module, prefix, keep_vars, targets=()):

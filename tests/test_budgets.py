@@ -26,8 +26,12 @@ def models(draw):
 
 def _counts(model): return [int(t.mask.sum()) for t in masked_params(model)]
 
-def _train(model, opt, xshape, n=2):
-    for _ in range(n): model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+def _train(model, opt, xshape, n=2, engine=None):
+    "`n` steps, then a backward pass; `engine`, made before, keeps what its scores read (as the driver has it do)"
+    for _ in range(n):
+        model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step()
+        if engine is not None: engine.observe_step()
+        opt.zero_grad()
     model(torch.randn(*xshape)).pow(2).mean().backward()
 
 @settings(**SETTINGS)
@@ -43,15 +47,15 @@ def test_ranked_update_invariants(spec, s, frac, how, grow, redist, floor, seed,
     frozen = [data.draw(st.booleans()) for _ in model]
     for m, f in zip(model, frozen): m.weight.requires_grad_(not f)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    torch.manual_seed(seed); _train(model, opt, xshape)
-    before = _counts(model); snap = snapshot(model, opt)
-    numel = [t.mask.numel() for t in masked_params(model)]
     kw = dict(scope='global', layer_floor=floor)
     if how == 'threshold': kw.update(drop_by='threshold', threshold=data.draw(st.sampled_from([None, 1e-3, 0.05, 1.])))
     if how == 'prune_layer': kw = {}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')     # raw gradients ranked across layers: a warning, not an error
         e = SparseEngine(model, opt, 'weight_magnitude', grow, redist, seed=seed, **kw)
+    torch.manual_seed(seed); _train(model, opt, xshape, engine=e)
+    before = _counts(model); snap = snapshot(model, opt)
+    numel = [t.mask.numel() for t in masked_params(model)]
     n_active, finals = None, None
     if how.startswith('prune'):
         live_room = sum(b for b, f in zip(before, frozen) if not f)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 from hypothesis import given, settings, strategies as st, HealthCheck, event
 from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets, SNFS_presets,
-                        snapshot, check_invariants, unsparsify, load_sparse, opt_state)
+                        snapshot, check_invariants, unsparsify, load_sparse, opt_state, remove_mask_hooks)
 from fastsparse.compute import CSRLayout, sparse_linear, sparse_conv2d, dense_grad, _TorchKernels
 import fastsparse.compute as compute
 from fastsparse.engine import _check_opt
@@ -73,6 +73,10 @@ def test_sparse_conv2d_matches_masked_dense(n, c, o, h, w_, kh, kw, sh, sw, ph, 
     torch.testing.assert_close(v.grad, wd.grad[m], rtol=1e-4, atol=1e-3)
     with _kernels_for(which): torch.testing.assert_close(dense_grad(rec), wd.grad, rtol=1e-4, atol=1e-3)
 
+def _lamb(p):
+    from fastai.optimizer import Lamb
+    return Lamb(p, lr=1e-2)
+
 OPTS = {'adam': lambda p: torch.optim.Adam(p, lr=1e-2), 'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
         'sgd': lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3)}
 
@@ -92,11 +96,11 @@ def _cnn(spec, seed):
         layers += [nn.Conv2d(c, o, k, s, p), nn.Tanh()]; c, hw = o, (hw + 2 * p - k) // s + 1
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * hw * hw, 3))
 
-def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumulate=1):
+def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumulate=1, clip=None):
     model = _mlp(sizes, seed) if isinstance(sizes[0], int) else _cnn(sizes, seed)
     shape_in, out = ((sizes[0],), sizes[-1]) if isinstance(sizes[0], int) else ((2, 9, 9), 3)
     sparsify_model(model, sparsity, 'erk', seed=seed, compute=compute_mode)
-    opt = OPTS[opt_name](model.parameters())
+    opt = {**OPTS, 'lamb': _lamb}[opt_name](model.parameters())
     dst = DynamicSparseTraining(model, opt, batches_per_update=3, seed=seed, **preset)
     g = torch.Generator().manual_seed(seed + 1)
     losses, dead = [], False    # dead: a convolution's output channel without weights, constant, ties the gradients after it
@@ -105,6 +109,9 @@ def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumul
         for _ in range(accumulate):
             x, y = torch.randn(12, *shape_in, generator=g), torch.randn(12, out, generator=g)
             loss = F.mse_loss(model(x), y); loss.backward(); losses.append(loss.item())
+        for t in masked_params(model):
+            if not t.sparse: assert (t.param.grad[~t.mask] == 0).all(), t.name   # masked compute: active gradients only
+        if clip is not None: nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         before = snapshot(model, opt)
         if dst.step((i + 1) / steps) is not None: check_invariants(model, opt, counts, before)   # grown at 0 with 0 state, kept untouched
@@ -119,25 +126,66 @@ def _train(compute_mode, sizes, sparsity, opt_name, preset, steps, seed, accumul
 def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, seed):
     _same_training(sizes, sparsity, opt_name, preset, accumulate, seed)
 
-def _same_training(sizes, sparsity, opt_name, preset, accumulate, seed):
+def _same_training(sizes, sparsity, opt_name, preset, accumulate, seed, clip=None):
     "Train an MLP (`sizes`: widths) or a CNN (`sizes`: conv specs) in both modes: same losses, masks, optimizer state, checkpoints"
     preset = {'RigL': RigL_presets, 'SET': SET_presets, 'SNFS': SNFS_presets}[preset]
-    try: ref = _train('masked', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
+    try: ref = _train('masked', sizes, sparsity, opt_name, preset, 12, seed, accumulate, clip)
     except ValueError as e:
         assert 'keep no weight' in str(e); event('a layer would keep no weight'); return
     if ref[4]: event('a dead channel ties scores: either choice is right'); return
-    out = _train('sparse', sizes, sparsity, opt_name, preset, 12, seed, accumulate)
+    out = _train('sparse', sizes, sparsity, opt_name, preset, 12, seed, accumulate, clip)
     assert all(t.sparse for t in masked_params(out[0])) and any(isinstance(t.module, nn.Conv2d) for t in masked_params(out[0])) == (not isinstance(sizes[0], int))
     assert out[3].n_updates == ref[3].n_updates >= 2
     torch.testing.assert_close(out[2], ref[2], rtol=1e-4, atol=1e-5)                   # the same losses, step after step
     for a, b in zip(masked_params(ref[0]), masked_params(out[0])):
         assert torch.equal(a.mask, b.mask), a.name                                      # the same masks after every update
         torch.testing.assert_close(b.param, a.param.detach(), rtol=1e-3, atol=1e-5)
-        for k, v in opt_state(ref[1], a.param).items():   # the same optimizer state for the active weights (masked compute
-            if isinstance(v, torch.Tensor) and v.shape == a.param.shape:   # also keeps some for inactive ones, zeroed when grown)
+        for k, v in opt_state(ref[1], a.param).items():   # the same optimizer state for the active weights, none for the others
+            if isinstance(v, torch.Tensor) and v.shape == a.param.shape:
                 torch.testing.assert_close(opt_state(out[1], b.param)[k][a.mask], v[a.mask], rtol=1e-3, atol=1e-6)
+                assert (v[~a.mask] == 0).all(), (a.name, k)
     sd_ref, sd = ref[0].state_dict(), out[0].state_dict()
     assert list(sd) == list(sd_ref) and all(sd[k].shape == sd_ref[k].shape for k in sd)   # same checkpoint, either mode
+
+@settings(max_examples=12, **SETTINGS)
+@given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.95), st.sampled_from(['RigL', 'SNFS']), st.integers(0, 1000))
+def test_clipped_gradients_match_masked(sizes, sparsity, preset, seed):
+    "Gradient clipping sees the active gradients only, in masked compute as in sparse: the same losses and masks"
+    _same_training(sizes, sparsity, 'sgd', preset, 1, seed, clip=0.05)
+
+@settings(max_examples=12, **SETTINGS)
+@given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.95), st.sampled_from(['RigL', 'SET']), st.integers(0, 1000))
+def test_lamb_matches_masked(sizes, sparsity, preset, seed):
+    "fastai's Lamb scales each step by the norms of the weight and of the step: inactive gradients count in neither mode"
+    _same_training(sizes, sparsity, 'lamb', preset, 1, seed)
+
+def test_masked_gradients_are_active_only():
+    "After each backward, masked compute's gradients are zero at inactive weights; RigL grows by the dense gradient kept apart"
+    from fastsparse.compute import grad_record
+    torch.manual_seed(0)
+    model = _mlp([20, 30, 5], 0); sparsify_model(model, 0.8, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 20)
+    dense = copy.deepcopy(model); remove_mask_hooks(dense)     # the same weights, no hooks: dense gradients
+    F.mse_loss(dense(x), torch.zeros(16, 5)).backward()
+    dense_grads = [t.param.grad.clone() for t in masked_params(dense)]
+    assert all((g[~t.mask] != 0).any() for g, t in zip(dense_grads, masked_params(dense)))
+    twin = copy.deepcopy(model)   # a copy (or an unpickled model) has lost the gradient hooks: its first training forward gives them back
+    F.mse_loss(twin(x), torch.zeros(16, 5)).backward()
+    assert all((t.param.grad[~t.mask] == 0).all() for t in masked_params(twin))
+    dst = DynamicSparseTraining(model, opt, **RigL_presets, batches_per_update=1)
+    for _ in range(2): F.mse_loss(model(x), torch.zeros(16, 5)).backward()   # two passes accumulate
+    for t, g in zip(masked_params(model), dense_grads):
+        assert (t.param.grad[~t.mask] == 0).all() and torch.equal(t.param.grad[t.mask], 2 * g[t.mask])
+        torch.testing.assert_close(grad_record(t).weight_grad(), 2 * g)
+    opt.step(); dst.step(0.1)
+    assert dst.n_updates == 1 and all(grad_record(t).weight_grad() is None for t in masked_params(model))   # cleared after the step
+    # an engine made after the backward pass cannot know the inactive gradient: a clear error, nothing changed
+    m2 = _mlp([20, 30, 5], 0); sparsify_model(m2, 0.8, seed=0); o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    F.mse_loss(m2(x), torch.zeros(16, 5)).backward()
+    masks = [t.mask.clone() for t in masked_params(m2)]
+    with pytest.raises(ValueError, match='before `loss.backward'): DynamicSparseTraining(m2, o2, **RigL_presets).engine.update(0.3)
+    assert all(torch.equal(a, t.mask) for a, t in zip(masks, masked_params(m2)))
 
 @settings(max_examples=25, **SETTINGS)
 @given(st.lists(st.tuples(st.integers(2, 12), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1)), min_size=1, max_size=2),

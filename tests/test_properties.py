@@ -101,12 +101,13 @@ def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed, dat
     opt = {'adam': lambda p: torch.optim.Adam(p, lr=1e-2), 'sgd': lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
            'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2)}[optname](params)
     torch.manual_seed(seed)
+    engine = SparseEngine(model, opt, keep, grow, redist, seed=seed)   # before the backward passes: it keeps what its scores read
     for _ in range(2):
-        model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+        model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step(); engine.observe_step(); opt.zero_grad()
     model(torch.randn(*xshape)).pow(2).mean().backward()
     before = [int(t.mask.sum()) for t in masked_params(model)]
     snap = snapshot(model, opt)
-    records = SparseEngine(model, opt, keep, grow, redist, seed=seed).update(frac)
+    records = engine.update(frac)
     after = [int(t.mask.sum()) for t in masked_params(model)]
     check_invariants(model, opt, counts=before if redist is None else sum(before), before=snap)
     for t, f, r, b, a in zip(masked_params(model), frozen, records, before, after):

@@ -16,4 +16,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_fwd", torch::wrap_pybind_function(conv_fwd), "conv_fwd");
   m.def("conv_bwd_input", torch::wrap_pybind_function(conv_bwd_input), "conv_bwd_input");
   m.def("conv_bwd_values", torch::wrap_pybind_function(conv_bwd_values), "conv_bwd_values");
+  m.def("zero_inactive", torch::wrap_pybind_function(zero_inactive), "zero_inactive");
+  m.def("split_inactive", torch::wrap_pybind_function(split_inactive), "split_inactive");
 }

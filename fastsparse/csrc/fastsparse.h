@@ -1,6 +1,6 @@
 // What fastsparse's sparse kernels share: includes, the vector type and its helpers, the one threading constant, and
 // the kernels' declarations. One file per concern: linear.cpp (the linear product and its gradients), layout.cpp (compressed
-// rows: building, updating, selecting, densifying), conv.cpp (convolutions); bindings.cpp makes them a Python module.
+// rows: building, updating, selecting, densifying), conv.cpp (convolutions), masks.cpp (masked compute's passes); bindings.cpp makes them a Python module.
 // `fastsparse.compute.kernels()` compiles them with -O3 -march=native -fopenmp, so `v16` uses the machine's vector registers.
 // Values are float32, column indices int32, row pointers and positions int64; fastsparse.compute passes contiguous CPU
 // tensors (the kernels check the types, not the layout).
@@ -47,3 +47,7 @@ torch::Tensor conv_bwd_input(torch::Tensor tptr, torch::Tensor tidx, torch::Tens
                              int64_t ph, int64_t pw, torch::Tensor out);
 torch::Tensor conv_bwd_values(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor xp,
                               int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw);
+
+// masks.cpp
+void zero_inactive(torch::Tensor x, torch::Tensor mask);
+void split_inactive(torch::Tensor g, torch::Tensor mask, torch::Tensor out, bool add);
