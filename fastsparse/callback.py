@@ -22,6 +22,12 @@ __all__ = ['DynamicSparseTrainingCallback', 'ActivationSparsityCallback', 'SET_p
            'DSR_presets', 'GMP_presets', 'GraNet_presets', 'SRigL_presets', 'PRESETS']
 
 # %% ../nbs/12_callback.ipynb #f4646102
+_LEARNER_GIVES = {   # what the callback takes from the `Learner`, and what to do instead of passing it
+    'model': "it trains the Learner's model (`learn.model`): sparsify that one, e.g. `learn.sparsify(0.9)`, and leave `model` out",
+    'opt': "it resets the state of the Learner's optimizer (`learn.opt`): leave `opt` out and choose the optimizer with "
+           "`Learner(..., opt_func=...)`",
+    'resume': "it resumes when fastai does (`learn.fit(..., start_epoch=...)`, after loading a checkpoint): leave `resume` out"}
+
 @delegates(DynamicSparseTraining, but=['model', 'opt', 'resume'])
 class DynamicSparseTrainingCallback(Callback):
     "Drop and regrow the weights of a sparsified model during training (SET, SNFS, RigL or your own criteria)"
@@ -32,6 +38,8 @@ class DynamicSparseTrainingCallback(Callback):
                  log_stats:bool=True,          # add `sparsity` and `explored` columns to fastai's epoch table
                  **kwargs,                     # what `DynamicSparseTraining` takes: scores, schedule, seed
                 ):
+        for k, why in _LEARNER_GIVES.items():
+            if k in kwargs: raise TypeError(f"DynamicSparseTrainingCallback takes no `{k}`: {why}")
         store_attr(but='kwargs'); self.dst_kwargs = kwargs
         DynamicSparseTraining.check_args(batches_per_update=batches_per_update, **kwargs)   # fail now, not at `fit`
 

@@ -66,8 +66,9 @@ def _check_flags(preset, sparsity, epochs, lr, bs, batches_per_update, seed, sav
         raise ValueError(f"--lr must be a learning rate > 0 (e.g. 0.01), got {lr!r}")
     if bs is not None: _whole(bs, '--bs', what=' (and at most the size of the training set)')
     if batches_per_update is not None: _whole(batches_per_update, '--batches-per-update', what=' (leave it out to update once per epoch)')
-    _whole(seed, '--seed', 0, 2**64 - 1)
+    _whole(seed, '--seed', 0, 2**63 - 1)
     if save is not None: _check_save(Path(save))
+    if preset != 'dense' and sparsity is not None: check_sparsity(sparsity, '--sparsity')
     if prunes:
         final = check_sparsity(0.9 if sparsity is None else sparsity, '--sparsity')
         if start_sparsity is not None:
@@ -87,11 +88,17 @@ def _sparse_setup(learn, preset, sparsity, distribution, seed, start_sparsity, b
             start_s = (0. if kw['grow_score_f'] is None else min(0.5, sparsity)) if start_sparsity is None else start_sparsity
             kw['final_sparsity'] = sparsity
             if kw['final_sparse_f'] != 'global': kw['final_sparse_f'] = distribution
-        sparsify_model(learn.model, start_s if prunes else sparsity, distribution, seed=seed)
+        s0, flag = (start_s, '--start-sparsity') if prunes else (sparsity, '--sparsity')
+        try: sparsify_model(learn.model, s0, distribution, seed=seed)
+        except ValueError as e:
+            if 'keep no weight' not in str(e): raise
+            raise ValueError(f"{flag} {s0} with --distribution {distribution} leaves a layer of the model with no weight at all: "
+                             f"give a lower {flag}" + ("" if distribution == 'erk' else ", or --distribution erk")) from None
         if prunes:   # the budget the callback checks at `fit`, checked now so that its error speaks of the options
             try: GradualPruning(learn.model, sparsity, kw['final_sparse_f'])
             except ValueError as e:
                 why = ('its global ranking keeps at least 1% of each layer' if 'floors' in str(e) else
+                       f'--distribution {distribution} would prune a layer to no weight at all' if 'no weight at all' in str(e) else
                        'it would keep more weights than the model starts with')
                 raise ValueError(f"--preset {preset} cannot prune this model from --start-sparsity {start_s} to --sparsity {sparsity} "
                                  f"({why}): give a lower --sparsity") from None

@@ -4,7 +4,8 @@
 
 # %% ../nbs/10_engine.ipynb #cea0dfd2
 from __future__ import annotations
-import inspect, math, warnings
+import inspect, math, numbers, warnings
+from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
 import torch
@@ -138,6 +139,22 @@ def _opt_params(opt)->list|None:
     try: return [p for g in groups for p in (g['params'] if isinstance(g, dict) else g)]
     except (TypeError, KeyError): return None
 
+def _check_optimizer(opt):
+    "Raise unless `opt` is None or an optimizer object: not the parameters (or a parameter group) one is made from"
+    if opt is None: return
+    if isinstance(opt, (torch.Tensor, list, tuple, set, dict, Iterator)):
+        raise TypeError(f"opt takes the optimizer object, e.g. `opt = torch.optim.SGD(model.parameters(), lr=0.1)`, not the parameters "
+                        f"it trains (got a {type(opt).__name__}): pass `opt` itself. Updates reset its state (momentum) where they drop "
+                        "and grow weights, and SNFS grows by its momentum")
+
+def _check_seed(seed)->int|None:
+    "`seed` as an int (None stays None), or a clear error unless it is a whole number that fits the int64 the driver saves it in"
+    if seed is None: return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a whole number (e.g. 0), or None for one drawn from torch's RNG; got {seed!r} of type {type(seed).__name__}")
+    if not -2**63 <= seed < 2**63: raise ValueError(f"seed must be a whole number in [-2**63, 2**63) (e.g. 0), or None; got {seed}")
+    return int(seed)
+
 def _check_opt(opt, targets):
     "Raise if `opt` does not train the values of weights in sparse compute (it was made before they switched)"
     ps = _opt_params(opt)
@@ -167,6 +184,8 @@ class SparseEngine:
                  group_reduce:str='mean',               # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
                  neuron_ablation:float=None,            # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
                 ):
+        _check_optimizer(opt)
+        seed = _check_seed(seed)
         self.model = as_model(model)
         self.targets = masked_params(self.model)
         if not self.targets: raise ValueError("The model has no masks: call `sparsify_model(model, ...)` before training it sparsely")
@@ -845,6 +864,12 @@ class GradualPruning:
             sps = get_distribution(final_sparse_f)([t.param for t in ts], final_sparsity)
             total = sum(round((1 - s) * n) for n, s in zip(numel, sps))
             finals = final_counts(numel, active, sps) if total <= sum(active) else None
+            if finals is not None and (empty := [t.name for t, f in zip(ts, finals) if f < 1]):
+                name = final_sparse_f if isinstance(final_sparse_f, str) else getattr(final_sparse_f, '__name__', 'final_sparse_f')
+                raise ValueError(f"final_sparsity={final_sparsity} with final_sparse_f={name!r} prunes {empty} to no weight at all, where a "
+                                 "masked layer keeps at least one (as `sparsify_model` requires): lower final_sparsity, leave these layers "
+                                 "dense (`sparsify_model(..., exclude=[...])`), or prune with final_sparse_f='global' (one ranking that "
+                                 "keeps `layer_floor` of each layer)")
         if total > sum(active):
             raise ValueError(f"final_sparsity={final_sparsity} keeps {total} weights, but the model holds {sum(active)} "
                              f"(sparsity {1 - sum(active) / sum(numel):.4f}): pruning cannot add weights. Give a final sparsity at "
@@ -954,7 +979,7 @@ class DynamicSparseTraining:
         if unknown: raise TypeError(f"Unknown arguments {unknown}: DynamicSparseTraining takes {[k for k in sig if k not in ('self', 'model', 'opt')]}")
         a = {**{k: p.default for k, p in sig.items() if p.default is not p.empty}, **kwargs}
         UpdateSchedule(a['initial_drop_grow_pct'], a['stop_pct'], a['batches_per_update'], a['drop_schedule'], a['start_step'])
-        get_score(a['keep_score_f'])
+        _check_seed(a['seed']); get_score(a['keep_score_f'])
         if a['grow_score_f'] is not None: get_score(a['grow_score_f'])
         if a['redistribution_f'] is not None: get_score(a['redistribution_f'], 'redistribution')
         _check_budget(a['final_sparsity'], a['final_sparse_f'], a['prune_schedule'], a['prune_start_pct'], a['prune_end_pct'],

@@ -229,13 +229,33 @@ def _thresholds(min_sparsity)->dict:
                              f"or None to keep every {k} layer dense; got {v!r}")
     return {**EXPORT_MIN_SPARSITY, **min_sparsity}
 
+def _check_width(name, m, args, x):
+    "Before layer `name` runs on `args` in `model(x)`: a clear error if its input has not the width (or channels) it takes"
+    a = args[0] if args else None
+    if not isinstance(a, torch.Tensor) or nn.parameter.is_lazy(m.weight): return
+    if isinstance(m, nn.Linear): want, got, unit = m.in_features, (a.shape[-1] if a.dim() else None), 'width {}'
+    else:
+        nd = len(m.kernel_size)
+        want, got, unit = m.in_channels, (a.shape[1] if a.dim() == nd + 2 else a.shape[0] if a.dim() == nd + 1 else None), '{} channels'
+    if got is not None and got != want:
+        shape = f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else ''
+        raise ValueError(f"sparse_export runs `model(x)` to find the layers it calls, and layer '{name}' ({type(m).__name__}) takes inputs "
+                         f"of {unit.format(want)} but gets {unit.format(got)} from x{shape}: pass a batch of the inputs the model takes "
+                         "(one it runs on)")
+
 def _layer_inputs(model, targets, x, keep:bool)->dict:
     "The input of each layer in `targets` that `model(x)` calls, by name (None unless `keep`)"
     inputs = {}
     def record(m, args, out, name): inputs[name] = args[0].detach() if keep else None    # returns None: the output is unchanged
     hooks = [t.module.register_forward_hook(lambda m, a, o, name=t.name: record(m, a, o, name)) for t in targets]
+    hooks += [m.register_forward_pre_hook(lambda m, a, name=n: _check_width(name or 'the model', m, a, x))
+              for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     try:
         with torch.no_grad(): model(x)
+    except Exception as e:
+        if not (isinstance(e, ValueError) and str(e).startswith('sparse_export runs')):
+            e.add_note("(sparse_export ran `model(x)` to find the layers it calls: x must be a batch of the inputs the model takes)")
+        raise
     finally:
         for h in hooks: h.remove()
     return inputs
@@ -255,6 +275,9 @@ def sparse_export(model,                       # a trained sparse `nn.Module` (o
     if min_speedup is not None and not measure:
         raise ValueError("min_speedup applies only when measuring: pass measure=True (and a batch x) as well, "
                          "or leave min_speedup out to decide by sparsity (EXPORT_MIN_SPARSITY, min_sparsity)")
+    if min_speedup is not None and (isinstance(min_speedup, bool) or not isinstance(min_speedup, numbers.Real) or not min_speedup >= 0):
+        raise ValueError(f"min_speedup is how many times faster a layer must run to be converted: a number >= 0 (1.1: 10% faster), "
+                         f"got {min_speedup!r}")
     min_speedup = 1.1 if min_speedup is None else min_speedup
     model = copy.deepcopy(as_model(model)).eval()
     if any(t.sparse for t in masked_params(model)): set_compute(model, 'masked')   # layers that trained in sparse compute

@@ -4,8 +4,9 @@
 
 # %% ../nbs/03_masks.ipynb #9f22ab0f
 from __future__ import annotations
-import fnmatch, functools, itertools, math, os, pickle, weakref
+import fnmatch, functools, itertools, math, numbers, os, pickle, re, sys, weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 import torch
@@ -69,6 +70,13 @@ def _is_pattern(s): return any(c in s for c in '*?[')
 
 def _match(name, patterns): return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
+def _patterns(x, what:str)->list:
+    "`x` (a name or pattern, or a list of them) as a list of str, or a clear error"
+    ps = [x] if isinstance(x, str) else list(x) if isinstance(x, (list, tuple, set)) else None
+    if ps is None or not all(isinstance(p, str) for p in ps):
+        raise TypeError(f"{what} takes weight names or glob patterns (str), one or a list, e.g. {what}=['0.weight', 'layers.*']; got {x!r}")
+    return ps
+
 def _check_names(patterns, names, what):
     "Raise if a plain (non-glob) name in `patterns` names no candidate weight"
     unknown = [p for p in patterns if not _is_pattern(p) and p not in names]
@@ -78,15 +86,25 @@ def _check_names(patterns, names, what):
                          f"Known names: {names}")
 
 # %% ../nbs/03_masks.ipynb #9f787d8a
+def _check_types(types)->dict:
+    "`types` checked, a single weight name as a list of one; a clear error unless it maps module types to names or functions"
+    if types is None: return {}
+    ok = isinstance(types, Mapping) and all(isinstance(t, type) and issubclass(t, nn.Module) for t in types) and all(
+        isinstance(f, str) or callable(f) or (isinstance(f, (list, tuple)) and all(isinstance(n, str) for n in f)) for f in types.values())
+    if not ok: raise TypeError("types takes a dict from module type to the names of its weights to sparsify (or a function of the "
+                               f"module returning them), e.g. types={{MyLayer: ['weight']}} or {{nn.Linear: ['weight', 'bias']}}; got {types!r}")
+    return {t: [f] if isinstance(f, str) else f for t, f in types.items()}
+
 def sparsifiable_params(model,                   # an `nn.Module` or a fastai `Learner`
                         include:list=None,       # names or glob patterns of weights to sparsify (default: all)
                         exclude:list=None,       # names or glob patterns of weights to leave dense
                         embeddings:bool=False,   # also sparsify `nn.Embedding` weights
-                        types:dict=None,         # extra `{ModuleType: [weight names] or f(module)}`
+                        types:dict=None,         # `{ModuleType: [weight names] or f(module)}`, before `SPARSIFIABLE` (replacing its entry for a type it has)
                        )->list:                  # `SparseTarget`s in model order
     "The weights of `model` that `sparsify_model` would mask"
     model = as_model(model)
-    reg = {**(types or {}), **SPARSIFIABLE, **(EMBEDDINGS if embeddings else {})}
+    types = _check_types(types)
+    reg = {**types, **{t: f for t, f in {**SPARSIFIABLE, **(EMBEDDINGS if embeddings else {})}.items() if t not in types}}
     out, seen = [], set()
     for mname, m in model.named_modules():
         f = next((f for t, f in reg.items() if isinstance(m, t)), None)
@@ -110,11 +128,11 @@ def select_targets(targets:list,      # `SparseTarget`s, e.g. from `sparsifiable
     "The `targets` whose names match `include` and none of `exclude`; a name or pattern that matches no target is an error"
     names = [t.name for t in targets]
     if include is not None:
-        include = [include] if isinstance(include, str) else list(include)
+        include = _patterns(include, 'include')
         _check_names(include, names, 'include')
         targets = [t for t in targets if _match(t.name, include)]
     if exclude is not None:
-        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        exclude = _patterns(exclude, 'exclude')
         _check_names(exclude, names, 'exclude')
         targets = [t for t in targets if not _match(t.name, exclude)]
     return targets
@@ -471,7 +489,7 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
         raise ValueError("The checkpoint has no masks: load it with `load_state_dict`, then call `sparsify_model`" + (
             f" (its entries {_names(odd)} are not tensors: another format needs an adapter's "
             "`checkpoint` (`fastsparse.adapters.register_adapter`))" if odd else ''))
-    P = {k: [] for k in ('shape', 'lacks', 'dense', 'values', 'type', 'missing', 'unexpected', 'structure')}
+    P = {k: [] for k in ('shape', 'lacks', 'dense', 'values', 'empty', 'type', 'missing', 'unexpected', 'structure')}
     updates, buffers, new, done = {}, [], [], set()
     final = {w: (t.module, t.attr, t.param) for w, t in masks.items()}              # weight key -> what is masked after loading
     for w, k in ckpt_masks.items():
@@ -486,6 +504,7 @@ def _plan_load(model, sd, prefix='', strict=None, adopt=False):
         if v.dtype != torch.bool:
             if ((v != 0) & (v != 1)).any(): P['values'].append(k); continue
             updates[k] = v = v.bool()
+        if not v.any(): P['empty'].append(k); continue
         if w in masks and (why := masks[w].structure.violation(v)):
             P['structure'].append((k, masks[w].structure.name, why)); continue
         if w not in masks: new.append((SparseTarget(w[len(prefix):], m, n), v)); final[w] = (m, n, p)
@@ -536,6 +555,7 @@ def _load_error(model, P, prefix)->str:
     if P['lacks']: says.append(f"the checkpoint has masks for {_names(P['lacks'])}, which this model lacks")
     if P['dense']: says.append(f"the checkpoint has masks for {_names(P['dense'])}, which this model keeps dense")
     if P['values']: says.append(f"the masks {_names(P['values'])} hold values other than 0 and 1")
+    if P['empty']: says.append(f"the masks {_names(P['empty'])} keep no weight at all")
     if P['structure']: says.append('masks break their structure: ' + '; '.join(f"'{k}' ({s!r}): {why}" for k, s, why in P['structure'][:4]))
     if P['type']: says.append(f"{_names(P['type'])} are not tensors (or not str keys)")
     if P['missing']: says.append(f"the checkpoint lacks {_names(P['missing'])}")
@@ -549,6 +569,8 @@ def _load_error(model, P, prefix)->str:
                     "; to load only the entries both have, pass `strict=False`."))
     if P['dense']: todo.append("Sparsify this model as the saved one was, or `unsparsify` it and `load_sparse` the checkpoint to take its masks.")
     if P['values']: todo.append("A mask holds only 0 and 1 (or False and True).")
+    if P['empty']: todo.append("A masked layer keeps at least one weight, as `sparsify_model` requires: remove these masks from the "
+                               "state dict to load those layers' (all zero) weights without them.")
     if P['structure']: todo.append("Load it into a model sparsified with the structure it was trained with (`sparsify_model(..., structure=)`).")
     if P['type']: todo.append("`state` must be a model's `state_dict`: another format needs an adapter's `checkpoint` (`fastsparse.adapters.register_adapter`).")
     where = f"{type(model).__name__}" + (f" at '{prefix[:-1]}'" if prefix else '')
@@ -605,6 +627,23 @@ def _check_structure(st, targets, sparsities, model_sparsity):
             raise ValueError(f"Structure {st.name!r} keeps {st.n} of every {st.m} weights: every layer is at sparsity {s:g}. "
                              f"Pass `model_sparsity={s:g}` with the uniform distribution and no overrides (asked: {model_sparsity:g}).")
 
+def _check_seed(seed, lo:int=-2**63, hi:int=2**64 - 1)->int|None:
+    "`seed` as an int (None stays None), or a clear error unless it is a whole number in [`lo`, `hi`] (torch's range by default)"
+    if seed is None: return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a whole number (e.g. 0), or None for one drawn from torch's RNG; got {seed!r} of type {type(seed).__name__}")
+    if not lo <= seed <= hi: raise ValueError(f"seed must be a whole number in [{lo}, {hi}] (e.g. 0), or None; got {seed}")
+    return int(seed)
+
+def _no_targets(model, include, exclude, embeddings, types)->ValueError:
+    "The error of `sparsify_model` when it finds no weight to sparsify: the model has none, or `include` and `exclude` left none"
+    if (include is not None or exclude is not None) and (every := sparsifiable_params(model, embeddings=embeddings, types=types)):
+        return ValueError(f"include={include!r} and exclude={exclude!r} leave no weight to sparsify, of {_names(t.name for t in every)}: "
+                          "include some of these, or exclude fewer")
+    known = ', '.join(t.__name__ for t in {**(types or {}), **SPARSIFIABLE})
+    return ValueError(f"No sparsifiable weight found in {type(model).__name__} (known layer types: {known}). "
+                      "Pass `types={YourLayer: ['weight']}` to add your own layers.")
+
 def sparsify_model(model,                         # an `nn.Module` or a fastai `Learner`
                    model_sparsity:float=0.9,      # fraction of the sparsified weights set to zero
                    sparse_f:Callable|str=uniform_sparsity, # `(params, model_sparsity) -> sparsities`, or its name in `DISTRIBUTIONS`
@@ -613,7 +652,7 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
                    exclude:list=None,             # names or glob patterns of weights to leave dense
                    overrides:dict=None,           # `{name or pattern: sparsity}` replacing what `sparse_f` gives
                    embeddings:bool=False,         # also sparsify `nn.Embedding` weights
-                   types:dict=None,               # extra `{ModuleType: [weight names] or f(module)}`
+                   types:dict=None,               # `{ModuleType: [weight names] or f(module)}`, replacing `SPARSIFIABLE`'s entry for a type it has
                    seed:int=None,                 # seed of the random initial masks (default: torch's RNG)
                    compute:str='masked',          # 'sparse': layers that can train their active weights only (see `set_compute`)
                    structure='element',           # what masks keep: 'element', 'fan_in', 'N:M' ('2:4'), 'row', 'column', 'kernel', 'RxC' blocks
@@ -624,14 +663,14 @@ def sparsify_model(model,                         # an `nn.Module` or a fastai `
     if compute not in COMPUTE_MODES: raise ValueError(f"Unknown compute {compute!r}: one of {list(COMPUTE_MODES)}")
     st = get_structure(structure)
     sparse_f = get_distribution(sparse_f)
+    seed = _check_seed(seed)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides takes a dict {{name or pattern: sparsity}}, e.g. overrides={{'0.weight': 0.5}}; got {overrides!r}")
     if is_sparse(model):
         raise ValueError("The model is already sparsified. Call `unsparsify(model)` first to start again "
                          "with new masks, or `mask_hooks(model)` to re-enable removed hooks.")
     targets = sparsifiable_params(model, include=include, exclude=exclude, embeddings=embeddings, types=types)
-    if not targets:
-        known = ', '.join(t.__name__ for t in {**(types or {}), **SPARSIFIABLE})
-        raise ValueError(f"No sparsifiable weight found in {type(model).__name__} (known layer types: {known}). "
-                         "Pass `types={YourLayer: ['weight']}` to add your own layers.")
+    if not targets: raise _no_targets(model, include, exclude, embeddings, types)
     params = [t.param for t in targets]
     fname = getattr(sparse_f, '__name__', repr(sparse_f))
     sparsities = sparse_f(params, model_sparsity)
@@ -680,14 +719,34 @@ def unsparsify(model)->nn.Module:
     return model
 
 # %% ../nbs/03_masks.ipynb #cb90d03d
+def _pickled_class(err)->type|None:
+    "The class that `torch.load(weights_only=True)` refused to rebuild, as `err` names it, if it is already imported"
+    m = re.search(r'GLOBAL ([\w.]+)', str(err))
+    if m is None: return None
+    mod, _, name = m.group(1).rpartition('.')
+    return getattr(sys.modules.get(mod), name, None)
+
+_SAVE_STATE = ("Save the model's state dict instead, `torch.save(model.state_dict(), f)`, and load that; or, for a file you trust, "
+               "pass the state dict of what it holds: `load_sparse(model, torch.load(f, weights_only=False).state_dict())`")
+
 def _unwrap_checkpoint(state)->dict:
     "The `state_dict` in `state`: one, a path or file `torch.load(weights_only=True)` reads, or what an adapter's `checkpoint` finds"
     if isinstance(state, (str, os.PathLike)) or hasattr(state, 'read'):
         try:
             with torch.serialization.safe_globals(checkpoint_globals()): state = torch.load(state, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{e}\n\n`load_sparse` reads files with `weights_only=True`: a format holding other classes needs "
+            cls = _pickled_class(e)
+            if isinstance(cls, type) and issubclass(cls, nn.Module):
+                raise pickle.UnpicklingError(f"The file holds a whole pickled model ({cls.__name__}, as `torch.save(model, f)` writes it), "
+                    "which `load_sparse` does not unpickle: that would run code from the file. " + _SAVE_STATE + ".") from None
+            raise pickle.UnpicklingError(f"{e}\n\n`load_sparse` reads files with `weights_only=True`. If the file holds a whole model "
+                "(`torch.save(model, f)`): " + _SAVE_STATE[0].lower() + _SAVE_STATE[1:] + ". Another format holding other classes needs "
                 "them in an adapter's `safe_globals` (`fastsparse.adapters.register_adapter`; importing `fastsparse.callback` registers fastai's)") from e
+    try: model = as_model(state)
+    except TypeError: model = None
+    if model is not None:
+        raise TypeError(f"`load_sparse` takes a checkpoint, not a model ({type(state).__name__}): pass its state dict, "
+                        "`load_sparse(model, other.state_dict())`, or the file it was saved to")
     if (sd := checkpoint_state(state)) is not None: state = sd
     if not isinstance(state, dict):
         raise TypeError(f"Expected a state_dict, got {type(state).__name__}: another format needs an adapter whose "

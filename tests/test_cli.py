@@ -26,7 +26,7 @@ def test_progress_bar_shown_by_default():
 
 def test_bad_input_is_a_clear_error():
     r = fastsparse('train', '--sparsity', '1.2', '--epochs', '1')
-    assert r.returncode == 2 and 'model_sparsity must be in [0, 1)' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 2 and '--sparsity must be in [0, 1)' in r.stderr and 'Traceback' not in r.stderr
     r = fastsparse('train', '--preset', 'nope')
     assert r.returncode == 2 and 'invalid choice' in r.stderr
     r = fastsparse('train', '--distribution', 'nope')
@@ -76,7 +76,12 @@ def test_flags_checked_before_training(tmp_path):
              ('--preset', 'GMP', '--sparsity', '1'): ['--sparsity must be in [0, 1)'],
              ('--preset', 'GraNet', '--start-sparsity', '1.5'): ['--start-sparsity must be in [0, 1)'],
              ('--preset', 'GMP', '--start-sparsity', '0.95', '--sparsity', '0.9'): ['--start-sparsity 0.95 is above --sparsity 0.9'],
-             ('--preset', 'GraNet', '--sparsity', '0.999'): ['--preset GraNet cannot prune', 'to --sparsity 0.999', 'give a lower --sparsity']}
+             ('--preset', 'GraNet', '--sparsity', '0.999'): ['--preset GraNet cannot prune', 'to --sparsity 0.999', 'give a lower --sparsity'],
+             ('--sparsity', '-0.1'): ['--sparsity must be in [0, 1)'], ('--preset', 'static', '--sparsity', '1'): ['--sparsity must be in [0, 1)'],
+             ('--seed', str(2**63)): ['--seed', 'in [0, 9223372036854775807]'],
+             ('--distribution', 'uniform', '--sparsity', '0.9999'): ['--sparsity 0.9999 with --distribution uniform', 'no weight at all'],
+             ('--preset', 'GMP', '--distribution', 'uniform', '--sparsity', '0.9999'):
+                 ['--preset GMP cannot prune', '--distribution uniform would prune a layer to no weight at all', 'give a lower --sparsity']}
     for argv, (code, out, err) in zip(cases, _errors(*[('train', '--no-bar', '--epochs', '1', *a) for a in cases])):
         assert code == 2 and 'Traceback' not in err and err.startswith('fastsparse: error: '), (argv, code, err)
         assert 'accuracy' not in out, (argv, out)                   # nothing trained
