@@ -2,6 +2,7 @@
 same masks, the invariants after every update), fastai's Lookahead (`ranger`) has its slow weights follow the masks, an
 optimizer keeping per-weight tensors fastsparse cannot see is refused, and fastai's optimizers work in a plain loop."""
 import os, subprocess, sys
+from functools import partial
 import pytest
 import torch
 from torch import nn
@@ -98,6 +99,35 @@ def test_same_training_in_both_modes(opt_name, preset):
         sa, sb = _slow(ref[3], a), _slow(out[3], b)
         assert (sa is None) == (sb is None) == (opt_name != 'fastai ranger')
         if sa is not None: torch.testing.assert_close(sb, sa, rtol=1e-3, atol=1e-5)
+
+@pytest.mark.slow
+@pytest.mark.parametrize('seed', [1, 2, 3])
+@pytest.mark.parametrize('opt_name,preset', _CELLS)
+def test_same_training_in_both_modes_more_seeds(opt_name, preset, seed):
+    "The matrix on other models, masks and data"
+    ref, out = _train('masked', opt_name, preset, seed=seed), _train('sparse', opt_name, preset, seed=seed)
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(a, b) for ma, mb in zip(ref[1], out[1]) for a, b in zip(ma, mb))
+
+def test_ranger_in_a_learner():
+    "fastai's `ranger` through the callback: the same losses and masks in both compute modes, the slow weights zero at inactive weights"
+    from fastai.basics import Learner, DataLoaders
+    from fastsparse import DynamicSparseTrainingCallback
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 12, generator=g); ds = list(zip(x, x[:, :3].tanh()))
+    def fit(mode):
+        torch.manual_seed(0)
+        dls = DataLoaders.from_dsets(ds[:64], ds[64:], bs=8, shuffle=False, device='cpu')
+        learn = Learner(dls, _model(0), loss_func=F.mse_loss, opt_func=partial(ranger, k=3))
+        learn.sparsify(0.7, 'erk', seed=0, compute=mode)
+        with learn.no_logging(): learn.fit(2, 1e-2, cbs=DynamicSparseTrainingCallback(batches_per_update=3, seed=0, **SNFS_presets))
+        check_invariants(learn.model, learn.opt)
+        for t in masked_params(learn.model): assert not _slow(learn.opt, t)[~t.mask].any()
+        return learn
+    m, s = fit('masked'), fit('sparse')
+    assert s.dst.n_updates == m.dst.n_updates >= 3 and all(t.sparse for t in masked_params(s.model))
+    torch.testing.assert_close([float(v) for v in s.recorder.losses], [float(v) for v in m.recorder.losses], rtol=1e-4, atol=1e-5)
+    for a, b in zip(masked_params(m.model), masked_params(s.model)): assert torch.equal(a.mask, b.mask)
 
 @pytest.mark.parametrize('mode', ['masked', 'sparse'])
 @pytest.mark.parametrize('opt_name', [o for o, (_, mom) in OPTIMIZERS.items() if not mom])
