@@ -4,6 +4,7 @@
 
 # %% ../nbs/02_adapters.ipynb #38031f42
 from __future__ import annotations
+import importlib, sys
 from dataclasses import dataclass
 from typing import Callable
 import torch
@@ -11,7 +12,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['ADAPTERS', 'Adapter', 'register_adapter', 'remove_adapter', 'as_model', 'inner_optimizer', 'param_lists',
-           'lacks_momentum', 'momentum_rule', 'checkpoint_state', 'checkpoint_globals', 'params_replaced']
+           'lacks_momentum', 'momentum_rule', 'extra_state', 'checkpoint_state', 'checkpoint_globals',
+           'params_replaced']
 
 # %% ../nbs/02_adapters.ipynb #7c784c6a
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Adapter:
     checkpoint:Callable=None     # `loaded object -> state_dict | None`: the model's state in what `torch.load` read
     safe_globals:tuple=()        # classes `torch.load(weights_only=True)` may rebuild when reading such a file
     params_replaced:Callable=None # `obj -> None`: told that the model in container `obj` trains new parameters (`set_compute`)
+    extra_state:Callable=None    # `(opt, param) -> dict | None`: per-weight tensors `opt` keeps outside its `state` (Lookahead's slow weights)
 
 ADAPTERS = []   # the registered adapters, in the order they are asked
 
@@ -46,8 +49,13 @@ def remove_adapter(name:str,  # the `name` it was registered with
     return None if i is None else ADAPTERS.pop(i)
 
 # %% ../nbs/02_adapters.ipynb #bb3687a5
+_FRAMEWORKS = {'fastai': 'fastsparse.callback'}   # a framework's package -> the fastsparse module that registers its adapter
+
 def _answers(part, *args):
     "What the registered adapters' `part` functions say about `args`, in order, skipping those that do not know (None)"
+    # an object of a framework whose adapter is not registered yet (fastai's `Adam` in a plain loop): register it now
+    mod = _FRAMEWORKS.get(type(args[0]).__module__.partition('.')[0]) if args else None
+    if mod is not None and mod not in sys.modules: importlib.import_module(mod)
     for a in ADAPTERS:
         f = getattr(a, part)
         if f is not None and (r := f(*args)) is not None: yield r
@@ -96,6 +104,14 @@ def momentum_rule(opt,    # an optimizer, or a wrapper an adapter knows
         if 'betas' in g: return float(g['betas'][0]), 1. - float(g['betas'][0])      # Adam, AdamW, ...
         if g.get('momentum'): return float(g['momentum']), 1. - float(g.get('dampening', 0.))   # SGD
     return None
+
+def extra_state(opt,    # an optimizer, or a wrapper an adapter knows
+                param,  # a parameter it trains
+               )->list:
+    "The dicts of per-weight tensors that `opt` keeps for `param` outside its `state`, as the registered adapters show them (writing an entry writes it back)"
+    if opt is None: return []
+    o = inner_optimizer(opt)
+    return list(_answers('extra_state', opt, param)) + (list(_answers('extra_state', o, param)) if o is not opt else [])
 
 # %% ../nbs/02_adapters.ipynb #24229610
 def checkpoint_state(obj,  # what `torch.load` read from a checkpoint file

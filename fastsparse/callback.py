@@ -8,7 +8,8 @@ from fastcore.basics import store_attr, patch
 from fastcore.meta import delegates
 from fastai.callback.core import Callback
 from fastai.learner import Learner, SkipToEpoch, ValueMetric
-from fastai.optimizer import Optimizer, OptimWrapper
+from fastai.optimizer import Optimizer, OptimWrapper, Lookahead
+from collections.abc import MutableMapping
 from .adapters import Adapter, register_adapter
 from .distributions import uniform_sparsity
 from .masks import sparsify_model, load_sparse, is_sparse
@@ -110,6 +111,24 @@ def _fastai_momentum_rule(o, param):
         if any(p is param for p in pl): return float(hp['mom']), (1. - float(hp['mom'])) if damp else 1.
     return None
 
+class _SlowWeight(MutableMapping):
+    "The slow weight that fastai's `Lookahead` keeps for one parameter, as a one-entry dict: writing it writes the Lookahead's"
+    def __init__(self, la, i, j): self.la, self.i, self.j = la, i, j
+    def __getitem__(self, k):
+        if k != 'slow_weights': raise KeyError(k)
+        return self.la.slow_weights[self.i][self.j]
+    def __setitem__(self, k, v):
+        if k != 'slow_weights': raise KeyError(k)
+        self.la.slow_weights[self.i][self.j] = v
+    def __delitem__(self, k): raise TypeError("A Lookahead's slow weight cannot be deleted")
+    def __iter__(self): return iter(('slow_weights',))
+    def __len__(self): return 1
+
+def _lookahead_slow(o, param):
+    "fastai's `Lookahead` (`ranger`) keeps a slow copy of each parameter outside its `state`, once it has taken a step"
+    if not isinstance(o, Lookahead) or o.slow_weights is None: return None
+    return next((_SlowWeight(o, i, j) for i, pl in enumerate(o.param_lists) for j, p in enumerate(pl) if p is param), None)
+
 def _fastai_params_replaced(o):
     "Layers of `o.model` switched compute and train new parameters: drop the `Learner`'s optimizer, so that `fit` makes a new one"
     if isinstance(o, Learner): o.opt = None
@@ -128,7 +147,7 @@ def _fastai_safe_globals():
 register_adapter(Adapter('fastai', model=_learner_model, optimizer=_optim_wrapper_opt, param_lists=_fastai_param_lists,
                          lacks_momentum=_fastai_lacks_momentum, momentum_rule=_fastai_momentum_rule,
                          checkpoint=_fastai_checkpoint, safe_globals=tuple(_fastai_safe_globals()),
-                         params_replaced=_fastai_params_replaced))
+                         params_replaced=_fastai_params_replaced, extra_state=_lookahead_slow))
 
 # %% ../nbs/12_callback.ipynb #a17a5136
 class ActivationSparsityCallback(Callback):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
 import torch
-from .adapters import as_model, inner_optimizer, param_lists, momentum_rule
+from .adapters import as_model, inner_optimizer, param_lists, momentum_rule, lacks_momentum, extra_state
 from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer, grad_masked
 from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view
 from torch import nn
@@ -154,6 +154,12 @@ def _check_seed(seed)->int|None:
         raise TypeError(f"seed must be a whole number (e.g. 0), or None for one drawn from torch's RNG; got {seed!r} of type {type(seed).__name__}")
     if not -2**63 <= seed < 2**63: raise ValueError(f"seed must be a whole number in [-2**63, 2**63) (e.g. 0), or None; got {seed}")
     return int(seed)
+def _no_momentum(e, name=None)->str:
+    "What to do when the scores of engine `e` read momentum that its optimizer does not keep (for weight `name`)"
+    f = next((f for f in e.scores if 'momentum' in score_needs(f)), None)
+    return (f"`{getattr(f, '__name__', 'a score')}` reads the gradient's momentum, which this optimizer ({type(e.opt).__name__}) does not keep"
+            f"{f' for {name!r}' if name else ''}: use fastai's Adam or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW "
+            "(fastai's optimizers are known once `fastai.optimizer` is imported with fastsparse)")
 
 def _check_opt(opt, targets):
     "Raise if `opt` does not train the values of weights in sparse compute (it was made before they switched)"
@@ -164,6 +170,50 @@ def _check_opt(opt, targets):
     if lost: raise ValueError(f"The optimizer does not train {lost[:3]}{'...' if len(lost) > 3 else ''}: it was made before these "
                               "weights switched compute (`set_compute`, `sparsify_model(..., compute=)`). Make the optimizer "
                               "after sparsifying (in fastai, `learn.create_opt()`).")
+
+def _state_dicts(opt, param)->list:
+    "Every dict of per-weight state that `opt` keeps for `param`: its `state`, and what adapters show outside it (Lookahead's slow weights)"
+    return [opt_state(opt, param), *extra_state(opt, param)]
+
+def _mask_extra_state(e):
+    "Masked compute: zero the per-weight state that adapters show outside the optimizer's `state` (slow weights) at inactive weights"
+    if e.opt is None: return
+    for t in e.targets:
+        if t.sparse: continue
+        for st in extra_state(e.opt, t.param):
+            for v in st.values():
+                if isinstance(v, torch.Tensor) and v.shape == t.param.shape: v.masked_fill_(~t.mask, 0)
+
+def _tensors_in(v, path, depth=3):
+    "`(path, tensor)` for every tensor in `v`, itself or inside lists, tuples and dicts (a few levels deep)"
+    if isinstance(v, torch.Tensor): yield path, v
+    elif depth and isinstance(v, dict): yield from (x for k, w in v.items() for x in _tensors_in(w, f'{path}[{k!r}]', depth - 1))
+    elif depth and (isinstance(v, (list, tuple)) or type(v).__name__ == 'L'):
+        yield from (x for i, w in enumerate(v) for x in _tensors_in(w, f'{path}[{i}]', depth - 1))
+
+def _hidden_state(opt)->list:
+    "Attributes of `opt` (and of the optimizers it wraps) holding tensors shaped like a parameter it trains, which neither its `state` nor an adapter shows"
+    ps = _opt_params(opt) or []
+    known = {id(p) for p in ps} | {id(v) for p in ps for d in extra_state(opt, p) for v in d.values()}
+    shapes, out, seen, todo = {tuple(p.shape) for p in ps}, [], set(), [(opt, type(opt).__name__)]
+    while todo:
+        o, name = todo.pop()
+        if id(o) in seen or not hasattr(o, '__dict__'): continue
+        seen.add(id(o))
+        for k, v in vars(o).items():
+            if k in ('state', 'param_groups', 'defaults'): continue
+            if hasattr(v, 'step') and (hasattr(v, 'param_groups') or hasattr(v, 'param_lists')): todo.append((v, f'{name}.{k}')); continue
+            out += [p for p, t in _tensors_in(v, f'{name}.{k}') if id(t) not in known and tuple(t.shape) in shapes]
+    return out
+
+def _check_hidden_state(opt):
+    "Raise if `opt` keeps per-weight tensors that fastsparse cannot see, so cannot move or reset when masks change"
+    if opt is None or not (hidden := _hidden_state(opt)): return
+    raise ValueError(f"The optimizer ({type(opt).__name__}) keeps per-weight tensors outside its `state` ({', '.join(hidden[:3])}"
+                     f"{', ...' if len(hidden) > 3 else ''}), which fastsparse cannot move or reset when masks change. Keep them in "
+                     "`opt.state[param]`, as torch's and fastai's optimizers do (fastai's `Lookahead` and `ranger` are supported), or "
+                     "show them through an adapter: `register_adapter(Adapter(name, extra_state=f))` (fastsparse.adapters) with "
+                     "`f(opt, param) -> dict | None`.")
 
 # %% ../nbs/10_engine.ipynb #97e6bfa8
 class SparseEngine:
@@ -244,14 +294,16 @@ class SparseEngine:
             r = grad_record(t)
             if reads_grad: r.record_grad()       # sparse: the dense gradient is made on update steps only
             if self.momentum_layers and r.inactive_momentum is None: r.track_momentum()
+        if opt is not None and self.scorer.reads('momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
+        _check_hidden_state(opt)
 
     def observe_step(self):
-        "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"
+        "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights); in masked compute, zero slow weights (Lookahead) at inactive weights"
+        _mask_extra_state(self)
         for t in self.momentum_layers:
             if not t.trainable.requires_grad: continue   # frozen: no gradient, and perhaps not in the optimizer
             rule = momentum_rule(self.opt, t.trainable)
-            if rule is None: raise ValueError(f"`{getattr(self.grow_score_f, '__name__', 'the grow score')}` needs an optimizer with momentum "
-                                              f"for '{t.name}': use fastai's Adam or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW")
+            if rule is None: raise ValueError(_no_momentum(self, t.name))
             grad_record(t).update_momentum(*rule)
 
     def record_init(self, keep:bool=False):
@@ -287,6 +339,7 @@ class SparseEngine:
               )->list:              # one record per layer: counts of active, dropped and grown weights
         "Prune to `n_active`, then drop `drop_fraction` of the active weights and grow as many: plan, select, commit"
         ts = self.targets
+        _check_hidden_state(self.opt)      # state made at the first step (Lookahead's slow weights) must be seen before masks change
         active = [_n_active(t) for t in ts]
         n_prune = 0 if n_active is None else sum(active) - int(n_active)
         if n_prune < 0: raise ValueError(f"Pruning cannot grow the model: {n_active} active weights asked for, {sum(active)} now")
@@ -331,11 +384,11 @@ def _remap(opt, t, old, grown):
         return v.new_zeros(n_new).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
     v = t.trainable
     same = n_new == v.numel()         # then in place: the optimizer (and DDP) keep their tensors
-    st = opt_state(opt, v)
-    for k, s in list(st.items()):
-        if isinstance(s, torch.Tensor) and s.shape == v.shape:
-            if same: s.copy_(moved(s))
-            else: st[k] = moved(s)
+    for st in _state_dicts(opt, v):
+        for k, s in list(st.items()):
+            if isinstance(s, torch.Tensor) and s.shape == v.shape:
+                if same: s.copy_(moved(s))
+                else: st[k] = moved(s)
     g = None if v.grad is None else moved(v.grad)
     if same:
         v.data.copy_(moved(v.data))
@@ -759,17 +812,19 @@ def commit(self:SparseEngine,
 # %% ../nbs/10_engine.ipynb #dabc4ba1
 @torch.no_grad()
 def reset_opt_state(opt, param, positions:torch.Tensor)->None:
-    "Zero, at `positions` (a bool tensor shaped like `param`, or flat indices), every optimizer-state tensor of `param` shaped like it"
-    for v in opt_state(opt, param).values():
-        if isinstance(v, torch.Tensor) and v.shape == param.shape:
-            if positions.dtype == torch.bool: v.masked_fill_(positions, 0)
-            else: _fill_at(v, positions, 0)
+    "Zero, at `positions` (a bool tensor shaped like `param`, or flat indices), every optimizer-state tensor of `param` shaped like it (also those an adapter shows outside its `state`)"
+    for st in _state_dicts(opt, param):
+        for v in st.values():
+            if isinstance(v, torch.Tensor) and v.shape == param.shape:
+                if positions.dtype == torch.bool: v.masked_fill_(positions, 0)
+                else: _fill_at(v, positions, 0)
 
 # %% ../nbs/10_engine.ipynb #07572be4
 def snapshot(model, opt=None)->dict:
     "Masks, weights and per-weight optimizer state of every masked weight of `model`, for `check_invariants(..., before=)`"
     return {t.name: (t.mask.clone(), t.param.detach().clone(),
-                     {k: v.clone() for k, v in opt_state(opt, t.param).items() if isinstance(v, torch.Tensor) and v.shape == t.param.shape})
+                     {k: v.clone() for st in _state_dicts(opt, t.param) for k, v in st.items()
+                      if isinstance(v, torch.Tensor) and v.shape == t.param.shape})
             for t in masked_params(model)}
 
 def _fail(msg): raise AssertionError(msg)
@@ -798,9 +853,13 @@ def check_invariants(model,         # a sparsified `nn.Module`
             L, v = t.module.weight_layout, t.trainable
             if v.numel() != int(t.mask.sum()): _fail(f"'{t.name}': {v.numel()} active values for {int(t.mask.sum())} active weights")
             if not torch.equal(L.flat(), t.mask.view(-1).nonzero().squeeze(1)): _fail(f"'{t.name}': the layout differs from the mask")
-            for k, s in opt_state(opt, v).items():
+            for k, s in (kv for st in _state_dicts(opt, v) for kv in st.items()):
                 if isinstance(s, torch.Tensor) and s.dim() == 1 and s.numel() > 1 and s.shape != v.shape:
                     _fail(f"'{t.name}': optimizer state '{k}' has {s.numel()} entries for {v.numel()} active values")
+        else:          # what an adapter shows outside the optimizer's state (slow weights) follows the weight: 0 where it is inactive
+            for k, s in (kv for st in extra_state(opt, t.param) for kv in st.items()):
+                if isinstance(s, torch.Tensor) and s.shape == t.param.shape and s[~t.mask].any():
+                    _fail(f"'{t.name}': '{k}' kept outside the optimizer's state is not 0 at inactive weights")
     if before is None: return
     for t in ts:
         m0, w0, st0 = before[t.name]
@@ -808,7 +867,7 @@ def check_invariants(model,         # a sparsified `nn.Module`
         w = t.param.detach()
         if (w[grown] != 0).any(): _fail(f"'{t.name}': grown weights are not 0")
         if not torch.equal(w[kept], w0[kept]): _fail(f"'{t.name}': kept weights changed")
-        for k, v in opt_state(opt, t.param).items():
+        for k, v in (kv for st in _state_dicts(opt, t.param) for kv in st.items()):
             if not (isinstance(v, torch.Tensor) and v.shape == t.param.shape): continue
             if (v[grown | dropped] != 0).any(): _fail(f"'{t.name}': optimizer state '{k}' is not 0 where weights were grown or dropped")
             if k in st0 and not torch.equal(v[kept], st0[k][kept]): _fail(f"'{t.name}': optimizer state '{k}' of kept weights changed")
