@@ -40,8 +40,6 @@ OPTIMIZERS = {   # name -> (make it from the parameters, whether it keeps the gr
     'fastai Larc':         (lambda p: Larc(p, lr=0.05), True),
     'fastai ranger':       (lambda p: ranger(p, lr=1e-2, k=3), True),   # Lookahead(RAdam): a sync every 3 steps
 }
-# norm-based optimizers read the whole gradient of a weight, which masked compute keeps dense at inactive weights
-DENSE_GRAD = {'fastai Lamb', 'fastai Larc'}
 PRESETS = {'RigL': RigL_presets, 'SNFS': SNFS_presets}
 
 def _model(seed):
@@ -80,8 +78,7 @@ def _train(mode, opt_name, preset, steps=12, seed=0):
     assert dst.n_updates == 4 and len(masks) == 4
     return losses, masks, model, opt
 
-_CELLS = [pytest.param(o, p, marks=pytest.mark.xfail(reason='masked compute gradients are dense at inactive weights', strict=False))
-          if o in DENSE_GRAD else (o, p) for o in OPTIMIZERS for p in PRESETS if p == 'RigL' or OPTIMIZERS[o][1]]
+_CELLS = [(o, p) for o in OPTIMIZERS for p in PRESETS if p == 'RigL' or OPTIMIZERS[o][1]]
 
 @pytest.mark.parametrize('opt_name,preset', _CELLS)
 def test_same_training_in_both_modes(opt_name, preset):
