@@ -340,9 +340,9 @@ class SparseTrain:
         if on and self.__dict__.get(_RECORD) is None: self.record_grad()
 
     def update_momentum(self, beta:float, scale:float):
-        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` the dense gradient of the step"
+        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` the dense gradient of the step; a `g` holding NaN or inf (a skipped fp16 step, a NaN loss) leaves `m` as it was"
         m, g = self.__dict__.get(_MOMENTUM), self.weight_grad()
-        if m is not None and g is not None: m.mul_(beta).add_(g, alpha=scale).masked_fill_(self._buffers[_MASK], 0.)
+        if m is not None and g is not None and (torch.isfinite(g.sum()) or torch.isfinite(g).all()): m.mul_(beta).add_(g, alpha=scale).masked_fill_(self._buffers[_MASK], 0.)
 
     @property
     def inactive_momentum(self)->torch.Tensor|None:
