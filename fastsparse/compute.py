@@ -352,9 +352,9 @@ class SparseTrain:
         if on and self.__dict__.get(_RECORD) is None: self.record_grad()
 
     def update_momentum(self, beta:float, scale:float):
-        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` the dense gradient of the step"
+        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` the dense gradient of the step; a `g` holding NaN or inf (a skipped fp16 step, a NaN loss) leaves `m` as it was"
         m, g = self.__dict__.get(_MOMENTUM), self.weight_grad()
-        if m is not None and g is not None: m.mul_(beta).add_(g, alpha=scale).masked_fill_(self._buffers[_MASK], 0.)
+        if m is not None and g is not None and (torch.isfinite(g.sum()) or torch.isfinite(g).all()): m.mul_(beta).add_(g, alpha=scale).masked_fill_(self._buffers[_MASK], 0.)
 
     @property
     def inactive_momentum(self)->torch.Tensor|None:
@@ -452,8 +452,10 @@ class GradRecord:
         if not on and not self.grad_on: self.dense, self.n = None, 0
 
     def update_momentum(self, beta:float, scale:float):
-        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` their gradient in the step"
-        if self.momentum is not None and self.n: self.momentum.mul_(beta).add_(self.dense, alpha=scale).masked_fill_(self.t.mask, 0.)
+        "After an optimizer step: `m = beta * m + scale * g` at the inactive weights, `g` their gradient in the step; a `g` holding NaN or inf leaves `m` as it was"
+        g = self.dense
+        if self.momentum is not None and self.n and (torch.isfinite(g.sum()) or torch.isfinite(g).all()):
+            self.momentum.mul_(beta).add_(g, alpha=scale).masked_fill_(self.t.mask, 0.)
 
     inactive_momentum = property(lambda self: self.momentum, doc="The running average `track_momentum` keeps (None when it keeps none)")
 

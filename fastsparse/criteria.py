@@ -17,8 +17,8 @@ __all__ = ['CONTEXT', 'NEEDS', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 
            'score_kwargs', 'needs', 'score_needs', 'state_view', 'opt_state', 'momentum', 'second_moment',
            'register_score', 'comparable', 'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude',
            'random_score', 'movement', 'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum',
-           'momentum_redistribution', 'variance_redistribution', 'survivors', 'check_score', 'normalized',
-           'compare_with', 'negated', 'squared_final']
+           'momentum_redistribution', 'variance_redistribution', 'survivors', 'NonFiniteError', 'check_score',
+           'normalized', 'compare_with', 'negated', 'squared_final']
 
 # %% ../nbs/04_criteria.ipynb #cb8ef033
 CONTEXT = ('mask', 'grad', 'state', 'init', 'prev', 'name', 'module', 'step', 'generator', 'stats')   # what a score can ask for
@@ -215,6 +215,24 @@ def survivors(param, opt=None, stats=None):
     return stats['layer']['active'] - stats['layer']['removed']
 
 # %% ../nbs/04_criteria.ipynb #35abbec2
+class NonFiniteError(ValueError):
+    "What a topology update reads (weights, gradients, optimizer state) holds NaN or inf: the training step went wrong, not the score"
+    def __init__(self, reason:str):   # what holds NaN or inf, e.g. "the gradient of '0.weight' holds NaN or inf"
+        self.reason = reason
+        super().__init__(f"{reason[0].upper()}{reason[1:]}: no topology update can be made on this step (a NaN loss or an fp16 "
+                         "overflow makes NaN or inf gradients). `DynamicSparseTraining` skips such an update and counts it")
+
+def _finite(x:torch.Tensor)->bool:
+    "Whether every entry of `x` is finite: one reduction in the usual case"
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+def _nonfinite_input(param, opt, kw:dict)->str|None:
+    "The first input of a score (its `param`, a context entry `kw` it reads, `param`'s state in `opt`) that holds NaN or inf, by name; None if all are finite"
+    state = kw['state'] if isinstance(kw.get('state'), dict) else opt_state(opt, param)   # scores may read `opt` itself
+    names = dict(grad='gradient', init='initial weights', prev='weights at the previous update')
+    items = [('weights', param)] + [(names.get(k, k), v) for k, v in kw.items() if k != 'state'] + [(f"optimizer state '{k}'", v) for k, v in state.items()]
+    return next((k for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point() and not _finite(v.detach())), None)
+
 def check_score(f:Callable, param, opt=None, kind:str='score', **ctx):
     "Call score `f` with the context it asks for and check its result: float32 of `param`'s shape, finite"
     f = get_score(f, kind)
@@ -222,12 +240,16 @@ def check_score(f:Callable, param, opt=None, kind:str='score', **ctx):
     layer = ctx.get('name', 'this weight')
     if 'state' not in ctx: ctx['state'] = opt_state(opt, param)
     if 'grad' not in ctx: ctx['grad'] = param.grad
-    try: res = f(param, opt, **{k: ctx.get(k) for k in score_kwargs(f)})
+    kw = {k: ctx.get(k) for k in score_kwargs(f)}
+    try: res = f(param, opt, **kw)
     except Exception as e: raise type(e)(f"Score `{name}` failed on '{layer}': {e}") from e
+    def nonfinite():   # NaN or inf in what the score read: the step's fault, not the score's
+        if (k := _nonfinite_input(param, opt, kw)) is not None: raise NonFiniteError(f"score `{name}` reads NaN or inf in the {k} of '{layer}'")
     if kind == 'redistribution':
         if isinstance(res, torch.Tensor):
             if res.numel() != 1: raise ValueError(f"Redistribution score `{name}` must return one number for '{layer}', got shape {tuple(res.shape)}")
             res = res.item()
+        if isinstance(res, (int, float)) and not math.isfinite(res): nonfinite()
         if not isinstance(res, (int, float)) or not math.isfinite(res) or res < 0:
             raise ValueError(f"Redistribution score `{name}` must return a finite number >= 0 for '{layer}', got {res!r}")
         return float(res)
@@ -237,7 +259,8 @@ def check_score(f:Callable, param, opt=None, kind:str='score', **ctx):
         raise ValueError(f"Score `{name}` returned shape {tuple(res.shape)} for '{layer}' of shape {tuple(param.shape)}: "
                          "return one score per weight")
     res = res.detach().float()
-    if not torch.isfinite(res.sum()) and not torch.isfinite(res).all():    # one cheap reduction in the usual case
+    if not _finite(res):
+        nonfinite()
         raise ValueError(f"Score `{name}` returned NaN or inf for '{layer}': check for divisions by zero "
                          "(add an eps) and for optimizer state that is not there yet")
     return res

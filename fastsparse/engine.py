@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from .adapters import as_model, inner_optimizer, param_lists, momentum_rule, lacks_momentum, extra_state
 from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer, grad_masked
-from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view
+from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view, NonFiniteError
 from torch import nn
 from .compute import CSRLayout, kernels, grad_record
 from .schedules import UpdateSchedule, check_fraction
@@ -97,6 +97,12 @@ def _agree(mask, change, dist):
 def _buffer(t, kind): return get_buffer(t.module, t.attr, kind)
 
 def _n_active(t)->int: return t.trainable.numel() if t.sparse else int(torch.count_nonzero(t.mask))
+
+def _check_finite(targets):
+    "Raise `NonFiniteError` if the weights or the gradient of a masked weight hold NaN or inf: this step's topology update would read them"
+    for t in targets:
+        for what, x in (('gradient', t.trainable.grad), ('weights', t.trainable)):
+            if x is not None and not (torch.isfinite(x.sum()) or torch.isfinite(x).all()): raise NonFiniteError(f"the {what} of '{t.name}' holds NaN or inf")
 
 SCOPES, DROP_BY = ('layer', 'global'), ('fraction', 'threshold')
 
@@ -337,7 +343,7 @@ class SparseEngine:
                n_active:int=None,   # active weights in all after this update, fewer than now when pruning; None keeps the total
                finals:list=None,    # per layer, its count at the end of pruning (None: pruning ranks all layers together)
               )->list:              # one record per layer: counts of active, dropped and grown weights
-        "Prune to `n_active`, then drop `drop_fraction` of the active weights and grow as many: plan, select, commit"
+        "Prune to `n_active`, then drop `drop_fraction` of the active weights and grow as many: plan, select, commit. Changes nothing and raises a `ValueError` if the weights, their gradient or a score hold NaN or inf"
         ts = self.targets
         _check_hidden_state(self.opt)      # state made at the first step (Lookahead's slow weights) must be seen before masks change
         active = [_n_active(t) for t in ts]
@@ -346,9 +352,12 @@ class SparseEngine:
         if n_prune and self.structured: raise ValueError("Pruning changes a layer's count, which structured masks keep: prune unstructured layers only")
         if self.grow_score_f is None and drop_fraction > 0:
             raise ValueError(f"drop_fraction={drop_fraction} regrows weights, but this engine has no grow score: give `grow_score_f`")
+        _check_finite(ts)    # a step with NaN or inf gradients (a NaN loss, an fp16 overflow) updates no topology
         r = Round(drop_fraction, step, n_update, [t.trainable.requires_grad for t in ts], active, n_prune, finals)
         sel = PruneSelection(self) if n_prune and finals is None and isinstance(self.selection, LayerSelection) else self.selection
-        plans, changes = sel(r)
+        held = self.threshold, self.last_threshold
+        try: plans, changes = sel(r)
+        except NonFiniteError: self.threshold, self.last_threshold = held; raise   # a score read NaN or inf: DSR's threshold stays too
         if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(ts, changes)]
         # every score succeeded and every change is checked: commit
         extra = dict(threshold=self.last_threshold) if self.drop_by == 'threshold' else {}
@@ -968,6 +977,26 @@ def _warn_no_epochs(dst, pct_train:float):
                   "epoch_end=True)`, or calls `end_epoch()` after each epoch. A loop that marks them (as the fastai callback does) "
                   "ends its first epoch after stop_pct (one epoch in all): give `batches_per_update=n` steps.", UserWarning, stacklevel=3)
 
+def _update(dst, frac:float, target:int|None, pct_train:float)->list|None:
+    "The driver's update: the engine's records, logged; None if what it reads holds NaN or inf (skipped and counted: masks stay, the next update comes as usual)"
+    try: records = dst.engine.update(frac, step=dst.n_steps, n_update=dst.n_updates, n_active=target, finals=dst.finals)
+    except NonFiniteError as e: return _skip_update(dst, e)
+    records = dst.log.record(records, pct_train)
+    # once at the final count, later steps need not count the active weights again to know it
+    if target is not None: dst.pruning.at_final = sum(r['active_after'] for r in records) == dst.final_total
+    dst.n_updates += 1
+    return records
+
+def _skip_update(dst, e:NonFiniteError):
+    "Count an update skipped because what it reads holds NaN or inf, and warn the first time"
+    dst.n_skipped += 1
+    if dst._warned_skip: return
+    dst._warned_skip = True
+    warnings.warn(f"DynamicSparseTraining skipped the topology update at step {dst.n_steps}: {e.reason}. The masks stay as they "
+                  "are, the next update comes at its usual time, and skipped updates are counted in `dst.n_skipped` (this warning is "
+                  "given once). A NaN loss makes such gradients, and so does an fp16 overflow: a loop whose `GradScaler` skipped the "
+                  "optimizer step calls `dst.step_skipped()` instead of `dst.step(...)`.", UserWarning, stacklevel=4)
+
 class DynamicSparseTraining:
     "Drives dynamic sparse training in any loop: call `step(pct_train)` after each optimizer step"
     @delegates(SparseEngine.__init__, but=['model', 'opt', 'keep_init'])   # the selection arguments, with their defaults and docs
@@ -1007,13 +1036,14 @@ class DynamicSparseTraining:
                              "compute: train with `compute='masked'` under DDP")
         self.model, self.log = self.engine.model, UpdateLog(self.engine.model, resume=resume)
         if resume:
-            st = [int(x) for x in saved.tolist()] + [_NO_BITS] * 2
-            self.n_steps, self.n_updates, self.engine.seed = st[:3]
+            st = [int(x) for x in saved.tolist()]
+            st += [_NO_BITS, _NO_BITS, 0][len(st) - 3:]      # older checkpoints hold the first 3 or 5 counters
+            self.n_steps, self.n_updates, self.engine.seed, self.n_skipped = *st[:3], st[5]
             self.prune_start_total = None if st[3] == _NO_BITS else st[3]
             if (h := _from_bits(st[4])) is not None: self.engine.threshold = h
-        else: self.n_steps, self.n_updates = 0, 0
+        else: self.n_steps, self.n_updates, self.n_skipped = 0, 0, 0   # steps; updates made; updates skipped (NaN or inf)
         self.n_epochs, self._ended, self._end_due = 0, False, False    # epoch ends marked; marked at a step; carried to the next step
-        self._warned_epochs = False                                     # the warning of `_warn_no_epochs` was given
+        self._warned_epochs = self._warned_skip = False                 # the warnings of `_warn_no_epochs`, `_skip_update` were given
         self._save_state()
 
     final_sparsity = property(lambda self: getattr(self.pruning, 'final_sparsity', None), doc="The sparsity pruning ends at (None: no pruning)")
@@ -1054,7 +1084,7 @@ class DynamicSparseTraining:
         "Keep the counters in a model buffer, so that every checkpoint of the model carries them"
         st = torch.tensor([self.n_steps, self.n_updates, self.engine.seed,
                            _NO_BITS if self.prune_start_total is None else self.prune_start_total,
-                           _to_bits(self.engine.threshold)], dtype=torch.int64)
+                           _to_bits(self.engine.threshold), self.n_skipped], dtype=torch.int64)
         buf = self.model._buffers.get(STATE_KEY)
         if buf is None or buf.shape != st.shape: self.model.register_buffer(STATE_KEY, st)
         else: buf.copy_(st)
@@ -1072,7 +1102,7 @@ class DynamicSparseTraining:
              update:bool=None,      # force (True) or skip (False) an update; None follows the schedule
              epoch_end:bool=False,  # this step is the last of an epoch (what `batches_per_update=None` updates after)
             )->list|None:           # the update's records, or None when no update was made
-        "After an optimizer step: count it, keep masked weights at zero, and update the topology (and prune) when due"
+        "After an optimizer step: count it, keep masked weights at zero, and update the topology (and prune) when due, unless its gradients hold NaN or inf"
         pct_train = check_fraction(pct_train, 'pct_train')
         self.n_steps += 1
         at_end, self._end_due = epoch_end or self._end_due, False
@@ -1090,11 +1120,7 @@ class DynamicSparseTraining:
         if exchange or target is not None:
             if target is not None and self.pruning.start_total is None: self.pruning.start_total = self.n_active()
             frac = s.drop_fraction(pct_train) if exchange else 0.
-            records = self.log.record(self.engine.update(frac, step=self.n_steps, n_update=self.n_updates,
-                                                         n_active=target, finals=self.finals), pct_train)
-            # once at the final count, later steps need not count the active weights again to know it
-            if target is not None: self.pruning.at_final = sum(r['active_after'] for r in records) == self.final_total
-            self.n_updates += 1
+            records = _update(self, frac, target, pct_train)
         for t in self.engine.targets: grad_record(t).clear_record()   # the next step's backward passes start a new record
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
         self._save_state()
@@ -1102,8 +1128,11 @@ class DynamicSparseTraining:
         return records
 
     def step_skipped(self):
-        "The optimizer step was skipped and its gradients are dropped (e.g. fp16 overflow): so is what its backward passes recorded"
+        "Instead of `step` when the optimizer step was skipped (e.g. a `GradScaler` on an fp16 overflow): not counted, no update, the backward passes' records dropped"
         for t in self.engine.targets: grad_record(t).clear_record()
+
+    def __repr__(self): return (f"{type(self).__name__}({self.n_steps} steps, {self.n_updates} updates, {self.n_skipped} "
+                                f"skipped (NaN or inf), sparsity {self.sparsity():.4f})")
 
     def end_epoch(self):
         "An epoch ended: if its last optimizer step was not marked `epoch_end`, a once-per-epoch update follows the next step"
