@@ -148,6 +148,12 @@ def _check_opt(opt, targets):
                               "weights switched compute (`set_compute`, `sparsify_model(..., compute=)`). Make the optimizer "
                               "after sparsifying (in fastai, `learn.create_opt()`).")
 
+def _drop_stale_state(opt, targets):
+    "Restart the optimizer state of values that a checkpoint with other counts replaced (its tensors have the old count)"
+    for t in targets:
+        v, st = t.trainable, opt_state(opt, t.trainable)
+        if any(isinstance(s, torch.Tensor) and s.dim() == 1 and s.shape != v.shape for s in st.values()): st.clear()
+
 # %% ../nbs/10_engine.ipynb #97e6bfa8
 class SparseEngine:
     "Topology updates of every masked weight of `model`: plan how many weights move, select which (keep and grow scores), commit"
@@ -220,7 +226,7 @@ class SparseEngine:
                                  "DDP, or with `scope='layer'` and no redistribution")
             for t in self.sparse: t.module.record_grad(self.scorer.reads('grad'))    # the dense gradient is made on update steps only
             for t in self.momentum_layers: t.module.track_momentum()
-        if opt is not None and self.sparse: _check_opt(opt, self.sparse)
+        if opt is not None and self.sparse: _check_opt(opt, self.sparse); _drop_stale_state(opt, self.sparse)
 
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"
