@@ -395,6 +395,7 @@ class Scorer:
         w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
         g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
         grad = (t.module.weight_grad() if self.reads('grad', fs) else None) if t.sparse else w.grad   # sparse: made only if read
+        if grad is not None and grad.layout != torch.strided: grad = grad.to_dense()   # `nn.Embedding(sparse=True)`: rows it looked up
         if t.sparse and grad is not None and (dist := _dist()) is not None:   # as DDP averages the gradient of a masked weight
             dist.all_reduce(grad); grad /= dist.get_world_size()
         state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
