@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_engine.ipynb #cea0dfd2
 from __future__ import annotations
-import inspect, math, warnings
+import inspect, math, warnings, weakref
 from functools import partial
 from typing import NamedTuple
 import torch
@@ -154,6 +154,23 @@ def _drop_stale_state(opt, targets):
         v, st = t.trainable, opt_state(opt, t.trainable)
         if any(isinstance(s, torch.Tensor) and s.dim() == 1 and s.shape != v.shape for s in st.values()): st.clear()
 
+_ENGINES = weakref.WeakKeyDictionary()   # model -> its latest engine in sparse compute (weakly), for `_after_load`
+
+def _follow_loads(engine):
+    "Make a checkpoint loaded into `engine.model` (fastai's `SaveModelCallback` loads the best epoch) keep its optimizer and momentum in step"
+    m = engine.model
+    _ENGINES[m] = weakref.ref(engine)
+    if not any(getattr(h, 'hook', h) is _after_load for h in m._load_state_dict_post_hooks.values()):
+        m.register_load_state_dict_post_hook(_after_load)
+
+def _after_load(model, incompatible):
+    "Load-post-hook: values loaded with other counts restart their optimizer state; the momentum of inactive weights is zero where the loaded masks are active"
+    e = (r := _ENGINES.get(model)) and r()
+    if e is None: return
+    if e.opt is not None: _drop_stale_state(e.opt, e.sparse)
+    for t in e.momentum_layers:
+        if (mom := t.module.inactive_momentum) is not None: mom.masked_fill_(t.mask, 0.)
+
 # %% ../nbs/10_engine.ipynb #97e6bfa8
 class SparseEngine:
     "Topology updates of every masked weight of `model`: plan how many weights move, select which (keep and grow scores), commit"
@@ -227,6 +244,7 @@ class SparseEngine:
             for t in self.sparse: t.module.record_grad(self.scorer.reads('grad'))    # the dense gradient is made on update steps only
             for t in self.momentum_layers: t.module.track_momentum()
         if opt is not None and self.sparse: _check_opt(opt, self.sparse); _drop_stale_state(opt, self.sparse)
+        if self.sparse: _follow_loads(self)
 
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights)"

@@ -381,3 +381,30 @@ def test_load_other_counts_with_a_live_graph(tmp_path):
         assert [t.trainable.numel() for t in masked_params(b.model)] == [t.trainable.numel() for t in masked_params(a.model)]
         with b.no_logging(): b.fit(1, 1e-2, cbs=DynamicSparseTrainingCallback(batches_per_update=1, seed=2, **RigL_presets))
         check_invariants(b.model, b.opt)
+
+def test_save_model_callback_loads_other_counts_with_snfs(tmp_path):
+    "fastai's `SaveModelCallback` loads the best epoch's masks (other counts under SNFS's redistribution) at the end of `fit`: the optimizer state and SNFS's momentum follow, and the next fit trains"
+    import numpy as np
+    from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat
+    from fastai.callback.core import Callback
+    from fastai.callback.tracker import SaveModelCallback
+    from fastsparse import DynamicSparseTrainingCallback
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 20, generator=g); y = (x[:, :5].sum(1) > 0).long()
+    ds = list(zip(x, y))
+    torch.manual_seed(0)
+    dls = DataLoaders.from_dsets(ds[:96], ds[96:], bs=16, shuffle=False, device='cpu', num_workers=0)
+    learn = Learner(dls, nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 2)), loss_func=CrossEntropyLossFlat(), path=tmp_path)
+    learn.sparsify(0.8, 'erk', seed=1, compute='sparse')
+    cb = lambda: DynamicSparseTrainingCallback(batches_per_update=2, seed=2, **SNFS_presets)
+    counts = []
+    class Counts(Callback):   # the counts at the end of each epoch
+        def after_epoch(self): counts.append([t.trainable.numel() for t in masked_params(self.learn.model)])
+    with learn.no_logging():   # the worst validation loss is the best here: the first epoch's masks load at the end
+        learn.fit(4, 3e-2, cbs=[cb(), Counts(), SaveModelCallback(monitor='valid_loss', comp=np.greater)])
+    final = [t.trainable.numel() for t in masked_params(learn.model)]
+    assert final == counts[0] != counts[-1]
+    check_invariants(learn.model, learn.opt)
+    for t in masked_params(learn.model): assert not t.module.inactive_momentum[t.mask].any()
+    with learn.no_logging(): learn.fit(1, 1e-2, cbs=cb())
+    check_invariants(learn.model, learn.opt)
