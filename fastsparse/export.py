@@ -240,6 +240,21 @@ def _layer_inputs(model, targets, x, keep:bool)->dict:
         for h in hooks: h.remove()
     return inputs
 
+class _SlowPathEncoderLayer(nn.TransformerEncoderLayer):
+    "A `TransformerEncoderLayer` holding exported layers: it runs its Python path, since torch's fused fast path reads dense weights"
+    def forward(self, *args, **kwargs):
+        on = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try: return super().forward(*args, **kwargs)
+        finally: torch.backends.mha.set_fastpath_enabled(on)
+
+def _route_around_fast_paths(model):
+    "Transformer layers (and encoders) holding an exported layer skip torch's fused fast path, which has no sparse kernel"
+    held = lambda m: any(type(c).__module__ == __name__ for c in m.modules())
+    for m in model.modules():
+        if type(m) is nn.TransformerEncoderLayer and held(m): m.__class__ = _SlowPathEncoderLayer
+        if isinstance(m, nn.TransformerEncoder) and held(m): m.use_nested_tensor = False
+
 def sparse_export(model,                       # a trained sparse `nn.Module` (or fastai `Learner`); left unchanged
                   x:torch.Tensor|None=None,    # a batch of inputs: layers its forward pass does not call stay dense; needed to `measure`
                   min_speedup:float|None=None, # with `measure`: convert a layer only if it runs at least this much faster (1.1 if not given)
@@ -290,5 +305,6 @@ def sparse_export(model,                       # a trained sparse `nn.Module` (o
         if not path: model = kind_cls(t.module); continue
         parent_name, _, child = path.rpartition('.')
         setattr(model.get_submodule(parent_name), child, kind_cls(t.module))
+    _route_around_fast_paths(model)
     timing = ['dense_ms', 'sparse_ms', 'speedup'] if measure else []
     return model, pd.DataFrame(rows, columns=['layer', 'type', 'sparsity', *timing, 'converted', 'why'])
