@@ -131,13 +131,16 @@ class CondensedLinear(nn.Module):
         w = linear.weight.detach()
         mask = (w != 0) if mask is None else mask.to(torch.bool)
         per_row = mask.sum(1)
-        if len(per_row) and not (per_row == per_row[0]).all():
-            raise ValueError(f"CondensedLinear needs the same number of inputs in every output, got {int(per_row.min())} to "
-                             f"{int(per_row.max())}: train with `structure='fan_in'` or an 'N:M' structure, or use SparseLinear")
-        k = int(per_row[0]) if len(per_row) else 0
-        idx = mask.nonzero()[:, 1].view(w.shape[0], k)          # row by row, inputs in order
-        self.register_buffer('indices', idx.clone())
-        self.register_buffer('values', w.gather(1, idx).clone())
+        kept = per_row > 0                                      # outputs that SRigL's neuron ablation removed keep no input
+        if kept.any() and not (per_row[kept] == per_row[kept][0]).all():
+            raise ValueError(f"CondensedLinear needs the same number of inputs in every output it keeps (outputs with none are allowed), "
+                             f"got {int(per_row[kept].min())} to {int(per_row[kept].max())}: train with `structure='fan_in'` or an "
+                             "'N:M' structure, or use SparseLinear")
+        k = int(per_row[kept][0]) if kept.any() else 0
+        idx = torch.zeros(w.shape[0], k, dtype=torch.long, device=w.device)
+        idx[kept] = mask[kept].nonzero()[:, 1].view(-1, k)     # row by row, inputs in order; a removed output reads input 0...
+        self.register_buffer('indices', idx)
+        self.register_buffer('values', w.gather(1, idx) * kept[:, None])   # ...with weight 0
         self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
