@@ -169,7 +169,7 @@ def _after_load(model, incompatible):
     if e is None: return
     if e.opt is not None: _drop_stale_state(e.opt, e.sparse)
     for t in e.momentum_layers:
-        if (mom := t.module.inactive_momentum) is not None: mom.masked_fill_(t.mask, 0.)
+        if (mom := getattr(t.module, 'inactive_momentum', None)) is not None: mom.masked_fill_(t.mask, 0.)   # None: masked compute again
 
 # %% ../nbs/10_engine.ipynb #97e6bfa8
 class SparseEngine:
