@@ -485,7 +485,15 @@ def _load_values(module, sd, prefix, *args):
     del sd[wk]
     sd[vk] = vals = w.detach()[mask.to(w.device).bool()]
     v = module._parameters[_VALUES]
-    if vals.numel() != v.numel(): v.data, v.grad = v.data.new_empty(vals.numel()), None   # another mask: another count
+    if vals.numel() != v.numel(): _resize_values(v, vals.numel())   # another mask: another count
+
+def _resize_values(v, n):
+    """Give the values parameter `v` room for `n` values in place (optimizers keep finding it), without a gradient. A graph still
+    alive (fastai keeps the last loss) holds the accumulator of `v`'s gradient, which expects the old count; torch makes a new one
+    when the data changes dtype, so the data passes through another dtype first"""
+    like = v.data
+    v.data = like.new_empty(0, dtype=torch.float64 if like.dtype != torch.float64 else torch.float32)
+    v.data, v.grad = like.new_empty(n), None
 
 def _missing_weight(module, incompatible):
     "Load-post-hook: a checkpoint without the weight misses `weight`, as in masked compute"

@@ -21,9 +21,13 @@ def _split(X, y, valid_pct, seed):
     n_valid = int(round(valid_pct * len(X)))
     return idx[n_valid:], idx[:n_valid]
 
+class _Tensors(TensorDataset):
+    "A `TensorDataset` that `learn.export()` can empty: the exported `Learner` keeps no data, only the shapes and types"
+    def new_empty(self): return type(self)(*(t[:0] for t in self.tensors))
+
 def _dls(X, y, trn, val, bs, seed, device, shuffle=True):
     X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-    train, valid = TensorDataset(X[trn], y[trn]), TensorDataset(X[val], y[val])
+    train, valid = _Tensors(X[trn], y[trn]), _Tensors(X[val], y[val])
     state = random.getstate()
     random.seed(seed)              # fastai's DataLoader draws its shuffling RNG from `random`: same seed, same batches
     try: return DataLoaders(DataLoader(train, bs=bs, shuffle=shuffle, drop_last=True, device=device),

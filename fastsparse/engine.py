@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_engine.ipynb #cea0dfd2
 from __future__ import annotations
-import inspect, math, numbers, warnings
+import inspect, math, numbers, warnings, weakref
 from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
@@ -221,6 +221,29 @@ def _check_hidden_state(opt):
                      "show them through an adapter: `register_adapter(Adapter(name, extra_state=f))` (fastsparse.adapters) with "
                      "`f(opt, param) -> dict | None`.")
 
+def _drop_stale_state(opt, targets):
+    "Restart the optimizer state of values that a checkpoint with other counts replaced (its tensors have the old count)"
+    for t in targets:
+        v, st = t.trainable, opt_state(opt, t.trainable)
+        if any(isinstance(s, torch.Tensor) and s.dim() == 1 and s.shape != v.shape for s in st.values()): st.clear()
+
+_ENGINES = weakref.WeakKeyDictionary()   # model -> its latest engine in sparse compute (weakly), for `_after_load`
+
+def _follow_loads(engine):
+    "Make a checkpoint loaded into `engine.model` (fastai's `SaveModelCallback` loads the best epoch) keep its optimizer and momentum in step"
+    m = engine.model
+    _ENGINES[m] = weakref.ref(engine)
+    if not any(getattr(h, 'hook', h) is _after_load for h in m._load_state_dict_post_hooks.values()):
+        m.register_load_state_dict_post_hook(_after_load)
+
+def _after_load(model, incompatible):
+    "Load-post-hook: values loaded with other counts restart their optimizer state; the momentum of inactive weights is zero where the loaded masks are active"
+    e = (r := _ENGINES.get(model)) and r()
+    if e is None: return
+    if e.opt is not None: _drop_stale_state(e.opt, e.sparse)
+    for t in e.momentum_layers:
+        if (mom := getattr(t.module, 'inactive_momentum', None)) is not None: mom.masked_fill_(t.mask, 0.)   # None: masked compute again
+
 # %% ../nbs/10_engine.ipynb #97e6bfa8
 class SparseEngine:
     "Topology updates of every masked weight of `model`: plan how many weights move, select which (keep and grow scores), commit"
@@ -293,7 +316,8 @@ class SparseEngine:
                 raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
                                  "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
                                  "DDP, or with `scope='layer'` and no redistribution")
-        if opt is not None and self.sparse: _check_opt(opt, self.sparse)
+        if opt is not None and self.sparse: _check_opt(opt, self.sparse); _drop_stale_state(opt, self.sparse)
+        if self.sparse or self.momentum_layers: _follow_loads(self)
         # the optimizer sees active gradients only, in either compute: what the scores read of the rest is kept apart
         reads_grad = self.scorer.reads('grad')
         for t in self.targets:   # turned on, never off: another engine of the same model may read them
@@ -482,6 +506,7 @@ class Scorer:
                 raise ValueError(f"'{t.name}': the grow score reads the dense gradient, and masked compute keeps the gradient of "
                                  "inactive weights only for an engine that exists during the backward pass: make the `SparseEngine` "
                                  "(or `DynamicSparseTraining`) before `loss.backward()`")
+        if grad is not None and grad.layout != torch.strided: grad = grad.to_dense()   # `nn.Embedding(sparse=True)`: rows it looked up
         if rec is not None and grad is not None and (dist := _dist()) is not None:   # as DDP averages the active gradient
             dist.all_reduce(grad); grad /= dist.get_world_size()
         if not t.sparse and self.reads('momentum', fs) and grad_record(t).inactive_momentum is not None:

@@ -131,13 +131,16 @@ class CondensedLinear(nn.Module):
         w = linear.weight.detach()
         mask = (w != 0) if mask is None else mask.to(torch.bool)
         per_row = mask.sum(1)
-        if len(per_row) and not (per_row == per_row[0]).all():
-            raise ValueError(f"CondensedLinear needs the same number of inputs in every output, got {int(per_row.min())} to "
-                             f"{int(per_row.max())}: train with `structure='fan_in'` or an 'N:M' structure, or use SparseLinear")
-        k = int(per_row[0]) if len(per_row) else 0
-        idx = mask.nonzero()[:, 1].view(w.shape[0], k)          # row by row, inputs in order
-        self.register_buffer('indices', idx.clone())
-        self.register_buffer('values', w.gather(1, idx).clone())
+        kept = per_row > 0                                      # outputs that SRigL's neuron ablation removed keep no input
+        if kept.any() and not (per_row[kept] == per_row[kept][0]).all():
+            raise ValueError(f"CondensedLinear needs the same number of inputs in every output it keeps (outputs with none are allowed), "
+                             f"got {int(per_row[kept].min())} to {int(per_row[kept].max())}: train with `structure='fan_in'` or an "
+                             "'N:M' structure, or use SparseLinear")
+        k = int(per_row[kept][0]) if kept.any() else 0
+        idx = torch.zeros(w.shape[0], k, dtype=torch.long, device=w.device)
+        idx[kept] = mask[kept].nonzero()[:, 1].view(-1, k)     # row by row, inputs in order; a removed output reads input 0...
+        self.register_buffer('indices', idx)
+        self.register_buffer('values', w.gather(1, idx) * kept[:, None])   # ...with weight 0
         self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
@@ -260,6 +263,21 @@ def _layer_inputs(model, targets, x, keep:bool)->dict:
         for h in hooks: h.remove()
     return inputs
 
+class _SlowPathEncoderLayer(nn.TransformerEncoderLayer):
+    "A `TransformerEncoderLayer` holding exported layers: it runs its Python path, since torch's fused fast path reads dense weights"
+    def forward(self, *args, **kwargs):
+        on = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try: return super().forward(*args, **kwargs)
+        finally: torch.backends.mha.set_fastpath_enabled(on)
+
+def _route_around_fast_paths(model):
+    "Transformer layers (and encoders) holding an exported layer skip torch's fused fast path, which has no sparse kernel"
+    held = lambda m: any(type(c).__module__ == __name__ for c in m.modules())
+    for m in model.modules():
+        if type(m) is nn.TransformerEncoderLayer and held(m): m.__class__ = _SlowPathEncoderLayer
+        if isinstance(m, nn.TransformerEncoder) and held(m): m.use_nested_tensor = False
+
 def sparse_export(model,                       # a trained sparse `nn.Module` (or fastai `Learner`); left unchanged
                   x:torch.Tensor|None=None,    # a batch of inputs: layers its forward pass does not call stay dense; needed to `measure`
                   min_speedup:float|None=None, # with `measure`: convert a layer only if it runs at least this much faster (1.1 if not given)
@@ -313,5 +331,6 @@ def sparse_export(model,                       # a trained sparse `nn.Module` (o
         if not path: model = kind_cls(t.module); continue
         parent_name, _, child = path.rpartition('.')
         setattr(model.get_submodule(parent_name), child, kind_cls(t.module))
+    _route_around_fast_paths(model)
     timing = ['dense_ms', 'sparse_ms', 'speedup'] if measure else []
     return model, pd.DataFrame(rows, columns=['layer', 'type', 'sparsity', *timing, 'converted', 'why'])

@@ -405,3 +405,54 @@ def test_wrapped_momentum_score_in_sparse_compute():
     assert out[3].n_updates == ref[3].n_updates >= 2
     torch.testing.assert_close(out[2], ref[2], rtol=1e-4, atol=1e-5)
     for a, b in zip(masked_params(ref[0]), masked_params(out[0])): assert torch.equal(a.mask, b.mask), a.name
+
+def test_load_other_counts_with_a_live_graph(tmp_path):
+    "A checkpoint with other per-layer counts loads into a sparse-compute Learner whose last loss still holds a graph (as after `lr_find`), with or without its optimizer state, and the next fit trains"
+    from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat
+    from fastsparse import DynamicSparseTrainingCallback
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 20, generator=g); y = (x[:, :5].sum(1) > 0).long()
+    ds = list(zip(x, y))
+    def learner(sparsity, dist):
+        torch.manual_seed(0)
+        dls = DataLoaders.from_dsets(ds[:48], ds[48:], bs=16, shuffle=False, device='cpu', num_workers=0)
+        learn = Learner(dls, nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 2)), loss_func=CrossEntropyLossFlat(), path=tmp_path)
+        learn.sparsify(sparsity, dist, seed=1, compute='sparse')
+        with learn.no_logging(): learn.fit(1, 1e-2)
+        return learn
+    a = learner(0.8, 'erk'); a.save('other')
+    for with_opt in (True, False):
+        b = learner(0.5, 'uniform')
+        b.model(x[:16]).sum().backward()          # a graph kept alive, as fastai's `loss_grad` keeps one after `lr_find`
+        b.loss_grad = b.model(x[:16]).sum()
+        b.load('other', with_opt=with_opt)
+        assert [t.trainable.numel() for t in masked_params(b.model)] == [t.trainable.numel() for t in masked_params(a.model)]
+        with b.no_logging(): b.fit(1, 1e-2, cbs=DynamicSparseTrainingCallback(batches_per_update=1, seed=2, **RigL_presets))
+        check_invariants(b.model, b.opt)
+
+def test_save_model_callback_loads_other_counts_with_snfs(tmp_path):
+    "fastai's `SaveModelCallback` loads the best epoch's masks (other counts under SNFS's redistribution) at the end of `fit`: the optimizer state and SNFS's momentum follow, and the next fit trains"
+    import numpy as np
+    from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat
+    from fastai.callback.core import Callback
+    from fastai.callback.tracker import SaveModelCallback
+    from fastsparse import DynamicSparseTrainingCallback
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 20, generator=g); y = (x[:, :5].sum(1) > 0).long()
+    ds = list(zip(x, y))
+    torch.manual_seed(0)
+    dls = DataLoaders.from_dsets(ds[:96], ds[96:], bs=16, shuffle=False, device='cpu', num_workers=0)
+    learn = Learner(dls, nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 2)), loss_func=CrossEntropyLossFlat(), path=tmp_path)
+    learn.sparsify(0.8, 'erk', seed=1, compute='sparse')
+    cb = lambda: DynamicSparseTrainingCallback(batches_per_update=2, seed=2, **SNFS_presets)
+    counts = []
+    class Counts(Callback):   # the counts at the end of each epoch
+        def after_epoch(self): counts.append([t.trainable.numel() for t in masked_params(self.learn.model)])
+    with learn.no_logging():   # the worst validation loss is the best here: the first epoch's masks load at the end
+        learn.fit(4, 3e-2, cbs=[cb(), Counts(), SaveModelCallback(monitor='valid_loss', comp=np.greater)])
+    final = [t.trainable.numel() for t in masked_params(learn.model)]
+    assert final == counts[0] != counts[-1]
+    check_invariants(learn.model, learn.opt)
+    for t in masked_params(learn.model): assert not t.module.inactive_momentum[t.mask].any()
+    with learn.no_logging(): learn.fit(1, 1e-2, cbs=cb())
+    check_invariants(learn.model, learn.opt)

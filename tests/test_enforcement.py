@@ -147,3 +147,19 @@ def test_promises_skip_only_clean_weights(kind, data):
         for t in masked_params(model): assert (t.param[~t.mask] == 0).all()
         if data.draw(st.booleans()): opt.step()  # a torch write after the promise (it bumps the weights' versions)
         _check_next_forward(model, args, data.draw(st.sampled_from(['train', 'eval'])))
+
+def test_rigl_on_an_embedding_with_sparse_gradients():
+    "`nn.Embedding(sparse=True)` gives a sparse gradient: RigL scores its dense form, and updates keep masked weights at 0"
+    from fastsparse import DynamicSparseTraining, RigL_presets, check_invariants
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(24, 2))
+    sparsify_model(m, 0.8, embeddings=True, seed=0)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    dst = DynamicSparseTraining(m, opt, batches_per_update=2, seed=0, **RigL_presets)
+    counts = [int(t.mask.sum()) for t in masked_params(m)]
+    for i in range(6):
+        x, y = torch.randint(0, 50, (4, 3)), torch.randint(0, 2, (4,))
+        opt.zero_grad(); nn.functional.cross_entropy(m(x), y).backward(); opt.step()
+        dst.step((i + 1) / 6)
+    assert dst.n_updates >= 2 and [int(t.mask.sum()) for t in masked_params(m)] == counts
+    check_invariants(m, opt)
