@@ -299,6 +299,13 @@ _LAYOUT, _RECORD, _MOMENTUM = '_fastsparse_layout', '_fastsparse_record', '_fast
 _W = 'weight'                                                      # the weight a sparse layer trains sparse
 _MASK, _VALUES = buffer_name(_W, 'mask'), buffer_name(_W, 'values')   # its mask buffer and its values parameter (`WEIGHT_BUFFERS`)
 
+def _with_momentum(st:dict, m)->dict:
+    "Optimizer state `st` (a dense weight's) with momentum `m` of its inactive weights added to its momentum entries"
+    if m is not None:
+        for k in MOMENTUM_KEYS:
+            if k in st: st[k] = st[k] + m
+    return st
+
 class SparseTrain:
     """What a masked layer becomes in sparse compute (`set_compute`): it trains `weight_values`, the active weights in the
     layout of `weight_mask`; `weight` is a dense view made when read, and checkpoints hold it as the masked layer does"""
@@ -329,10 +336,7 @@ class SparseTrain:
         "The optimizer state of the dense weight: each state tensor of `weight_values` scattered to the weight's shape, plus the momentum of inactive weights where `track_momentum` keeps it"
         v, L, shape = self._parameters[_VALUES], self.weight_layout, self._buffers[_MASK].shape
         st = {k: L.to_dense(s).view(shape) if isinstance(s, torch.Tensor) and s.shape == v.shape else s for k, s in opt_state(opt, v).items()}
-        if (m := self.inactive_momentum) is not None:
-            for k in MOMENTUM_KEYS:
-                if k in st: st[k] = st[k] + m
-        return st
+        return _with_momentum(st, self.inactive_momentum)
 
     weight = property(lambda self: self.dense_weight(grad=True), doc="The dense weight, made at each read (writes to it are lost)")
 
@@ -465,11 +469,7 @@ class GradRecord:
 
     def dense_state(self, opt)->dict:
         "The optimizer state of the weight, with the momentum of its inactive weights where `track_momentum` keeps it"
-        st = dict(opt_state(opt, self.t.param))
-        if self.momentum is not None:
-            for k in MOMENTUM_KEYS:
-                if k in st: st[k] = st[k] + self.momentum
-        return st
+        return _with_momentum(dict(opt_state(opt, self.t.param)), self.momentum)
 
 def grad_record(t):
     "What keeps the dense gradient and inactive momentum of masked weight `t`: its `SparseTrain` layer in sparse compute, else its `GradRecord`"

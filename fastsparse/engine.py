@@ -242,7 +242,29 @@ def _after_load(model, incompatible):
     if e is None: return
     if e.opt is not None: _drop_stale_state(e.opt, e.sparse)
     for t in e.momentum_layers:
-        if (mom := getattr(t.module, 'inactive_momentum', None)) is not None: mom.masked_fill_(t.mask, 0.)   # None: masked compute again
+        if (mom := grad_record(t).inactive_momentum) is not None: mom.masked_fill_(t.mask, 0.)
+
+def _setup_compute(self, opt):
+    "What engine `self` needs of compute for its scores: the dense gradient on update steps, the momentum of inactive weights"
+    self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
+    # a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
+    self.momentum_layers = self.targets if self.scorer.reads('momentum', [self.grow_score_f]) else []
+    if self.sparse:
+        if (self.redistribution_f is not None or self.scope == 'global' or self.neuron_ablation) and _dist() is not None:
+            raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
+                             "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
+                             "DDP, or with `scope='layer'` and no redistribution")
+    if opt is not None and self.sparse: _check_opt(opt, self.sparse); _drop_stale_state(opt, self.sparse)
+    if self.sparse or self.momentum_layers: _follow_loads(self)
+    # the optimizer sees active gradients only, in either compute: what the scores read of the rest is kept apart
+    reads_grad = self.scorer.reads('grad')
+    for t in self.targets:   # turned on, never off: another engine of the same model may read them
+        r = grad_record(t)
+        if reads_grad: r.record_grad()       # sparse: the dense gradient is made on update steps only
+        if self.momentum_layers and r.inactive_momentum is None: r.track_momentum()
+    if opt is not None and self.scorer.reads('momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
+    _check_hidden_state(opt)
+
 
 # %% ../nbs/10_engine.ipynb #97e6bfa8
 class SparseEngine:
@@ -294,7 +316,7 @@ class SparseEngine:
         self.regrowth = Regrowth() if self.redistribution_f is None else Redistribution()
         self.placement = Placement() if gamma is None else NeuronAblation(gamma)
         self.selection = (LayerSelection if scope == 'layer' else GlobalSelection if drop_by == 'fraction' else ThresholdSelection)(self)
-        self._setup_compute(opt)
+        _setup_compute(self, opt)
 
     keep_score_f = property(lambda self: self.scorer.keep_score_f, doc="The keep score")
     grow_score_f = property(lambda self: self.scorer.grow_score_f, doc="The grow score (None: nothing regrows)")
@@ -305,27 +327,6 @@ class SparseEngine:
     seed = property(lambda self: self.scorer.seed, lambda self, s: setattr(self.scorer, 'seed', s), doc="Seed of random scores")
     uses_init = property(lambda self: self.scorer.uses_init, doc="Whether a score reads the initial weights")
     uses_prev = property(lambda self: self.scorer.uses_prev, doc="Whether a score reads the weights at the previous update")
-
-    def _setup_compute(self, opt):
-        "What sparse compute must keep for these scores: the dense gradient on update steps, the momentum of inactive weights"
-        self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
-        # a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
-        self.momentum_layers = self.targets if self.scorer.reads('momentum', [self.grow_score_f]) else []
-        if self.sparse:
-            if (self.redistribution_f is not None or self.scope == 'global' or self.neuron_ablation) and _dist() is not None:
-                raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
-                                 "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
-                                 "DDP, or with `scope='layer'` and no redistribution")
-        if opt is not None and self.sparse: _check_opt(opt, self.sparse); _drop_stale_state(opt, self.sparse)
-        if self.sparse or self.momentum_layers: _follow_loads(self)
-        # the optimizer sees active gradients only, in either compute: what the scores read of the rest is kept apart
-        reads_grad = self.scorer.reads('grad')
-        for t in self.targets:   # turned on, never off: another engine of the same model may read them
-            r = grad_record(t)
-            if reads_grad: r.record_grad()       # sparse: the dense gradient is made on update steps only
-            if self.momentum_layers and r.inactive_momentum is None: r.track_momentum()
-        if opt is not None and self.scorer.reads('momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
-        _check_hidden_state(opt)
 
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights); in masked compute, zero slow weights (Lookahead) at inactive weights"
@@ -832,7 +833,7 @@ def commit(self:SparseEngine,
     else:
         changed = torch.cat([dropped, grown])
         _fill_at(t.param.data, changed, 0.)
-        if t.param.grad is not None: _fill_at(t.param.grad, dropped, 0.)   # inactive weights have no gradient
+        if t.param.grad is not None and t.param.grad.layout == torch.strided: _fill_at(t.param.grad, dropped, 0.)   # inactive weights have no gradient
         reset_opt_state(self.opt, t.param, changed)
         grad_record(t).reset_inactive_momentum(grown)
     if self.uses_init: _fill_at(_buffer(t, 'init'), grown, 0.)

@@ -135,17 +135,19 @@ def test_engine_raises_before_changing_anything():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10)); sparsify_model(m, 0.5)
     o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    def nan_score(param, opt, name): return param.detach().abs() * float('nan')
+    # engines made before the backward pass: masked compute keeps the dense gradient their grow scores read
+    rigl, nan_keep = SparseEngine(m, o), SparseEngine(m, o, keep_score_f=nan_score)
+    e = SparseEngine(m, o, grow_score_f='gradient_momentum', scope='global', drop_by='threshold', redistribution_f='survivors')
     m(torch.randn(8, 10)).sum().backward(); o.step()
     m[1].weight.grad[0, 0] = float('inf')
     snap = {k: v.clone() for k, v in m.state_dict().items()}
-    with pytest.raises(ValueError, match=r"gradient of '1.weight' holds NaN or inf: no topology update"): SparseEngine(m, o).update(0.3)
+    with pytest.raises(ValueError, match=r"gradient of '1.weight' holds NaN or inf: no topology update"): rigl.update(0.3)
     for k, v in m.state_dict().items(): assert torch.equal(v, snap[k]), k
     m[1].weight.grad[0, 0] = 0.
-    def nan_score(param, opt, name): return param.detach().abs() * float('nan')
-    with pytest.raises(ValueError, match='add an eps'): SparseEngine(m, o, keep_score_f=nan_score).update(0.3)
+    with pytest.raises(ValueError, match='add an eps'): nan_keep.update(0.3)
     # a score that reads NaN (here in the optimizer state) is skipped by the driver, DSR's threshold staying as it was
     o.state[m[1].weight]['momentum_buffer'][0, 0] = float('nan')
-    e = SparseEngine(m, o, grow_score_f='gradient_momentum', scope='global', drop_by='threshold', redistribution_f='survivors')
     with pytest.raises(ValueError, match=r"reads NaN or inf in the optimizer state 'momentum_buffer' of '1.weight'"): e.update(0.1)
     assert e.threshold is None and e.last_threshold is None
     for k, v in m.state_dict().items(): assert torch.equal(v, snap[k]), k
