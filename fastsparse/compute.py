@@ -421,6 +421,7 @@ class GradRecord:
     score reads it: for RigL's growth, and for the momentum of inactive weights that SNFS grows by"""
     def __init__(self, t):
         self.t, self.grad_on, self.dense, self.n, self.momentum = t, False, None, 0, None
+        self.due = True   # an update may follow the next backward pass (`SparseEngine.expect_update`): keep its dense gradient
 
     @classmethod
     def of(cls, t)->GradRecord:
@@ -432,7 +433,7 @@ class GradRecord:
 
     def take(self, grad:torch.Tensor, mask:torch.Tensor):
         "From the mask hook, after a backward accumulated `grad`: zero its inactive part, keeping the dense gradient if a score reads it"
-        if not (self.grad_on or self.momentum is not None): zero_inactive(grad, mask); return
+        if not (self.grad_on and self.due or self.momentum is not None): zero_inactive(grad, mask); return
         if self.dense is None or self.dense.shape != grad.shape: self.dense, self.n = torch.empty_like(grad, memory_format=torch.contiguous_format), 0
         split_inactive(grad, mask, self.dense, add=self.n > 0)
         self.n += 1

@@ -328,6 +328,15 @@ class SparseEngine:
     uses_init = property(lambda self: self.scorer.uses_init, doc="Whether a score reads the initial weights")
     uses_prev = property(lambda self: self.scorer.uses_prev, doc="Whether a score reads the weights at the previous update")
 
+    def clear_records(self):
+        "Forget what the backward passes since the last optimizer step left for the scores (the driver calls it after each step)"
+        for t in self.targets: grad_record(t).clear_record()
+
+    def expect_update(self, due:bool=True):
+        "Whether an update may follow the next backward pass: masked compute keeps its dense gradient only then (the driver says so after each step)"
+        for t in self.targets:
+            if not t.sparse: grad_record(t).due = due
+
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights); in masked compute, zero slow weights (Lookahead) at inactive weights"
         _mask_extra_state(self)
@@ -505,8 +514,9 @@ class Scorer:
             grad = w.grad     # exact at the active weights, all that a keep score reads; a grow score reads the others too:
             if grad_masked(t) and self.grow_score_f in (self.scores if fs is None else fs) and 'grad' in score_needs(self.grow_score_f):
                 raise ValueError(f"'{t.name}': the grow score reads the dense gradient, and masked compute keeps the gradient of "
-                                 "inactive weights only for an engine that exists during the backward pass: make the `SparseEngine` "
-                                 "(or `DynamicSparseTraining`) before `loss.backward()`")
+                                 "inactive weights only for an engine that exists during the backward pass and expects an update "
+                                 "after it: make the `SparseEngine` (or `DynamicSparseTraining`) before `loss.backward()`; a driver "
+                                 "expects updates where its schedule may make them, `SparseEngine.expect_update()` anywhere else")
         if grad is not None and grad.layout != torch.strided: grad = grad.to_dense()   # `nn.Embedding(sparse=True)`: rows it looked up
         if rec is not None and grad is not None and (dist := _dist()) is not None:   # as DDP averages the active gradient
             dist.all_reduce(grad); grad /= dist.get_world_size()
@@ -1147,7 +1157,7 @@ class DynamicSparseTraining:
             if target is not None and self.pruning.start_total is None: self.pruning.start_total = self.n_active()
             frac = s.drop_fraction(pct_train) if exchange else 0.
             records = _update(self, frac, target, pct_train)
-        for t in self.engine.targets: grad_record(t).clear_record()   # the next step's backward passes start a new record
+        self.engine.clear_records(); self.engine.expect_update(s.per_epoch or s.on_cadence(self.n_steps + 1))   # for the next step
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
         self._save_state()
         if records is None: _warn_no_epochs(self, pct_train)
@@ -1155,7 +1165,7 @@ class DynamicSparseTraining:
 
     def step_skipped(self):
         "Instead of `step` when the optimizer step was skipped (e.g. a `GradScaler` on an fp16 overflow): not counted, no update, the backward passes' records dropped"
-        for t in self.engine.targets: grad_record(t).clear_record()
+        self.engine.clear_records()
 
     def __repr__(self): return (f"{type(self).__name__}({self.n_steps} steps, {self.n_updates} updates, {self.n_skipped} "
                                 f"skipped (NaN or inf), sparsity {self.sparsity():.4f})")

@@ -180,6 +180,14 @@ def test_masked_gradients_are_active_only():
         torch.testing.assert_close(grad_record(t).weight_grad(), 2 * g)
     opt.step(); dst.step(0.1)
     assert dst.n_updates == 1 and all(grad_record(t).weight_grad() is None for t in masked_params(model))   # cleared after the step
+    # the driver keeps the dense gradient only for backward passes that an update may follow: here every third step
+    dst3 = DynamicSparseTraining(model, opt, **RigL_presets, batches_per_update=3)
+    kept = []
+    for i in range(6):
+        F.mse_loss(model(x), torch.zeros(16, 5)).backward()
+        kept.append(grad_record(masked_params(model)[0]).weight_grad() is not None)
+        opt.step(); dst3.step(0.1); opt.zero_grad()
+    assert kept == [True, False, True, False, False, True] and dst3.n_updates == 2   # the first: before any step, anything may come
     # an engine made after the backward pass cannot know the inactive gradient: a clear error, nothing changed
     m2 = _mlp([20, 30, 5], 0); sparsify_model(m2, 0.8, seed=0); o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
     F.mse_loss(m2(x), torch.zeros(16, 5)).backward()
