@@ -153,7 +153,7 @@ def _model_step(model, opt, x, y, dst=None):
     def step():                  # a new batch of the pool each time: the model does not converge on one batch
         i[0] = (i[0] + 1) % len(x)
         F.cross_entropy(model(x[i[0]]), y[i[0]]).backward(); opt.step()
-        if dst is not None: dst.step(0.1, update=False)
+        if dst is not None: dst.step(0.1, update=False); dst.engine.expect_update(False)   # no update follows the next step either
         opt.zero_grad(set_to_none=False)
     return step
 
@@ -174,6 +174,7 @@ def update_bench(a):
         step = _model_step(m, opt, x, y, dst)
         for f in (dense_step, step): f(); f()
         def upd():                                   # the backward pass the update reads, then the update
+            dst.engine.expect_update()
             F.cross_entropy(m(x[0]), y[0]).backward(); opt.step()
             t0 = time.perf_counter(); dst.step(0.1, update=True); dt = time.perf_counter() - t0
             opt.zero_grad(set_to_none=False)

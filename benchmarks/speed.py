@@ -92,6 +92,7 @@ def speed(name, bs, repeats, steps, sparsity):
         step(model, opt, dst, x, y)
         tu, ts = [], []
         for i in range(repeats):
+            dst.engine.expect_update()   # as on an update step: masked compute keeps this backward pass's dense gradient
             F.cross_entropy(model(x), y).backward(); opt.step()
             tu.append(timed(lambda: dst.engine.update(0.3, n_update=i)))   # the update an update step adds
             opt.zero_grad()
@@ -127,6 +128,7 @@ def memory(name, bs, sparsity):
     x, y = batch(name, bs)
     model, opt, dst = make(name, True, 'RigL', sparsity)
     step(model, opt, dst, x, y)
+    dst.engine.expect_update()   # as on an update step: masked compute keeps this backward pass's dense gradient
     F.cross_entropy(model(x), y).backward(); opt.step()
     dst.engine.update(0.3, n_update=0)                      # fills the engine's cache of active indices
     ts = masked_params(model)

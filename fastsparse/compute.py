@@ -444,8 +444,10 @@ class GradRecord:
         if not on and self.momentum is None: self.dense, self.n = None, 0
 
     def weight_grad(self)->torch.Tensor|None:
-        "The dense gradient of the backward passes since `clear_record`, as they made it (None if none was kept)"
-        return self.dense.clone() if self.n else None
+        "The dense gradient of the backward passes since `clear_record`, as they made it (None if none was kept; read only: a copy under DDP, which averages it in place)"
+        if not self.n: return None
+        dist = torch.distributed
+        return self.dense.clone() if dist.is_available() and dist.is_initialized() else self.dense
 
     def clear_record(self):
         "Forget the kept backward passes (the driver calls it after each optimizer step)"

@@ -1157,7 +1157,8 @@ class DynamicSparseTraining:
             if target is not None and self.pruning.start_total is None: self.pruning.start_total = self.n_active()
             frac = s.drop_fraction(pct_train) if exchange else 0.
             records = _update(self, frac, target, pct_train)
-        self.engine.clear_records(); self.engine.expect_update(s.per_epoch or s.on_cadence(self.n_steps + 1))   # for the next step
+        self.engine.clear_records()   # the next step may update if the schedule says so, or whenever the caller chooses
+        self.engine.expect_update(update is not None or s.per_epoch or s.on_cadence(self.n_steps + 1))
         apply_masks(self.engine.targets, fresh=True)    # the optimizer step may have written masked positions
         self._save_state()
         if records is None: _warn_no_epochs(self, pct_train)

@@ -188,6 +188,13 @@ def test_masked_gradients_are_active_only():
         kept.append(grad_record(masked_params(model)[0]).weight_grad() is not None)
         opt.step(); dst3.step(0.1); opt.zero_grad()
     assert kept == [True, False, True, False, False, True] and dst3.n_updates == 2   # the first: before any step, anything may come
+    # a caller that forces or skips updates (`step(update=...)`) may force one at any step: every backward pass keeps it
+    kept = []
+    for i in range(3):
+        F.mse_loss(model(x), torch.zeros(16, 5)).backward()
+        kept.append(grad_record(masked_params(model)[0]).weight_grad() is not None)
+        opt.step(); dst3.step(0.1, update=i == 2); opt.zero_grad()
+    assert kept == [False, True, True] and dst3.n_updates == 3
     # an engine made after the backward pass cannot know the inactive gradient: a clear error, nothing changed
     m2 = _mlp([20, 30, 5], 0); sparsify_model(m2, 0.8, seed=0); o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
     F.mse_loss(m2(x), torch.zeros(16, 5)).backward()
