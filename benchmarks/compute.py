@@ -1,6 +1,7 @@
 """Sparse compute in training, as ratios to dense measured in one run (medians over repeats).
 
     python benchmarks/compute.py layer [--threads 1 2]   # nn.Linear(4096, 4096), batch 64: one step (forward, backward, Adam)
+    python benchmarks/compute.py shapes [--threads 1 2]  # the same at 95% for the shapes of Transformer layers: many rows, narrow weights
     python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
     python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
     python benchmarks/compute.py memory                  # its training state at 95%: weights, gradients, Adam state, masks
@@ -67,6 +68,16 @@ def variants(size, bs, sparsity, seed=0):
         out['sparselab'] = stepper(sl, sl.parameters(), x, t)
     return out
 
+def _paired_variants(v, names, a):
+    "The dense step's median ms, and for each variant in `names` the median over `a.repeats` of its step / the dense step timed just before"
+    for f in v.values(): f(); f()              # warm up: optimizer state, caches
+    ratios, dense_ms = {n: [] for n in names}, []
+    for _ in range(a.repeats):
+        for n in names:
+            d = median_ms(v['dense'], reps=1, n=a.n); o = median_ms(v[n], reps=1, n=a.n)
+            ratios[n].append(o / d); dense_ms.append(d)
+    return dict(dense_ms=statistics.median(dense_ms), **{n: statistics.median(ratios[n]) for n in names})
+
 def layer(a):
     rows = []
     for th in a.threads:
@@ -76,17 +87,27 @@ def layer(a):
         names = ['masked', 'torch CSR', 'fastsparse sparse'] + (['sparselab'] if sparselab is not None else [])
         print(f"{'sparsity':>8} {'dense ms':>9} " + ' '.join(f'{n:>18}' for n in names))
         for s in a.sparsities:
-            v = variants(a.size, a.bs, s)
-            for f in v.values(): f(); f()              # warm up: optimizer state, caches
-            ratios, dense_ms = {n: [] for n in names}, []
-            for _ in range(a.repeats):
-                for n in names:
-                    d = median_ms(v['dense'], reps=1, n=a.n); o = median_ms(v[n], reps=1, n=a.n)
-                    ratios[n].append(o / d); dense_ms.append(d)
-            r = dict(sparsity=s, threads=th, dense_ms=statistics.median(dense_ms), **{n: statistics.median(ratios[n]) for n in names})
+            r = dict(sparsity=s, threads=th, **_paired_variants(variants(a.size, a.bs, s), names, a))
             rows.append(r)
             print(f"{s:>8.2f} {r['dense_ms']:>9.2f} " + ' '.join(f"{r[n]:>17.3f}x" for n in names))
     return dict(size=a.size, bs=a.bs, rows=rows)
+
+SHAPES = [(1024, 64), (1024, 512), (1024, 4096), (4096, 1024), (384, 2048)]   # (features in = out, rows: batch x sequence)
+
+def shapes(a):
+    "`layer` at one sparsity for each shape of `--shapes` (`SHAPES`): Transformer layers multiply thousands of rows by narrow weights"
+    out, names = [], ['masked', 'torch CSR', 'fastsparse sparse'] + (['sparselab'] if sparselab is not None else [])
+    for th in a.threads:
+        torch.set_num_threads(th)
+        print(f"nn.Linear(n, n) at {a.shape_sparsity:.0%}, {th} thread(s), kernels: {kernels().name}; "
+              "one step (forward, backward, Adam) / the dense step, median of paired runs")
+        print(f"{'layer':>22} {'rows':>5} {'dense ms':>9} " + ' '.join(f'{n:>18}' for n in names))
+        for size, bs in a.shapes:
+            r = dict(size=size, rows=bs, threads=th, sparsity=a.shape_sparsity,
+                     **_paired_variants(variants(size, bs, a.shape_sparsity), names, a))
+            out.append(r)
+            print(f"{f'nn.Linear({size}, {size})':>22} {bs:>5} {r['dense_ms']:>9.2f} " + ' '.join(f"{r[n]:>17.3f}x" for n in names))
+    return out
 
 # ---------------------------------------------------------------- the MLP, in fastai
 def digits784(bs=64, seed=42):
@@ -305,9 +326,12 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'mlp', 'update', 'memory', 'conv', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
+    p.add_argument('--shape-sparsity', type=float, default=0.95)
+    p.add_argument('--shapes', type=lambda v: tuple(map(int, v.split('x'))), nargs='+', default=SHAPES,
+                   help="shapes: layers as FEATURESxROWS, e.g. 1024x4096 (default: SHAPES)")
     p.add_argument('--threads', type=int, nargs='+', default=[1])
     p.add_argument('--repeats', type=int, default=7); p.add_argument('--n', type=int, default=3)
     p.add_argument('--epochs', type=int, default=8); p.add_argument('--seeds', type=int, default=3)
@@ -320,7 +344,7 @@ if __name__ == '__main__':
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
+    runs = {'layer': layer, 'shapes': shapes, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:

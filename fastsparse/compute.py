@@ -29,18 +29,28 @@ def _entry_rows(ptr, nnz):
     "The row of each of the `nnz` entries of compressed rows `ptr`"
     return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), ptr.diff(), output_size=nnz)
 
+_PANEL = 64   # batch rows per panel of the linear kernels' activations: `PANEL` in fastsparse.h
+_NONE = torch.empty(0)   # an empty tensor: no bias, no buffer given
+
 class _TorchKernels:
     "The same kernels from torch's sparse ops: the fallback where no C++ compiler is found"
     name = 'torch'
     @staticmethod
-    def spmm(ptr, idx, val, perm, x, rows):
-        v = val.index_select(0, perm) if perm.numel() else val
-        a = torch.sparse_csr_tensor(ptr, idx.long(), v, (rows, x.shape[0]), check_invariants=False)
-        return torch.sparse.mm(a, x)
+    def to_panels(a, out):
+        n, c = a.shape; full = n - n % _PANEL
+        p = torch.cat([a[:full].view(-1, _PANEL, c).transpose(1, 2).reshape(-1), a[full:].t().reshape(-1)])
+        return out.copy_(p) if out.numel() else p
     @staticmethod
-    def transpose(a, bias):
-        out = a.t().contiguous()
+    def from_panels(t, n, c, bias):
+        full = n - n % _PANEL
+        out = torch.cat([t[:full * c].view(-1, c, _PANEL).transpose(1, 2).reshape(full, c), t[full * c:].view(c, n - full).t()])
         return out.add_(bias) if bias.numel() else out
+    @staticmethod
+    def spmm(ptr, idx, val, x, rows, n, out):
+        cols = x.numel() // n if n else 0
+        a = torch.sparse_csr_tensor(ptr, idx.long(), val, (rows, cols), check_invariants=False)
+        y = torch.sparse.mm(a, _TorchKernels.from_panels(x, n, cols, _NONE).t()) if n else x.new_zeros(rows, 0)
+        return _TorchKernels.to_panels(y.t(), out)
     @staticmethod
     def csr_transpose(ptr, idx, cols):
         rows, r, c = ptr.numel() - 1, _entry_rows(ptr, idx.numel()), idx.long()
@@ -74,12 +84,15 @@ class _TorchKernels:
         else: out.copy_(g)
         g.masked_fill_(~mask, 0)
     @staticmethod
-    def sddmm(ptr, idx, gy, x):
-        s = torch.sparse_csr_tensor(ptr, idx.long(), gy.new_zeros(idx.numel()), (gy.shape[0], x.shape[0]), check_invariants=False)
-        return torch.sparse.sampled_addmm(s, gy, x.t(), beta=0.).values()
+    def sddmm(ptr, idx, gy, x, n):
+        rows = ptr.numel() - 1; cols = x.numel() // n if n else 0
+        if not n: return gy.new_zeros(idx.numel())
+        s = torch.sparse_csr_tensor(ptr, idx.long(), gy.new_zeros(idx.numel()), (rows, cols), check_invariants=False)
+        gy, x = _TorchKernels.from_panels(gy, n, rows, _NONE), _TorchKernels.from_panels(x, n, cols, _NONE)
+        return torch.sparse.sampled_addmm(s, gy.t(), x, beta=0.).values()
 
 _KERNELS = None
-_KERNEL_NAMES = ('spmm', 'sddmm', 'csr_transpose', 'relayout', 'above', 'move', 'densify', 'transpose',
+_KERNEL_NAMES = ('spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'move', 'densify',
                  'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values', 'zero_inactive', 'split_inactive')
 _CSRC = Path(str(importlib.resources.files('fastsparse')/'csrc'))   # installed with the package (its package data)
 # the kernels' C++: the shared header, then the files to compile, the slowest first (the build runs them in parallel)
@@ -160,33 +173,45 @@ class CSRLayout(NamedTuple):
         return kernels().densify(self.ptr, self.idx, values.contiguous(), self.cols)
 
 # %% ../nbs/07_compute.ipynb #5587860a
-_NO_PERM, _NONE = torch.empty(0, dtype=torch.int64), torch.empty(0)   # empty: no permutation; no bias, no buffer given
+_SCRATCH = threading.local()
 
+def _scratch(key, shape):
+    """A buffer for a kernel's temporary result, kept between calls (one per thread and `key`): a large new tensor costs a
+    page fault per 4 KB at its first write, as much as the kernel itself on a big layer"""
+    n, bufs = math.prod(shape), _SCRATCH.__dict__.setdefault('bufs', {})
+    b = bufs.get(key)
+    if b is None or b.numel() < n: b = bufs[key] = torch.empty(n, dtype=torch.float32)
+    return b[:n].view(shape)
 
 class _LinearPass(NamedTuple):
     "What one backward pass of `sparse_linear` keeps (references, no copy), should an update ask for the dense weight gradient"
-    xt:torch.Tensor; gyt:torch.Tensor
-    def grad(self): return self.gyt @ self.xt.t()
+    x:torch.Tensor; gy:torch.Tensor
+    def grad(self): return self.gy.t() @ self.x
 
 class _SparseLinear(torch.autograd.Function):
-    "`y = x W^T + bias` for a weight held as `values` in `layout`; gradients for `x`, `values` and `bias`, all by fastsparse's kernels"
+    """`y = x W^T + bias` for a weight held as `values` in `layout`; gradients for `x`, `values` and `bias`, all by fastsparse's kernels.
+    It saves `x` itself, as `F.linear` does, and makes its panels again in the backward pass: into a kept buffer, that costs
+    less than a new one held from forward to backward"""
     @staticmethod
     def forward(ctx, x, values, bias, layout, record):
-        k = kernels()
-        xt = k.transpose(x.contiguous(), _NONE)             # (cols, batch): each weight reads one contiguous row
-        ctx.save_for_backward(values, xt); ctx.layout, ctx.record, ctx.has_bias = layout, record, bias is not None
-        yt = k.spmm(layout.ptr, layout.idx, values, _NO_PERM, xt, layout.rows)
-        return k.transpose(yt, _NONE if bias is None else bias.contiguous())   # back to (batch, rows), bias added
+        k, n, x = kernels(), x.shape[0], x.contiguous()
+        xt = k.to_panels(x, _scratch('x', (x.numel(),)))
+        ctx.save_for_backward(values, x); ctx.layout, ctx.record, ctx.has_bias = layout, record, bias is not None
+        yt = k.spmm(layout.ptr, layout.idx, values, xt, layout.rows, n, _scratch('y', (layout.rows * n,)))
+        return k.from_panels(yt, n, layout.rows, _NONE if bias is None else bias.contiguous())   # (batch, rows), bias added
 
     @staticmethod
     def backward(ctx, gy):
-        values, xt = ctx.saved_tensors
-        L, k, gy = ctx.layout, kernels(), gy.contiguous()
-        gyt = k.transpose(gy, _NONE)
-        if ctx.record is not None: ctx.record.append(_LinearPass(xt, gyt))   # for a dense gradient, should an update ask
-        gx = k.transpose(k.spmm(L.tptr, L.tidx, values, L.perm, gyt, L.cols), _NONE) if ctx.needs_input_grad[0] else None
-        gv = k.sddmm(L.ptr, L.idx, gyt, xt) if ctx.needs_input_grad[1] else None
-        gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        values, x = ctx.saved_tensors
+        L, k, gy, n = ctx.layout, kernels(), gy.contiguous(), gy.shape[0]
+        if ctx.record is not None: ctx.record.append(_LinearPass(x, gy))   # for a dense gradient, should an update ask
+        gyt = k.to_panels(gy, _scratch('gy', (gy.numel(),)))
+        gx = gv = gb = None
+        if ctx.needs_input_grad[0]:      # over the transposed structure, the values in its order
+            gxt = k.spmm(L.tptr, L.tidx, values.index_select(0, L.perm), gyt, L.cols, n, _scratch('gx', (L.cols * n,)))
+            gx = k.from_panels(gxt, n, L.cols, _NONE)
+        if ctx.needs_input_grad[1]: gv = k.sddmm(L.ptr, L.idx, gyt, k.to_panels(x, _scratch('x', (x.numel(),))), n)
+        if ctx.has_bias and ctx.needs_input_grad[2]: gb = gy.sum(0)
         return gx, gv, gb, None, None
 
 def _check_inputs(x, values, layout):
@@ -227,16 +252,6 @@ class _DensePass(NamedTuple):
     def grad(self): return self.g.clone()
 
 def _lanes(n): return -(-n // 16) * 16
-
-_SCRATCH = threading.local()
-
-def _scratch(key, shape):
-    """A buffer for a kernel's temporary result, kept between calls (one per thread and `key`): a large new tensor costs a
-    page fault per 4 KB at its first write, as much as the kernel itself on a big layer"""
-    n, bufs = math.prod(shape), _SCRATCH.__dict__.setdefault('bufs', {})
-    b = bufs.get(key)
-    if b is None or b.numel() < n: b = bufs[key] = torch.empty(n, dtype=torch.float32)
-    return b[:n].view(shape)
 
 class _SparseConv2d(torch.autograd.Function):
     "`F.conv2d(x, W, bias, stride, padding, dilation)` for a weight held as `values` in `layout`, by fastsparse's kernels"

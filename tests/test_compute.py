@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from hypothesis import given, settings, strategies as st, HealthCheck, event
+from hypothesis import given, example, settings, strategies as st, HealthCheck, event
 from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets, SNFS_presets,
                         snapshot, check_invariants, unsparsify, load_sparse, opt_state, remove_mask_hooks)
 from fastsparse.compute import CSRLayout, sparse_linear, sparse_conv2d, dense_grad, _TorchKernels
@@ -30,8 +30,11 @@ def _kernels_for(which):
     finally: compute._KERNELS = saved
 
 @settings(max_examples=60, **SETTINGS)
-@given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 140), st.floats(0., 1.), st.booleans(),
+@given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 200), st.floats(0., 1.), st.booleans(),
        st.sampled_from(['cpp', 'torch']), st.integers(0, 2**31))
+@example(33, 65, 64, 0.3, True, 'cpp', 0).via('one whole panel')
+@example(70, 17, 65, 0.3, True, 'cpp', 1).via('a panel and a one-row one')
+@example(5, 70, 200, 0.1, False, 'cpp', 2).via('three panels and a narrow one')
 def test_sparse_linear_matches_masked_dense(rows, cols, batch, density, bias, which, seed):
     g = torch.Generator().manual_seed(seed)
     w, m = torch.randn(rows, cols, generator=g), torch.rand(rows, cols, generator=g) < density
@@ -48,6 +51,25 @@ def test_sparse_linear_matches_masked_dense(rows, cols, batch, density, bias, wh
     torch.testing.assert_close(v.grad, wd.grad[m], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(dense_grad(rec), wd.grad, rtol=1e-4, atol=1e-3)
     assert torch.equal(L.to_dense(v.detach()), w * m) and torch.equal(L.flat(), m.view(-1).nonzero().squeeze(1))
+
+@settings(max_examples=40, **SETTINGS)
+@given(st.integers(0, 300), st.integers(1, 80), st.booleans(), st.integers(0, 2**31))
+def test_panels_round_trip_the_same_in_both_kernels(n, c, bias, seed):
+    "Activations in panels of 64 batch rows: compiled kernels and torch's fallback make the same panels, and undo them exactly"
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(n, c, generator=g), torch.randn(c, generator=g) if bias else torch.empty(0)
+    k = compute.kernels()
+    p = k.to_panels(a, torch.empty(0))
+    assert p.shape == (n * c,) and torch.equal(p, _TorchKernels.to_panels(a, torch.empty(0)))
+    for n0 in range(0, n, compute._PANEL):                     # each panel: its rows, transposed
+        rows = a[n0:n0 + compute._PANEL]
+        assert torch.equal(p[n0 * c:(n0 + len(rows)) * c].view(c, len(rows)), rows.t())
+    back = k.from_panels(p, n, c, b)
+    assert back.shape == (n, c) and torch.equal(back, _TorchKernels.from_panels(p, n, c, b))
+    assert torch.equal(back, a + b if bias else a)
+    out = torch.full((n * c,), float('nan'))                     # into a kept buffer: every entry written
+    k.to_panels(a, out)
+    assert torch.equal(out, p)
 
 @settings(max_examples=60, **SETTINGS)
 @given(st.integers(1, 20), st.integers(1, 9), st.integers(1, 9), st.integers(1, 13), st.integers(1, 13), st.integers(1, 4),

@@ -11,6 +11,7 @@
 #include <vector>
 
 constexpr int64_t PAR = 1 << 18;   // below this much work a kernel runs on one thread: a parallel region would cost more
+constexpr int64_t PANEL = 64;      // batch rows per panel of the linear kernels' activations (linear.cpp)
 
 typedef float v16 __attribute__((vector_size(64)));   // 16 floats: one AVX-512 register, or two AVX2 ones
 static inline v16 ld(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
@@ -26,9 +27,10 @@ static inline float hsum(v16 v) {
 }
 
 // linear.cpp
-torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor perm, torch::Tensor x, int64_t rows);
-torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x);
-torch::Tensor transpose(torch::Tensor a, torch::Tensor bias);
+torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor x, int64_t rows, int64_t B, torch::Tensor out);
+torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x, int64_t B);
+torch::Tensor to_panels(torch::Tensor a, torch::Tensor out);
+torch::Tensor from_panels(torch::Tensor t, int64_t B, int64_t C, torch::Tensor bias);
 
 // layout.cpp
 std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols);

@@ -1,86 +1,148 @@
 // The linear product with a weight held as compressed rows, and its gradients: y = x W^T (spmm over the rows), the
-// input's gradient gx = gy W (spmm over the transposed structure), the values' gradient (sddmm). Activations are held
-// transposed, (features, batch), so that each weight multiplies a contiguous row of the batch; `transpose` moves them.
+// input's gradient gx = gy W (spmm over the transposed structure), the values' gradient (sddmm).
+//
+// `out`, when not empty, is where a result goes (a buffer kept between calls).
+//
+// Activations are held in panels: a (batch, features) matrix becomes, for each run of PANEL batch rows, the
+// (features, lanes) transpose of that run, one panel after another (the last one narrower when the batch is not a
+// multiple of PANEL). Each active weight multiplies a contiguous row of a panel, and a panel (features x 64 floats:
+// 256 KB for 1,024 features) stays in cache while every row of the weight reads it, however large the batch.
+// A batch of at most PANEL rows is one panel: the plain transpose. `to_panels` and `from_panels` move between layouts.
 #include "fastsparse.h"
 
-// out (rows x B) = A (rows x cols, compressed rows: ptr, idx, val, gathered through perm when given) @ x (cols x B)
-template <bool PERM>
+// out = A (rows x cols, compressed rows: ptr, idx, val) @ x, both in panels of B lanes
 static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
-                   const int64_t* __restrict perm, const float* __restrict x, float* __restrict out, int64_t rows, int64_t B) {
+                   const float* __restrict x, float* __restrict out, int64_t rows, int64_t cols, int64_t B) {
+  const int64_t np = (B + PANEL - 1) / PANEL;
   #pragma omp parallel for schedule(dynamic, 32) if (ptr[rows] * B > PAR)
-  for (int64_t r = 0; r < rows; ++r) {
-    float* o = out + r * B;
+  for (int64_t it = 0; it < np * rows; ++it) {    // panel by panel: the panel's input stays in cache for all rows
+    const int64_t pn = it / rows, r = it % rows, n = std::min(PANEL, B - pn * PANEL);
+    const float* xp = x + pn * PANEL * cols;
+    float* o = out + pn * PANEL * rows + r * n;
     const int64_t s = ptr[r], e = ptr[r + 1];
     int64_t b0 = 0;
-    for (; b0 + 64 <= B; b0 += 64) {
+    for (; b0 + 64 <= n; b0 += 64) {
       v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
       for (int64_t k = s; k < e; ++k) {
-        const float w = PERM ? val[perm[k]] : val[k];
-        const float* xr = x + (int64_t)idx[k] * B + b0;
+        const float w = val[k];
+        const float* xr = xp + (int64_t)idx[k] * n + b0;
         a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
       }
       st(o + b0, a0); st(o + b0 + 16, a1); st(o + b0 + 32, a2); st(o + b0 + 48, a3);
     }
-    for (; b0 + 16 <= B; b0 += 16) {
+    for (; b0 + 16 <= n; b0 += 16) {
       v16 a0 = {0};
-      for (int64_t k = s; k < e; ++k) a0 += (PERM ? val[perm[k]] : val[k]) * ld(x + (int64_t)idx[k] * B + b0);
+      for (int64_t k = s; k < e; ++k) a0 += val[k] * ld(xp + (int64_t)idx[k] * n + b0);
       st(o + b0, a0);
     }
-    for (; b0 < B; ++b0) {
+    for (; b0 < n; ++b0) {
       float a = 0;
-      for (int64_t k = s; k < e; ++k) a += (PERM ? val[perm[k]] : val[k]) * x[(int64_t)idx[k] * B + b0];
+      for (int64_t k = s; k < e; ++k) a += val[k] * xp[(int64_t)idx[k] * n + b0];
       o[b0] = a;
     }
   }
 }
 
-torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor perm, torch::Tensor x, int64_t rows) {
-  auto out = torch::empty({rows, x.size(1)}, x.options());
-  if (perm.numel()) csr_mm<true>(ptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<float>(), perm.data_ptr<int64_t>(),
-                                 x.data_ptr<float>(), out.data_ptr<float>(), rows, x.size(1));
-  else csr_mm<false>(ptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<float>(), nullptr,
-                     x.data_ptr<float>(), out.data_ptr<float>(), rows, x.size(1));
+// over the transposed structure, with the values gathered into its order (`val[perm]`), it gives the input's gradient
+torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor x, int64_t rows, int64_t B, torch::Tensor out) {
+  if (!out.numel()) out = torch::empty({rows * B}, x.options());
+  csr_mm(ptr.data_ptr<int64_t>(), idx.data_ptr<int32_t>(), val.data_ptr<float>(), x.data_ptr<float>(), out.data_ptr<float>(),
+         rows, B ? x.numel() / B : 0, B);
   return out;
 }
 
-// grad of the values: g[k] = dot(gy[row_k, :], x[col_k, :]) over the batch, for each stored entry of a CSR matrix
-torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x) {
-  const int64_t rows = ptr.size(0) - 1, B = x.size(1);
-  auto g = torch::empty({idx.size(0)}, x.options());
+// grad of the values: g[k] = dot(gy[row_k, :], x[col_k, :]) over the batch, for each stored entry of a CSR matrix (gy, x in panels)
+torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x, int64_t B) {
+  const int64_t rows = ptr.size(0) - 1, cols = B ? x.numel() / B : 0, np = (B + PANEL - 1) / PANEL;
+  auto g = torch::zeros({idx.size(0)}, x.options());
   const int64_t* __restrict p = ptr.data_ptr<int64_t>(); const int32_t* __restrict ci = idx.data_ptr<int32_t>();
-  const float* __restrict gyp = gy.data_ptr<float>(); const float* __restrict xp = x.data_ptr<float>(); float* __restrict gp = g.data_ptr<float>();
-  #pragma omp parallel for schedule(dynamic, 32) if (p[rows] * B > PAR)
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] = 0.f;
-    int64_t b0 = 0;
-    for (; b0 + 64 <= B; b0 += 64) {       // this row's gradient block stays in registers for all its entries
-      const float* gr = gyp + r * B + b0;
-      const v16 g0 = ld(gr), g1 = ld(gr + 16), g2 = ld(gr + 32), g3 = ld(gr + 48);
-      for (int64_t k = p[r]; k < p[r + 1]; ++k) {
-        const float* xr = xp + (int64_t)ci[k] * B + b0;
-        gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
+  const float* __restrict gyp = gy.data_ptr<float>(); const float* __restrict xq = x.data_ptr<float>(); float* __restrict gp = g.data_ptr<float>();
+  #pragma omp parallel if (p[rows] * B > PAR)
+  for (int64_t pn = 0; pn < np; ++pn) {     // panel by panel, each row adding the panel's share to its entries
+    const int64_t n = std::min(PANEL, B - pn * PANEL);
+    const float* xp = xq + pn * PANEL * cols; const float* gq = gyp + pn * PANEL * rows;
+    #pragma omp for schedule(dynamic, 32)
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t b0 = 0;
+      for (; b0 + 64 <= n; b0 += 64) {       // this row's gradient block stays in registers for all its entries
+        const float* gr = gq + r * n + b0;
+        const v16 g0 = ld(gr), g1 = ld(gr + 16), g2 = ld(gr + 32), g3 = ld(gr + 48);
+        for (int64_t k = p[r]; k < p[r + 1]; ++k) {
+          const float* xr = xp + (int64_t)ci[k] * n + b0;
+          gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
+        }
       }
-    }
-    for (; b0 < B; ++b0) {
-      const float gv = gyp[r * B + b0];
-      for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] += gv * xp[(int64_t)ci[k] * B + b0];
+      for (; b0 < n; ++b0) {
+        const float gv = gq[r * n + b0];
+        for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] += gv * xp[(int64_t)ci[k] * n + b0];
+      }
     }
   }
   return g;
 }
 
-// out (cols x rows) = a (rows x cols) transposed, plus bias[i] on each of out's columns i when given: 32 x 32 blocks, in parallel
-torch::Tensor transpose(torch::Tensor a, torch::Tensor bias) {
-  const int64_t R = a.size(0), C = a.size(1);
-  auto out = torch::empty({C, R}, a.options());
+// r[16] (rows of a 16 x 16 block) becomes its transpose: four rounds, each swapping one bit of the row and column index
+static inline void transpose16(v16* r) {
+  for (int i = 0; i < 16; ++i) if (!(i & 8)) { const v16 a = r[i], b = r[i + 8];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    r[i + 8] = __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31); }
+  for (int i = 0; i < 16; ++i) if (!(i & 4)) { const v16 a = r[i], b = r[i + 4];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    r[i + 4] = __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31); }
+  for (int i = 0; i < 16; ++i) if (!(i & 2)) { const v16 a = r[i], b = r[i + 2];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+    r[i + 2] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31); }
+  for (int i = 0; i < 16; ++i) if (!(i & 1)) { const v16 a = r[i], b = r[i + 1];
+    r[i] = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    r[i + 1] = __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31); }
+}
+
+// a (B x C, row-major) in panels: for each run of PANEL rows, its (C x lanes) transpose; 16 x 16 blocks through registers
+torch::Tensor to_panels(torch::Tensor a, torch::Tensor out) {
+  const int64_t B = a.size(0), C = a.size(1), np = (B + PANEL - 1) / PANEL;
+  if (!out.numel()) out = torch::empty({B * C}, a.options());
   const float* ap = a.data_ptr<float>(); float* o = out.data_ptr<float>();
+  #pragma omp parallel for schedule(static) if (B * C >= PAR / 8)
+  for (int64_t blk = 0; blk < np * (PANEL / 16); ++blk) {      // 16 rows of the input, in one panel
+    const int64_t pn = blk / (PANEL / 16), j0 = (blk % (PANEL / 16)) * 16, n = std::min(PANEL, B - pn * PANEL);
+    if (j0 >= n) continue;
+    const float* src = ap + (pn * PANEL + j0) * C; float* dst = o + pn * PANEL * C + j0;
+    int64_t c0 = 0;
+    if (j0 + 16 <= n)
+      for (; c0 + 16 <= C; c0 += 16) {
+        v16 r[16];
+        for (int u = 0; u < 16; ++u) r[u] = ld(src + u * C + c0);
+        transpose16(r);
+        for (int u = 0; u < 16; ++u) st(dst + (c0 + u) * n, r[u]);
+      }
+    for (int64_t j = 0; j < std::min<int64_t>(16, n - j0); ++j)
+      for (int64_t c = c0; c < C; ++c) dst[c * n + j] = src[j * C + c];
+  }
+  return out;
+}
+
+// the (B x C) row-major matrix of `t` (C features in panels of B lanes), plus bias[c] on each column c when given
+torch::Tensor from_panels(torch::Tensor t, int64_t B, int64_t C, torch::Tensor bias) {
+  const int64_t np = (B + PANEL - 1) / PANEL;
+  auto out = torch::empty({B, C}, t.options());
+  const float* tp = t.data_ptr<float>(); float* o = out.data_ptr<float>();
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const int64_t nbi = (R + 31) / 32, nbj = (C + 31) / 32;
-  #pragma omp parallel for schedule(static) if (R * C >= PAR / 8)
-  for (int64_t blk = 0; blk < nbi * nbj; ++blk) {
-    const int64_t i0 = (blk / nbj) * 32, j0 = (blk % nbj) * 32, ie = std::min(R, i0 + 32), je = std::min(C, j0 + 32);
-    for (int64_t j = j0; j < je; ++j)
-      for (int64_t i = i0; i < ie; ++i) o[j * R + i] = ap[i * C + j] + (b ? b[i] : 0.f);
+  #pragma omp parallel for schedule(static) if (B * C >= PAR / 8)
+  for (int64_t blk = 0; blk < np * (PANEL / 16); ++blk) {      // 16 rows of the output, in one panel
+    const int64_t pn = blk / (PANEL / 16), j0 = (blk % (PANEL / 16)) * 16, n = std::min(PANEL, B - pn * PANEL);
+    if (j0 >= n) continue;
+    const float* src = tp + pn * PANEL * C + j0; float* dst = o + (pn * PANEL + j0) * C;
+    int64_t c0 = 0;
+    if (j0 + 16 <= n)
+      for (; c0 + 16 <= C; c0 += 16) {
+        v16 r[16];
+        for (int u = 0; u < 16; ++u) r[u] = ld(src + (c0 + u) * n);
+        transpose16(r);
+        const v16 bv = b ? ld(b + c0) : v16{0};
+        for (int u = 0; u < 16; ++u) st(dst + u * C + c0, r[u] + bv);
+      }
+    for (int64_t j = 0; j < std::min<int64_t>(16, n - j0); ++j)
+      for (int64_t c = c0; c < C; ++c) dst[j * C + c] = src[c * n + j] + (b ? b[c] : 0.f);
   }
   return out;
 }
