@@ -2,6 +2,7 @@
 
     python benchmarks/compute.py layer [--threads 1 2]   # nn.Linear(4096, 4096), batch 64: one step (forward, backward, Adam)
     python benchmarks/compute.py shapes [--threads 1 2]  # the same at 95% for the shapes of Transformer layers: many rows, narrow weights
+    python benchmarks/compute.py transformers            # a GPT-style stack and nn.TransformerEncoder at 95% ERK: one step
     python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
     python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
     python benchmarks/compute.py memory                  # its training state at 95%: weights, gradients, Adam state, masks
@@ -107,6 +108,60 @@ def shapes(a):
                      **_paired_variants(variants(size, bs, a.shape_sparsity), names, a))
             out.append(r)
             print(f"{f'nn.Linear({size}, {size})':>22} {bs:>5} {r['dense_ms']:>9.2f} " + ' '.join(f"{r[n]:>17.3f}x" for n in names))
+    return out
+
+# ---------------------------------------------------------------- Transformers
+class GPTBlock(nn.Module):
+    "A GPT-style block: pre-norm causal self-attention with `nn.Linear` q, k, v and output projections, then a 4x MLP"
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads, self.ln1, self.ln2 = heads, nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.fc, self.proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+    def forward(self, x):
+        B, S, D = x.shape
+        h = self.ln1(x)
+        q, k, v = (f(h).view(B, S, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(B, S, D))
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+TRANSFORMERS = {   # name: (model, input shape (batch, sequence, features), heads, causal)
+    'gpt':     (lambda: nn.Sequential(*[GPTBlock(512, 8) for _ in range(4)]), (8, 256, 512), 8, True),
+    'encoder': (lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(512, 8, 2048, dropout=0., batch_first=True), 4,
+                                              enable_nested_tensor=False), (16, 128, 512), 8, False)}
+
+def _seq_step(model, x, t):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    def step(): F.mse_loss(model(x), t).backward(); opt.step(); opt.zero_grad(set_to_none=False)
+    return step
+
+def transformers_bench(a):
+    """One training step (forward, backward, Adam) of a GPT-style stack (4 blocks, d 512, 8 heads, sequence 256, batch 8) and of
+    `nn.TransformerEncoder` (4 layers, d 512, ff 2048, sequence 128, batch 16) at 95% ERK, masked and sparse, / the dense step;
+    and the attention product's own forward and backward (`F.scaled_dot_product_attention`, dense in every mode) / the dense step"""
+    from fastsparse.compute import SparseTrain
+    torch.set_num_threads(a.threads[0])
+    print(f"Transformers at {a.shape_sparsity:.0%} ERK, {a.threads[0]} thread(s): one step / the dense step, median of paired runs")
+    out = {}
+    for name in a.transformers:
+        make, (B, S, D), H, causal = TRANSFORMERS[name]
+        g = torch.Generator().manual_seed(0)
+        x, t = torch.randn(B, S, D, generator=g), torch.randn(B, S, D, generator=g)
+        torch.manual_seed(0); dense = make(); fd = _seq_step(dense, x, t)
+        q = [torch.randn(B, H, S, D // H, requires_grad=True) for _ in range(3)]
+        def attention(): F.scaled_dot_product_attention(*q, is_causal=causal).sum().backward()
+        blocks = sum(1 for m in dense.modules() if isinstance(m, (GPTBlock, nn.TransformerEncoderLayer)))
+        r = dict(attention=median_ms(attention, reps=a.repeats, n=a.n) * blocks / median_ms(fd, reps=a.repeats, n=a.n))
+        for mode in ('masked', 'sparse'):
+            torch.manual_seed(0); m = make(); m.load_state_dict(dense.state_dict())
+            sparsify_model(m, a.shape_sparsity, 'erk', seed=0, compute=mode)
+            fo = _seq_step(m, x, t); fd(); fo()
+            r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
+            if mode == 'sparse': r['sparse weights'] = f"{sum(isinstance(l, SparseTrain) for l in m.modules())} of {len(masked_params(m))}"
+        out[name] = r
+        print(f"  {name:>8}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
+              f"dense step {r['dense_ms']:.0f} ms; the attention product {r['attention']:.2f} of it)")
     return out
 
 # ---------------------------------------------------------------- the MLP, in fastai
@@ -326,12 +381,13 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'mlp', 'update', 'memory', 'conv', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'transformers', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--shape-sparsity', type=float, default=0.95)
     p.add_argument('--shapes', type=lambda v: tuple(map(int, v.split('x'))), nargs='+', default=SHAPES,
                    help="shapes: layers as FEATURESxROWS, e.g. 1024x4096 (default: SHAPES)")
+    p.add_argument('--transformers', nargs='+', default=list(TRANSFORMERS), choices=list(TRANSFORMERS))
     p.add_argument('--threads', type=int, nargs='+', default=[1])
     p.add_argument('--repeats', type=int, default=7); p.add_argument('--n', type=int, default=3)
     p.add_argument('--epochs', type=int, default=8); p.add_argument('--seeds', type=int, default=3)
@@ -344,7 +400,7 @@ if __name__ == '__main__':
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'shapes': shapes, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
+    runs = {'layer': layer, 'shapes': shapes, 'transformers': transformers_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:

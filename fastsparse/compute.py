@@ -17,9 +17,9 @@ from .masks import (masked_params, mask_hooks, has_mask_hooks, select_targets, r
 from .criteria import state_view, opt_state, MOMENTUM_KEYS
 
 # %% auto #0
-__all__ = ['KERNEL_SOURCES', 'SparseTrainLinear', 'SparseTrainConv2d', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout',
-           'sparse_linear', 'dense_grad', 'sparse_conv2d', 'SparseTrain', 'sparse_class', 'GradRecord', 'grad_record',
-           'set_compute']
+__all__ = ['KERNEL_SOURCES', 'SparseTrainLinear', 'SparseTrainConv2d', 'CALLED_BY_READERS', 'COMPUTE_MIN_SPARSITY', 'kernels',
+           'CSRLayout', 'sparse_linear', 'dense_grad', 'sparse_conv2d', 'SparseTrain', 'sparse_class', 'GradRecord',
+           'grad_record', 'set_compute']
 
 # %% ../nbs/07_compute.ipynb #3b9661a2
 import importlib.resources
@@ -518,6 +518,15 @@ def _missing_weight(module, incompatible):
     ks = incompatible.missing_keys
     ks[:] = [buffer_weight(k, 'values') if k == _VALUES or k.endswith('.' + _VALUES) else k for k in ks]
 
+# layers that a module of a `DIRECT_READERS` type calls as layers in training (by attribute name): they compute sparse, and what
+# reads them directly (nn.TransformerEncoderLayer's fused inference fast path) reads their `weight`, the exact dense view
+CALLED_BY_READERS = {nn.TransformerEncoderLayer: ('linear1', 'linear2')}
+
+def _read_directly(model)->set:
+    "The ids of the modules that a module of a `DIRECT_READERS` type above them reads without calling them"
+    def called(r, s): return any(isinstance(r, k) and any(getattr(r, n, None) is s for n in ns) for k, ns in CALLED_BY_READERS.items())
+    return {id(s) for r in model.modules() if isinstance(r, tuple(DIRECT_READERS)) for s in r.modules() if s is not r and not called(r, s)}
+
 COMPUTE_MIN_SPARSITY = {'linear': 0.,   # nn.Linear: sparse compute pays at any sparsity fastsparse trains at
                         'conv': 0.4}    # nn.Conv2d: resnet18's convolutions below 40% sparse (density above 0.6) ran slower sparse
 
@@ -582,7 +591,7 @@ def set_compute(model,                  # a sparsified `nn.Module` or fastai `Le
         for m in model.modules():
             for p in m._parameters.values():
                 if p is not None: tied[id(p)] = tied.get(id(p), 0) + 1
-        read = {id(s) for r in model.modules() if isinstance(r, tuple(DIRECT_READERS)) for s in r.modules() if s is not r}
+        read = _read_directly(model)
         unknown = [k for k in (min_sparsity or {}) if k not in COMPUTE_MIN_SPARSITY]
         if unknown: raise ValueError(f"min_sparsity has unknown layer kind(s) {unknown}: use {list(COMPUTE_MIN_SPARSITY)}, e.g. {{'conv': 0.8}}")
         bad = {k: v for k, v in (min_sparsity or {}).items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1}

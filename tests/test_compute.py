@@ -234,6 +234,60 @@ def test_cnn_training_matches_masked(spec, sparsity, opt_name, preset, accumulat
 def _sparse_model(seed=0):
     m = _mlp([10, 16, 3], seed); sparsify_model(m, 0.7, seed=seed, compute='sparse'); return m
 
+class _GPTBlock(nn.Module):
+    "Causal self-attention with `nn.Linear` q, k, v and output projections, then an MLP: GPT's and ViT's way of writing a block"
+    def __init__(self, d=24, heads=4):
+        super().__init__()
+        self.heads, self.ln = heads, nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o, self.fc, self.proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+    def forward(self, x):
+        B, S, D = x.shape
+        q, k, v = (f(self.ln(x)).view(B, S, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, S, D))
+        return x + self.proj(F.gelu(self.fc(x)))
+
+@pytest.mark.parametrize('batch,seq', [(2, 5), (3, 70)])    # 10 rows: one panel; 210 rows: four, the last narrow
+def test_gpt_block_trains_sparse_as_masked(batch, seq):
+    "Attention written with `nn.Linear` projections: every projection computes sparse, on batch x sequence rows, as masked compute does"
+    a = nn.Sequential(_GPTBlock(), _GPTBlock()); b = copy.deepcopy(a)
+    sparsify_model(a, 0.9, 'erk', seed=0); sparsify_model(b, 0.9, 'erk', seed=0, compute='sparse')
+    assert all(t.sparse for t in masked_params(b)) and len(masked_params(b)) == 12
+    oa, ob = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (a, b))
+    da, db = (DynamicSparseTraining(m, o, batches_per_update=2, seed=0, **RigL_presets) for m, o in ((a, oa), (b, ob)))
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        x, t = torch.randn(batch, seq, 24, generator=g), torch.randn(batch, seq, 24, generator=g)
+        la, lb = F.mse_loss(a(x), t), F.mse_loss(b(x), t)
+        torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
+        la.backward(); lb.backward(); oa.step(); ob.step()
+        da.step((i + 1) / 4); db.step((i + 1) / 4); oa.zero_grad(); ob.zero_grad()
+        for ta, tb in zip(masked_params(a), masked_params(b)):
+            assert torch.equal(ta.mask, tb.mask), ta.name
+            torch.testing.assert_close(ta.param.detach(), tb.module.weight.detach(), rtol=1e-3, atol=1e-4)
+
+@pytest.mark.parametrize('norm_first', [False, True])
+def test_encoder_feed_forward_computes_sparse(norm_first):
+    "nn.TransformerEncoderLayer's linear1 and linear2 train sparse; attention stays masked; its fused eval fast path reads the dense views"
+    torch.manual_seed(0)
+    a = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 40, dropout=0., batch_first=True, norm_first=norm_first), 2,
+                              enable_nested_tensor=False)
+    b = copy.deepcopy(a)
+    sparsify_model(a, 0.8, 'erk', seed=0); sparsify_model(b, 0.8, 'erk', seed=0, compute='sparse')
+    sparse = sorted(t.name for t in masked_params(b) if t.sparse)
+    assert sparse == [f'layers.{i}.linear{j}.weight' for i in (0, 1) for j in (1, 2)], sparse
+    oa, ob = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (a, b))
+    da, db = (DynamicSparseTraining(m, o, batches_per_update=2, seed=0, **RigL_presets) for m, o in ((a, oa), (b, ob)))
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        x, t = torch.randn(3, 70, 16, generator=g), torch.randn(3, 70, 16, generator=g)   # 210 rows: panels and a narrow one
+        la, lb = F.mse_loss(a(x), t), F.mse_loss(b(x), t)
+        torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
+        la.backward(); lb.backward(); oa.step(); ob.step()
+        da.step((i + 1) / 4); db.step((i + 1) / 4); oa.zero_grad(); ob.zero_grad()
+        for ta, tb in zip(masked_params(a), masked_params(b)): assert torch.equal(ta.mask, tb.mask), ta.name
+    a.eval(); b.eval()
+    with torch.no_grad(): torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)   # the fused fast path, on dense views
+
 def test_checkpoints_move_between_modes():
     a = _sparse_model()
     with torch.no_grad(): a[0].weight_values.add_(1.)

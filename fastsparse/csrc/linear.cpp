@@ -10,6 +10,36 @@
 // A batch of at most PANEL rows is one panel: the plain transpose. `to_panels` and `from_panels` move between layouts.
 #include "fastsparse.h"
 
+// r[16] (rows of a 16 x 16 block) becomes its transpose: four rounds, each swapping one bit of the row and column index
+static inline void transpose16(v16* r) {
+  for (int i = 0; i < 16; ++i) if (!(i & 8)) { const v16 a = r[i], b = r[i + 8];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    r[i + 8] = __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31); }
+  for (int i = 0; i < 16; ++i) if (!(i & 4)) { const v16 a = r[i], b = r[i + 4];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    r[i + 4] = __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31); }
+  for (int i = 0; i < 16; ++i) if (!(i & 2)) { const v16 a = r[i], b = r[i + 2];
+    r[i] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+    r[i + 2] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31); }
+  for (int i = 0; i < 16; ++i) if (!(i & 1)) { const v16 a = r[i], b = r[i + 1];
+    r[i] = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    r[i + 1] = __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31); }
+}
+
+// one vector of 16 sums: lane i holds the sum of r[i]'s lanes. The rounds of `transpose16`, each adding the two vectors it
+// makes, so that 16 horizontal sums cost 15 pairs of shuffles; r is overwritten
+static inline v16 reduce16(v16* r) {
+  for (int i = 0; i < 8; ++i) r[i] = __builtin_shufflevector(r[i], r[i + 8], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+                                   + __builtin_shufflevector(r[i], r[i + 8], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i) r[i] = __builtin_shufflevector(r[i], r[i + 4], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+                                   + __builtin_shufflevector(r[i], r[i + 4], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int i = 0; i < 2; ++i) r[i] = __builtin_shufflevector(r[i], r[i + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+                                   + __builtin_shufflevector(r[i], r[i + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  return __builtin_shufflevector(r[0], r[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+       + __builtin_shufflevector(r[0], r[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+}
+
+
 // out = A (rows x cols, compressed rows: ptr, idx, val) @ x, both in panels of B lanes
 static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
                    const float* __restrict x, float* __restrict out, int64_t rows, int64_t cols, int64_t B) {
@@ -67,7 +97,16 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
       for (; b0 + 64 <= n; b0 += 64) {       // this row's gradient block stays in registers for all its entries
         const float* gr = gq + r * n + b0;
         const v16 g0 = ld(gr), g1 = ld(gr + 16), g2 = ld(gr + 32), g3 = ld(gr + 48);
-        for (int64_t k = p[r]; k < p[r + 1]; ++k) {
+        int64_t k = p[r];
+        for (; k + 16 <= p[r + 1]; k += 16) {   // 16 entries at a time: their 16 dot products reduced together
+          v16 acc[16];
+          for (int u = 0; u < 16; ++u) {
+            const float* xr = xp + (int64_t)ci[k + u] * n + b0;
+            acc[u] = g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48);
+          }
+          st(gp + k, ld(gp + k) + reduce16(acc));
+        }
+        for (; k < p[r + 1]; ++k) {
           const float* xr = xp + (int64_t)ci[k] * n + b0;
           gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
         }
@@ -79,22 +118,6 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
     }
   }
   return g;
-}
-
-// r[16] (rows of a 16 x 16 block) becomes its transpose: four rounds, each swapping one bit of the row and column index
-static inline void transpose16(v16* r) {
-  for (int i = 0; i < 16; ++i) if (!(i & 8)) { const v16 a = r[i], b = r[i + 8];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-    r[i + 8] = __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31); }
-  for (int i = 0; i < 16; ++i) if (!(i & 4)) { const v16 a = r[i], b = r[i + 4];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
-    r[i + 4] = __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31); }
-  for (int i = 0; i < 16; ++i) if (!(i & 2)) { const v16 a = r[i], b = r[i + 2];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-    r[i + 2] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31); }
-  for (int i = 0; i < 16; ++i) if (!(i & 1)) { const v16 a = r[i], b = r[i + 1];
-    r[i] = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-    r[i + 1] = __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31); }
 }
 
 // a (B x C, row-major) in panels: for each run of PANEL rows, its (C x lanes) transpose; 16 x 16 blocks through registers
