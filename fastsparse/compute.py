@@ -309,8 +309,9 @@ def sparse_conv2d(x:torch.Tensor,         # input, `(N, in, H, W)` or `(in, H, W
     return _SparseConv2d.apply(x, values, bias, layout, geom, record)
 
 # %% ../nbs/07_compute.ipynb #a4c88d91
-# in a sparse layer's `__dict__`: its layout cache; its backward record; the momentum of its inactive weights (SNFS)
-_LAYOUT, _RECORD, _MOMENTUM = '_fastsparse_layout', '_fastsparse_record', '_fastsparse_momentum'
+# in a sparse layer's `__dict__`: its layout cache; its backward record; the momentum of its inactive weights (SNFS); whether an
+# update may follow the next backward pass
+_LAYOUT, _RECORD, _MOMENTUM, _DUE = '_fastsparse_layout', '_fastsparse_record', '_fastsparse_momentum', '_fastsparse_due'
 _W = 'weight'                                                      # the weight a sparse layer trains sparse
 _MASK, _VALUES = buffer_name(_W, 'mask'), buffer_name(_W, 'values')   # its mask buffer and its values parameter (`WEIGHT_BUFFERS`)
 
@@ -388,9 +389,21 @@ class SparseTrain:
         "Forget the recorded backward passes (the driver calls it after each optimizer step)"
         if rec := self.__dict__.get(_RECORD): rec.clear()
 
+    @property
+    def due(self)->bool:
+        "Whether an update may follow the next backward pass (`SparseEngine.expect_update`): only then does it record what `weight_grad` reads, unless `track_momentum` needs every pass"
+        return self.__dict__.get(_DUE, True)
+    @due.setter
+    def due(self, v:bool): self.__dict__[_DUE] = bool(v)
+
+    def _record(self):
+        "Where this forward's backward pass records itself: the record while it is kept and read, else None"
+        rec = self.__dict__.get(_RECORD)
+        return rec if rec is not None and (self.due or self.__dict__.get(_MOMENTUM) is not None) else None
+
     def forward(self, x):
         if x.dtype != torch.float32 and torch.is_autocast_enabled('cpu'): x = x.float()   # the kernels run float32
-        v, L, rec = self._parameters[_VALUES], self.weight_layout, self.__dict__.get(_RECORD)
+        v, L, rec = self._parameters[_VALUES], self.weight_layout, self._record()
         if isinstance(self, nn.Conv2d):
             return sparse_conv2d(x, v, L, self._buffers[_MASK].shape, self.bias, self.stride, self.padding, self.dilation, rec)
         return sparse_linear(x, v, L, self.bias, rec)
@@ -409,7 +422,7 @@ class SparseTrain:
             if k != prefix + _VALUES: destination[k] = v
 
     def __reduce_ex__(self, protocol):   # pickle and deepcopy: the class is made again from the layer type it came from
-        return _sparse_layer, (self._fastsparse_base,), {k: v for k, v in self.__dict__.items() if k not in (_LAYOUT, _RECORD, _MOMENTUM)}
+        return _sparse_layer, (self._fastsparse_base,), {k: v for k, v in self.__dict__.items() if k not in (_LAYOUT, _RECORD, _MOMENTUM, _DUE)}
 
     def extra_repr(self):
         L = self.weight_layout
@@ -567,7 +580,7 @@ def _to_masked(t):
     m._parameters.clear(); m._parameters.update(items)
     for hooks, f in ((m._load_state_dict_pre_hooks, _load_values), (m._load_state_dict_post_hooks, _missing_weight)):
         for k in [k for k, h in hooks.items() if getattr(h, 'hook', h) is f]: del hooks[k]   # torch wraps pre-hooks
-    for k in (_LAYOUT, _RECORD, _MOMENTUM): m.__dict__.pop(k, None)
+    for k in (_LAYOUT, _RECORD, _MOMENTUM, _DUE): m.__dict__.pop(k, None)
     m.__class__ = m._fastsparse_base
 
 def set_compute(model,                  # a sparsified `nn.Module` or fastai `Learner`

@@ -333,9 +333,8 @@ class SparseEngine:
         for t in self.targets: grad_record(t).clear_record()
 
     def expect_update(self, due:bool=True):
-        "Whether an update may follow the next backward pass: masked compute keeps its dense gradient only then (the driver says so after each step)"
-        for t in self.targets:
-            if not t.sparse: grad_record(t).due = due
+        "Whether an update may follow the next backward pass: either compute mode keeps what gives the dense gradient only then (the driver says so after each step)"
+        for t in self.targets: grad_record(t).due = due
 
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights); in masked compute, zero slow weights (Lookahead) at inactive weights"

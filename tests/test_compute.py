@@ -224,6 +224,20 @@ def test_masked_gradients_are_active_only():
     with pytest.raises(ValueError, match='before `loss.backward'): DynamicSparseTraining(m2, o2, **RigL_presets).engine.update(0.3)
     assert all(torch.equal(a, t.mask) for a, t in zip(masks, masked_params(m2)))
 
+@pytest.mark.parametrize('preset,every', [(RigL_presets, False), (SNFS_presets, True)])
+def test_sparse_layers_record_only_when_an_update_may_follow(preset, every):
+    "Sparse compute keeps what gives the dense gradient (inputs, output gradients) only for passes an update may read; SNFS's momentum reads every pass"
+    torch.manual_seed(0)
+    model = _mlp([20, 30, 5], 0); sparsify_model(model, 0.8, seed=0, compute='sparse')
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    dst = DynamicSparseTraining(model, opt, **preset, batches_per_update=3)
+    x, layer, kept = torch.randn(16, 20), model[0], []
+    for i in range(6):
+        F.mse_loss(model(x), torch.zeros(16, 5)).backward()
+        kept.append(layer.weight_grad() is not None)
+        opt.step(); dst.step(0.1); opt.zero_grad()
+    assert kept == ([True] * 6 if every else [True, False, True, False, False, True]) and dst.n_updates == 2
+
 @settings(max_examples=25, **SETTINGS)
 @given(st.lists(st.tuples(st.integers(2, 12), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1)), min_size=1, max_size=2),
        st.floats(0.5, 0.9), st.sampled_from(list(OPTS)), st.sampled_from(['RigL', 'SET', 'SNFS']), st.integers(1, 2), st.integers(0, 1000))
