@@ -47,10 +47,10 @@ class _TorchKernels:
         return out.add_(bias) if bias.numel() else out
     @staticmethod
     def spmm(ptr, idx, val, x, rows, n, out):
-        cols = x.numel() // n if n else 0
+        if not n: return x.new_zeros(0)
+        cols = x.numel() // n
         a = torch.sparse_csr_tensor(ptr, idx.long(), val, (rows, cols), check_invariants=False)
-        y = torch.sparse.mm(a, _TorchKernels.from_panels(x, n, cols, _NONE).t()) if n else x.new_zeros(rows, 0)
-        return _TorchKernels.to_panels(y.t(), out)
+        return _TorchKernels.to_panels(torch.sparse.mm(a, _TorchKernels.from_panels(x, n, cols, _NONE).t()).t(), out)
     @staticmethod
     def csr_transpose(ptr, idx, cols):
         rows, r, c = ptr.numel() - 1, _entry_rows(ptr, idx.numel()), idx.long()
@@ -85,8 +85,8 @@ class _TorchKernels:
         g.masked_fill_(~mask, 0)
     @staticmethod
     def sddmm(ptr, idx, gy, x, n):
-        rows = ptr.numel() - 1; cols = x.numel() // n if n else 0
         if not n: return gy.new_zeros(idx.numel())
+        rows, cols = ptr.numel() - 1, x.numel() // n
         s = torch.sparse_csr_tensor(ptr, idx.long(), gy.new_zeros(idx.numel()), (rows, cols), check_invariants=False)
         gy, x = _TorchKernels.from_panels(gy, n, rows, _NONE), _TorchKernels.from_panels(x, n, cols, _NONE)
         return torch.sparse.sampled_addmm(s, gy.t(), x, beta=0.).values()

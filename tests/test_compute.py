@@ -35,6 +35,8 @@ def _kernels_for(which):
 @example(33, 65, 64, 0.3, True, 'cpp', 0).via('one whole panel')
 @example(70, 17, 65, 0.3, True, 'cpp', 1).via('a panel and a one-row one')
 @example(5, 70, 200, 0.1, False, 'cpp', 2).via('three panels and a narrow one')
+@example(5, 7, 0, 0.5, True, 'cpp', 5).via('an empty batch')
+@example(5, 7, 0, 0.5, True, 'torch', 5).via('an empty batch, torch fallback')
 @example(9, 4100, 70, 0.05, True, 'cpp', 3).via('wide: three column blocks in the product and the values gradient')
 @example(4100, 9, 70, 0.05, True, 'cpp', 4).via("tall: three column blocks in the input's gradient")
 def test_sparse_linear_matches_masked_dense(rows, cols, batch, density, bias, which, seed):
