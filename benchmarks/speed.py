@@ -48,13 +48,13 @@ MODELS = {
                  'torchvision resnet18(weights=None), 224x224, torch.optim.SGD(momentum=0.9)'),
 }
 
-# optimizers instead of the model's own (`--opt`)
-OPTS = {'sgd': lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), 'adam': lambda ps: torch.optim.Adam(ps, lr=1e-3),
-        'adam-fused': lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), 'fastai-adam': lambda ps: _fastai_adam(ps)}
-
 def _fastai_adam(ps):
     from fastai.optimizer import Adam
     return Adam(list(ps), lr=1e-3)
+
+# optimizers instead of the model's own (`--opt`)
+OPTS = {'sgd': lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), 'adam': lambda ps: torch.optim.Adam(ps, lr=1e-3),
+        'adam-fused': lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), 'fastai-adam': _fastai_adam}
 
 def make(name, sparse, preset='RigL', sparsity=0.9, seed=0, opt=None):
     "Model, optimizer (the model's, or `OPTS[opt]`) and (for `sparse`) the driver of dynamic sparse training, with no update due"

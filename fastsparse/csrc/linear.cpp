@@ -10,35 +10,25 @@
 // A batch of at most PANEL rows is one panel: the plain transpose. `to_panels` and `from_panels` move between layouts.
 #include "fastsparse.h"
 
+// One round of a 16 x 16 transpose in registers, for the bit S of the row and column index: from rows a (bit S clear) and
+// b (set), lo keeps the columns with bit S clear (a's, then b's, in each run of 2S) and hi those with it set
+constexpr int lo_lane(int s, int p) { return (p & s) ? 16 + p - s : p; }
+constexpr int hi_lane(int s, int p) { return (p & s) ? 16 + p : p + s; }
+#define LANES16(f, s) f(s, 0), f(s, 1), f(s, 2), f(s, 3), f(s, 4), f(s, 5), f(s, 6), f(s, 7), \
+                      f(s, 8), f(s, 9), f(s, 10), f(s, 11), f(s, 12), f(s, 13), f(s, 14), f(s, 15)
+template <int S> static inline v16 lo(v16 a, v16 b) { return __builtin_shufflevector(a, b, LANES16(lo_lane, S)); }
+template <int S> static inline v16 hi(v16 a, v16 b) { return __builtin_shufflevector(a, b, LANES16(hi_lane, S)); }
+
 // r[16] (rows of a 16 x 16 block) becomes its transpose: four rounds, each swapping one bit of the row and column index
-static inline void transpose16(v16* r) {
-  for (int i = 0; i < 16; ++i) if (!(i & 8)) { const v16 a = r[i], b = r[i + 8];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-    r[i + 8] = __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31); }
-  for (int i = 0; i < 16; ++i) if (!(i & 4)) { const v16 a = r[i], b = r[i + 4];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
-    r[i + 4] = __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31); }
-  for (int i = 0; i < 16; ++i) if (!(i & 2)) { const v16 a = r[i], b = r[i + 2];
-    r[i] = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-    r[i + 2] = __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31); }
-  for (int i = 0; i < 16; ++i) if (!(i & 1)) { const v16 a = r[i], b = r[i + 1];
-    r[i] = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-    r[i + 1] = __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31); }
+template <int S> static inline void swap_bit(v16* r) {
+  for (int i = 0; i < 16; ++i) if (!(i & S)) { const v16 a = r[i], b = r[i + S]; r[i] = lo<S>(a, b); r[i + S] = hi<S>(a, b); }
 }
+static inline void transpose16(v16* r) { swap_bit<8>(r); swap_bit<4>(r); swap_bit<2>(r); swap_bit<1>(r); }
 
 // one vector of 16 sums: lane i holds the sum of r[i]'s lanes. The rounds of `transpose16`, each adding the two vectors it
 // makes, so that 16 horizontal sums cost 15 pairs of shuffles; r is overwritten
-static inline v16 reduce16(v16* r) {
-  for (int i = 0; i < 8; ++i) r[i] = __builtin_shufflevector(r[i], r[i + 8], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
-                                   + __builtin_shufflevector(r[i], r[i + 8], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  for (int i = 0; i < 4; ++i) r[i] = __builtin_shufflevector(r[i], r[i + 4], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
-                                   + __builtin_shufflevector(r[i], r[i + 4], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  for (int i = 0; i < 2; ++i) r[i] = __builtin_shufflevector(r[i], r[i + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
-                                   + __builtin_shufflevector(r[i], r[i + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-  return __builtin_shufflevector(r[0], r[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
-       + __builtin_shufflevector(r[0], r[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-}
-
+template <int S> static inline void fold(v16* r) { for (int i = 0; i < S; ++i) r[i] = lo<S>(r[i], r[i + S]) + hi<S>(r[i], r[i + S]); }
+static inline v16 reduce16(v16* r) { fold<8>(r); fold<4>(r); fold<2>(r); fold<1>(r); return r[0]; }
 
 // out = A (rows x cols, compressed rows: ptr, idx, val) @ x, both in panels of B lanes
 static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
