@@ -57,7 +57,7 @@ def variants(size, bs, sparsity, seed=0):
     out['masked'] = lambda: ms(lambda: apply_masks(masked, fresh=True))
     sp = nn.Linear(size, size); sparsify_model(sp, sparsity, seed=seed, compute='sparse')
     out['fastsparse sparse'] = stepper(sp, sp.parameters(), x, t)
-    L = sp.weight_layout
+    L = sp.sparse_weight().weight_layout
     vals, bias = nn.Parameter(sp.weight_values.detach().clone()), nn.Parameter(sp.bias.detach().clone())
     ptr, col = L.ptr, L.idx.long()
     def torch_csr(xb):
@@ -140,7 +140,6 @@ def transformers_bench(a):
     """One training step (forward, backward, Adam) of a GPT-style stack (4 blocks, d 512, 8 heads, sequence 256, batch 8) and of
     `nn.TransformerEncoder` (4 layers, d 512, ff 2048, sequence 128, batch 16) at 95% ERK, masked and sparse, / the dense step;
     and the attention product's own forward and backward (`F.scaled_dot_product_attention`, dense in every mode) / the dense step"""
-    from fastsparse.compute import SparseTrain
     torch.set_num_threads(a.threads[0])
     print(f"Transformers at {a.shape_sparsity:.0%} ERK, {a.threads[0]} thread(s): one step / the dense step, median of paired runs")
     out = {}
@@ -158,7 +157,7 @@ def transformers_bench(a):
             sparsify_model(m, a.shape_sparsity, 'erk', seed=0, compute=mode)
             fo = _seq_step(m, x, t); fd(); fo()
             r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
-            if mode == 'sparse': r['sparse weights'] = f"{sum(isinstance(l, SparseTrain) for l in m.modules())} of {len(masked_params(m))}"
+            if mode == 'sparse': r['sparse weights'] = f"{sum(t.sparse for t in masked_params(m))} of {len(masked_params(m))}"
         out[name] = r
         print(f"  {name:>8}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
               f"dense step {r['dense_ms']:.0f} ms; the attention product {r['attention']:.2f} of it)")

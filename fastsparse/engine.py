@@ -13,7 +13,7 @@ from .adapters import as_model, inner_optimizer, param_lists, momentum_rule, lac
 from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer, grad_masked
 from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view, NonFiniteError
 from torch import nn
-from .compute import CSRLayout, kernels, grad_record
+from .compute import CSRLayout, kernels, weight_compute
 from .schedules import UpdateSchedule, check_fraction
 from .stats import UpdateLog
 from .budgets import (allocate, layer_floors, global_drop, global_grow, threshold_drop, adjust_threshold, prune_counts,
@@ -242,7 +242,7 @@ def _after_load(model, incompatible):
     if e is None: return
     if e.opt is not None: _drop_stale_state(e.opt, e.sparse)
     for t in e.momentum_layers:
-        if (mom := grad_record(t).inactive_momentum) is not None: mom.masked_fill_(t.mask, 0.)
+        if (mom := weight_compute(t).inactive_momentum) is not None: mom.masked_fill_(t.mask, 0.)
 
 def _setup_compute(self, opt):
     "What engine `self` needs of compute for its scores: the dense gradient on update steps, the momentum of inactive weights"
@@ -259,7 +259,7 @@ def _setup_compute(self, opt):
     # the optimizer sees active gradients only, in either compute: what the scores read of the rest is kept apart
     reads_grad = self.scorer.reads('grad')
     for t in self.targets:   # turned on, never off: another engine of the same model may read them
-        r = grad_record(t)
+        r = weight_compute(t)
         if reads_grad: r.record_grad()       # sparse: the dense gradient is made on update steps only
         if self.momentum_layers and r.inactive_momentum is None: r.track_momentum()
     if opt is not None and self.scorer.reads('momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
@@ -330,11 +330,11 @@ class SparseEngine:
 
     def clear_records(self):
         "Forget what the backward passes since the last optimizer step left for the scores (the driver calls it after each step)"
-        for t in self.targets: grad_record(t).clear_record()
+        for t in self.targets: weight_compute(t).clear_record()
 
     def expect_update(self, due:bool=True):
         "Whether an update may follow the next backward pass: either compute mode keeps what gives the dense gradient only then (the driver says so after each step)"
-        for t in self.targets: grad_record(t).due = due
+        for t in self.targets: weight_compute(t).due = due
 
     def observe_step(self):
         "After each optimizer step: update what sparse compute keeps of every step (SNFS: the momentum of inactive weights); in masked compute, zero slow weights (Lookahead) at inactive weights"
@@ -343,7 +343,7 @@ class SparseEngine:
             if not t.trainable.requires_grad: continue   # frozen: no gradient, and perhaps not in the optimizer
             rule = momentum_rule(self.opt, t.trainable)
             if rule is None: raise ValueError(_no_momentum(self, t.name))
-            grad_record(t).update_momentum(*rule)
+            weight_compute(t).update_momentum(*rule)
 
     def record_init(self, keep:bool=False):
         "Keep a copy of the current weights for scores that ask for `init`, as model buffers (`keep`: reuse saved ones)"
@@ -361,7 +361,7 @@ class SparseEngine:
 
     def active_idx(self, t, n_active:int=None):
         "Flat indices of the active weights of `t`, cached until its mask changes (or holds other than `n_active`)"
-        if t.sparse: return t.module.weight_layout.flat()     # in sparse compute the layout has them, in order
+        if t.sparse: return weight_compute(t).weight_layout.flat()     # in sparse compute the layout has them, in order
         v, idx = self._active.get(t.name, (None, None))
         if v != t.mask._version or idx is None or (n_active is not None and len(idx) != n_active):
             idx = t.mask.view(-1).nonzero().squeeze(1)
@@ -418,7 +418,7 @@ def _remap(opt, t, old, grown):
     their gradient and every optimizer-state tensor shaped like them to the new positions: kept weights keep theirs,
     grown ones start at 0"""
     layout, where = CSRLayout.after(old, t.mask, grown)
-    t.module.set_layout(layout); t.module.reset_inactive_momentum(grown)
+    c = weight_compute(t); c.set_layout(layout); c.reset_inactive_momentum(grown)
     n_new, kern = layout.nnz, kernels()
     def moved(v):
         if v.dtype == torch.float32 and v.device.type == 'cpu': return kern.move(v.contiguous(), where, n_new)
@@ -463,7 +463,7 @@ def _replace(idx, local, new):
 # %% ../nbs/10_engine.ipynb #6a1d0c01
 def _zeros_like_weight(t):
     "A stand-in for the dense view of a weight in sparse compute, for elementwise scores: zeros (no memory), with the values' state"
-    return state_view(t.trainable.new_zeros(()).expand(*t.mask.shape), t.module.dense_state)
+    return state_view(t.trainable.new_zeros(()).expand(*t.mask.shape), weight_compute(t).dense_state)
 
 def _at(ctx, idx, values, f):
     "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
@@ -507,7 +507,7 @@ class Scorer:
         "What the scores `fs` (default: all) of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
         w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
         g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
-        rec = grad_record(t) if self.reads('grad', fs) else None
+        rec = weight_compute(t) if self.reads('grad', fs) else None
         grad = rec.weight_grad() if rec is not None else None if t.sparse else w.grad   # sparse: made only if read
         if grad is None and not t.sparse:
             grad = w.grad     # exact at the active weights, all that a keep score reads; a grow score reads the others too:
@@ -519,8 +519,8 @@ class Scorer:
         if grad is not None and grad.layout != torch.strided: grad = grad.to_dense()   # `nn.Embedding(sparse=True)`: rows it looked up
         if rec is not None and grad is not None and (dist := _dist()) is not None:   # as DDP averages the active gradient
             dist.all_reduce(grad); grad /= dist.get_world_size()
-        if not t.sparse and self.reads('momentum', fs) and grad_record(t).inactive_momentum is not None:
-            w = state_view(w.detach(), grad_record(t).dense_state)   # its state: the optimizer's, with the inactive weights' momentum
+        if not t.sparse and self.reads('momentum', fs) and weight_compute(t).inactive_momentum is not None:
+            w = state_view(w.detach(), weight_compute(t).dense_state)   # its state: the optimizer's, with the inactive weights' momentum
         state = opt_state(self.opt, w) if not t.sparse or self._wants_state else None   # sparse: scattered only if a score asks
         return dict(mask=t.mask, grad=grad, state=state, name=t.name, module=t.module, weight=w,
                     step=step, generator=g, init=_buffer(t, 'init') if self.uses_init else None,
@@ -832,7 +832,7 @@ def commit(self:SparseEngine,
     "Apply `change` to `t`: edit its mask in place, zero the weights that changed and their optimizer state"
     # masked compute caches the active indices (sparse compute reads them from its layout)
     new_active = None if change.local is None or t.sparse else _replace(self.active_idx(t), change.local, change.grow)
-    old_layout = t.module.weight_layout if t.sparse else None
+    old_layout = weight_compute(t).weight_layout if t.sparse else None
     m = t.mask.view(-1)
     regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
     m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
@@ -844,7 +844,7 @@ def commit(self:SparseEngine,
         _fill_at(t.param.data, changed, 0.)
         if t.param.grad is not None and t.param.grad.layout == torch.strided: _fill_at(t.param.grad, dropped, 0.)   # inactive weights have no gradient
         reset_opt_state(self.opt, t.param, changed)
-        grad_record(t).reset_inactive_momentum(grown)
+        weight_compute(t).reset_inactive_momentum(grown)
     if self.uses_init: _fill_at(_buffer(t, 'init'), grown, 0.)
     apply_masks([t])                            # the optimizer step may have written masked positions
     if self.uses_prev: _buffer(t, 'prev').copy_(t.param.detach())   # the next update compares with these
@@ -894,7 +894,7 @@ def check_invariants(model,         # a sparsified `nn.Module`
         if n: _fail(f"'{t.name}': {n} masked weights are not exactly 0")
         if (why := t.structure.violation(t.mask)): _fail(f"'{t.name}' breaks {t.structure}: {why}")
         if t.sparse:   # the values and their layout describe the mask exactly
-            L, v = t.module.weight_layout, t.trainable
+            L, v = weight_compute(t).weight_layout, t.trainable
             if v.numel() != int(t.mask.sum()): _fail(f"'{t.name}': {v.numel()} active values for {int(t.mask.sum())} active weights")
             if not torch.equal(L.flat(), t.mask.view(-1).nonzero().squeeze(1)): _fail(f"'{t.name}': the layout differs from the mask")
             for k, s in (kv for st in _state_dicts(opt, v) for kv in st.items()):

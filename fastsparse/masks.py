@@ -51,7 +51,7 @@ class SparseTarget(NamedTuple):
     def param(self)->torch.Tensor:
         "The weight: its parameter, or in sparse compute a dense view made from its active values"
         p = self.module._parameters.get(self.attr)
-        return p if p is not None or not self.sparse else self.module.dense_weight()
+        return p if p is not None or not self.sparse else self.module.sparse_weight(self.attr).dense_weight()
     @property
     def trainable(self)->nn.Parameter:
         "The parameter the optimizer trains: the weight, or in sparse compute its active values"

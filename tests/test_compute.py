@@ -187,7 +187,7 @@ def test_lamb_matches_masked(sizes, sparsity, preset, seed):
 
 def test_masked_gradients_are_active_only():
     "After each backward, masked compute's gradients are zero at inactive weights; RigL grows by the dense gradient kept apart"
-    from fastsparse.compute import grad_record
+    from fastsparse.compute import weight_compute
     torch.manual_seed(0)
     model = _mlp([20, 30, 5], 0); sparsify_model(model, 0.8, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -203,22 +203,22 @@ def test_masked_gradients_are_active_only():
     for _ in range(2): F.mse_loss(model(x), torch.zeros(16, 5)).backward()   # two passes accumulate
     for t, g in zip(masked_params(model), dense_grads):
         assert (t.param.grad[~t.mask] == 0).all() and torch.equal(t.param.grad[t.mask], 2 * g[t.mask])
-        torch.testing.assert_close(grad_record(t).weight_grad(), 2 * g)
+        torch.testing.assert_close(weight_compute(t).weight_grad(), 2 * g)
     opt.step(); dst.step(0.1)
-    assert dst.n_updates == 1 and all(grad_record(t).weight_grad() is None for t in masked_params(model))   # cleared after the step
+    assert dst.n_updates == 1 and all(weight_compute(t).weight_grad() is None for t in masked_params(model))   # cleared after the step
     # the driver keeps the dense gradient only for backward passes that an update may follow: here every third step
     dst3 = DynamicSparseTraining(model, opt, **RigL_presets, batches_per_update=3)
     kept = []
     for i in range(6):
         F.mse_loss(model(x), torch.zeros(16, 5)).backward()
-        kept.append(grad_record(masked_params(model)[0]).weight_grad() is not None)
+        kept.append(weight_compute(masked_params(model)[0]).weight_grad() is not None)
         opt.step(); dst3.step(0.1); opt.zero_grad()
     assert kept == [True, False, True, False, False, True] and dst3.n_updates == 2   # the first: before any step, anything may come
     # a caller that forces or skips updates (`step(update=...)`) may force one at any step: every backward pass keeps it
     kept = []
     for i in range(3):
         F.mse_loss(model(x), torch.zeros(16, 5)).backward()
-        kept.append(grad_record(masked_params(model)[0]).weight_grad() is not None)
+        kept.append(weight_compute(masked_params(model)[0]).weight_grad() is not None)
         opt.step(); dst3.step(0.1, update=i == 2); opt.zero_grad()
     assert kept == [False, True, True] and dst3.n_updates == 3
     # an engine made after the backward pass cannot know the inactive gradient: a clear error, nothing changed
@@ -238,7 +238,7 @@ def test_sparse_layers_record_only_when_an_update_may_follow(preset, every):
     x, layer, kept = torch.randn(16, 20), model[0], []
     for i in range(6):
         F.mse_loss(model(x), torch.zeros(16, 5)).backward()
-        kept.append(layer.weight_grad() is not None)
+        kept.append(layer.sparse_weight().weight_grad() is not None)
         opt.step(); dst.step(0.1); opt.zero_grad()
     assert kept == ([True] * 6 if every else [True, False, True, False, False, True]) and dst.n_updates == 2
 
@@ -283,28 +283,131 @@ def test_gpt_block_trains_sparse_as_masked(batch, seq):
             assert torch.equal(ta.mask, tb.mask), ta.name
             torch.testing.assert_close(ta.param.detach(), tb.module.weight.detach(), rtol=1e-3, atol=1e-4)
 
+@settings(max_examples=60, **SETTINGS)
+@given(st.integers(1, 4), st.integers(2, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 9), st.booleans(), st.booleans(),
+       st.sampled_from(['self', 'kv', 'cross', 'kdim']), st.sampled_from([None, 'bool', 'float', 'causal', 'heads']), st.booleans(),
+       st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**31))
+@example(2, 2, 3, 5, 5, True, True, 'self', 'causal', False, False, True, True, 0).via('causal self-attention, fused projection')
+@example(1, 4, 2, 6, 9, False, False, 'kv', 'float', True, True, False, True, 1).via('cross-attention on a memory, padded')
+@example(3, 2, 3, 4, 7, True, True, 'kdim', 'heads', True, True, True, False, 2).via('separate projections, a mask per head')
+@example(2, 2, 1, 6, 6, True, True, "self", "bool", False, True, True, False, 3).via('unbatched')
+def test_attention_matches_dense(heads, head_dim, batch, L, S, batch_first, bias, kind, mask, pad, need_weights, average, batched, seed):
+    "nn.MultiheadAttention in sparse compute gives what the dense layer gives with the masked weights: output, attention weights, input gradients, dense weight gradients"
+    torch.manual_seed(seed); E = heads * head_dim
+    kw = dict(kdim=E + 2, vdim=E + 1) if kind == 'kdim' else {}
+    ref = nn.MultiheadAttention(E, heads, bias=bias, batch_first=batch_first, **kw)
+    m = copy.deepcopy(ref); sparsify_model(m, 0.6, seed=seed, compute='sparse')
+    ts = masked_params(m); assert ts and all(t.sparse for t in ts)
+    ref.load_state_dict({k: v for k, v in m.state_dict().items() if not k.endswith('_mask')})
+    for t in ts: compute.weight_compute(t).record_grad()
+    if kind == 'self': L = S
+    shape = lambda n, d: ((batch, n, d) if batch_first else (n, batch, d)) if batched else (n, d)
+    q = torch.randn(shape(L, E), requires_grad=True)
+    k = q if kind == 'self' else torch.randn(shape(S, kw.get('kdim', E)), requires_grad=True)
+    v = k if kind in ('self', 'kv') else torch.randn(shape(S, kw.get('vdim', E)), requires_grad=True)
+    args = dict(need_weights=need_weights, average_attn_weights=average)
+    if mask == 'causal' and L == S: args.update(attn_mask=nn.Transformer.generate_square_subsequent_mask(L), is_causal=not pad)
+    elif mask in ('bool', 'causal'): args.update(attn_mask=(torch.rand(L, S) < 0.3).index_fill_(1, torch.tensor([0]), False))   # each row attends to one key at least
+    elif mask == 'float': args.update(attn_mask=torch.randn(L, S))
+    elif mask == 'heads': args.update(attn_mask=torch.randn(batch * heads if batched else heads, L, S))
+    if pad:
+        kpm = torch.zeros(batch, S, dtype=torch.bool); kpm[:, S // 2 + 1:] = True
+        if 'attn_mask' in args and args['attn_mask'].is_floating_point(): kpm = torch.zeros(kpm.shape).masked_fill(kpm, float('-inf'))
+        args.update(key_padding_mask=kpm if batched else kpm[0])
+    outs, grads = [], []
+    for layer in (ref, m):
+        o, w = layer(q, k, v, **args)
+        ins = [x for x in dict.fromkeys((q, k, v))]
+        g = torch.autograd.grad(o.square().sum(), ins)
+        outs.append((o, w)); grads.append(g)
+    (oa, wa), (ob, wb) = outs
+    torch.testing.assert_close(ob, oa, rtol=1e-4, atol=1e-5)
+    if need_weights: torch.testing.assert_close(wb, wa, rtol=1e-4, atol=1e-5)
+    else: assert wb is None
+    for ga, gb in zip(*grads): torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-4)
+    for t in ts: compute.weight_compute(t).clear_record()
+    m(q, k, v, **args)[0].square().sum().backward(); ref(q, k, v, **args)[0].square().sum().backward()
+    for t in ts:
+        wr = getattr(ref, t.attr) if t.attr != 'weight' else ref.out_proj.weight
+        torch.testing.assert_close(compute.weight_compute(t).weight_grad(), wr.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(t.trainable.grad, wr.grad[t.mask], rtol=1e-4, atol=1e-4)
+
+def test_attention_checkpoints_copies_and_snfs():
+    "An attention layer in sparse compute: checkpoints move between modes and mask counts, pickles and copies train on, SNFS's redistribution and momentum work"
+    torch.manual_seed(0)
+    make = lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 24, dropout=0., batch_first=True), 2, enable_nested_tensor=False)
+    a = make(); sparsify_model(a, 0.8, 'erk', seed=0, compute='sparse')
+    masked = make(); sparsify_model(masked, 0.6, seed=1)
+    masked.load_state_dict(a.state_dict())                                      # sparse -> masked, other masks before
+    b = make(); sparsify_model(b, 0.5, seed=2, compute='sparse')
+    b.load_state_dict(masked.state_dict()); check_invariants(b)                   # masked -> sparse: other counts, resized
+    x = torch.randn(2, 7, 16)
+    for m in (masked, b, copy.deepcopy(b), pickle.loads(pickle.dumps(b))): torch.testing.assert_close(m(x), a(x), rtol=1e-5, atol=1e-6)
+    c = copy.deepcopy(b); assert all(t.sparse for t in masked_params(c))
+    opt = torch.optim.SGD(c.parameters(), lr=0.1, momentum=0.9)
+    dst = DynamicSparseTraining(c, opt, batches_per_update=2, seed=0, **SNFS_presets)
+    for i in range(6):
+        c(torch.randn(2, 7, 16)).square().mean().backward(); opt.step(); dst.step((i + 1) / 6); opt.zero_grad()
+        check_invariants(c, opt)
+    assert dst.n_updates == 2 and all(t.sparse for t in masked_params(c))
+    counts = [t.trainable.numel() for t in masked_params(c)]
+    assert sum(counts) == sum(int(t.mask.sum()) for t in masked_params(c)) and counts != [t.trainable.numel() for t in masked_params(b)]
+
+def test_attention_layers_that_stay_masked_say_why():
+    m = nn.Sequential(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+    sparsify_model(m, 0.8, seed=0); why = set_compute(m, 'sparse')
+    assert 'add_bias_kv' in why['0.in_proj_weight'] and 'DIRECT_READERS' in why['0.out_proj.weight']
+    assert not any(t.sparse for t in masked_params(m))
+    m = nn.Sequential(nn.MultiheadAttention(8, 2)); sparsify_model(m, 0.8, seed=0, compute='sparse')
+    assert all(t.sparse for t in masked_params(m))
+    set_compute(m, 'masked', include=['0.in_proj_weight'])   # masked, the layer reads `out_proj.weight`: it goes back too
+    assert not any(t.sparse for t in masked_params(m)) and type(m[0]) is nn.MultiheadAttention
+
+def _pair_train(a, b, batches, compute_b='sparse', steps=4, every=2):
+    "Train `a` masked and `b` in `compute_b` side by side with RigL on `batches()` (inputs, target): the same losses and masks"
+    oa, ob = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (a, b))
+    da, db = (DynamicSparseTraining(m, o, batches_per_update=every, seed=0, **RigL_presets) for m, o in ((a, oa), (b, ob)))
+    g = torch.Generator().manual_seed(0)
+    for i in range(steps):
+        xs, t = batches(g)
+        la, lb = F.mse_loss(a(*xs), t), F.mse_loss(b(*xs), t)
+        torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
+        la.backward(); lb.backward(); oa.step(); ob.step()
+        da.step((i + 1) / steps); db.step((i + 1) / steps); oa.zero_grad(); ob.zero_grad()
+        for ta, tb in zip(masked_params(a), masked_params(b)):
+            assert torch.equal(ta.mask, tb.mask), ta.name
+            torch.testing.assert_close(ta.param.detach(), tb.param.detach(), rtol=1e-3, atol=1e-4)
+    assert da.n_updates == db.n_updates > 0
+    return xs
+
 @pytest.mark.parametrize('norm_first', [False, True])
-def test_encoder_feed_forward_computes_sparse(norm_first):
-    "nn.TransformerEncoderLayer's linear1 and linear2 train sparse; attention stays masked; its fused eval fast path reads the dense views"
+def test_encoder_computes_sparse(norm_first):
+    "nn.TransformerEncoder: attention (`in_proj_weight`, `out_proj`) and feed-forward train sparse as masked; the fused eval fast path reads the dense views"
     torch.manual_seed(0)
     a = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 40, dropout=0., batch_first=True, norm_first=norm_first), 2,
                               enable_nested_tensor=False)
     b = copy.deepcopy(a)
     sparsify_model(a, 0.8, 'erk', seed=0); sparsify_model(b, 0.8, 'erk', seed=0, compute='sparse')
-    sparse = sorted(t.name for t in masked_params(b) if t.sparse)
-    assert sparse == [f'layers.{i}.linear{j}.weight' for i in (0, 1) for j in (1, 2)], sparse
-    oa, ob = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (a, b))
-    da, db = (DynamicSparseTraining(m, o, batches_per_update=2, seed=0, **RigL_presets) for m, o in ((a, oa), (b, ob)))
-    g = torch.Generator().manual_seed(0)
-    for i in range(4):
-        x, t = torch.randn(3, 70, 16, generator=g), torch.randn(3, 70, 16, generator=g)   # 210 rows: panels and a narrow one
-        la, lb = F.mse_loss(a(x), t), F.mse_loss(b(x), t)
-        torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
-        la.backward(); lb.backward(); oa.step(); ob.step()
-        da.step((i + 1) / 4); db.step((i + 1) / 4); oa.zero_grad(); ob.zero_grad()
-        for ta, tb in zip(masked_params(a), masked_params(b)): assert torch.equal(ta.mask, tb.mask), ta.name
+    assert all(t.sparse for t in masked_params(b)) and len(masked_params(b)) == 8
+    x = _pair_train(a, b, lambda g: ((torch.randn(3, 70, 16, generator=g),), torch.randn(3, 70, 16, generator=g)))[0]   # 210 rows
     a.eval(); b.eval()
     with torch.no_grad(): torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)   # the fused fast path, on dense views
+    mask = nn.Transformer.generate_square_subsequent_mask(70)
+    with torch.no_grad(): torch.testing.assert_close(a(x, mask=mask, is_causal=True), b(x, mask=mask, is_causal=True), rtol=1e-4, atol=1e-5)
+
+def test_decoder_computes_sparse():
+    "nn.TransformerDecoder, sequence first: self-attention, cross-attention on the memory (query rows and key/value rows of `in_proj_weight` apart), feed-forward"
+    torch.manual_seed(0)
+    a = nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 4, 32, dropout=0.), 2); b = copy.deepcopy(a)
+    sparsify_model(a, 0.8, 'erk', seed=0); sparsify_model(b, 0.8, 'erk', seed=0, compute='sparse')
+    assert all(t.sparse for t in masked_params(b)) and len(masked_params(b)) == 12
+    mask = nn.Transformer.generate_square_subsequent_mask(9)
+    class Dec(nn.Module):
+        def __init__(self, d): super().__init__(); self.d = d
+        def forward(self, x, mem, pad): return self.d(x, mem, tgt_mask=mask, tgt_is_causal=True, memory_key_padding_mask=pad)
+    pad = torch.zeros(5, 11, dtype=torch.bool); pad[1, 7:] = True
+    _pair_train(Dec(a), Dec(b), lambda g: ((torch.randn(9, 5, 16, generator=g), torch.randn(11, 5, 16, generator=g), pad),
+                                           torch.randn(9, 5, 16, generator=g)))
 
 def test_checkpoints_move_between_modes():
     a = _sparse_model()
@@ -376,8 +479,8 @@ def test_what_stays_masked_and_clear_errors():
     assert set_compute(dense_conv, 'sparse', min_sparsity={'conv': 0.2}) == {} and masked_params(dense_conv)[0].sparse
     for bad in ({'convs': 0.5}, {'conv': 80}, {'conv': True}):
         with pytest.raises(ValueError, match='min_sparsity'): set_compute(dense_conv, 'sparse', min_sparsity=bad)
-    att = nn.MultiheadAttention(8, 2); sparsify_model(att, 0.5, seed=0)
-    assert 'out_proj.weight' in set_compute(att, 'sparse')                    # read directly by its attention module
+    att = nn.MultiheadAttention(8, 2, add_bias_kv=True); sparsify_model(att, 0.5, seed=0)
+    assert set(set_compute(att, 'sparse')) == {'in_proj_weight', 'out_proj.weight'}   # out_proj: read directly by its masked attention
     with pytest.raises(ValueError, match='Unknown compute'): sparsify_model(nn.Linear(3, 3), 0.5, compute='csr')
     with pytest.raises(ValueError, match='Unknown compute'): set_compute(m, 'dense')
     with pytest.raises(AttributeError, match='weight_values'): m[2].weight = nn.Parameter(torch.zeros(3, 8))
@@ -562,6 +665,6 @@ def test_save_model_callback_loads_other_counts_with_snfs(tmp_path):
     final = [t.trainable.numel() for t in masked_params(learn.model)]
     assert final == counts[0] != counts[-1]
     check_invariants(learn.model, learn.opt)
-    for t in masked_params(learn.model): assert not t.module.inactive_momentum[t.mask].any()
+    for t in masked_params(learn.model): assert not compute.weight_compute(t).inactive_momentum[t.mask].any()
     with learn.no_logging(): learn.fit(1, 1e-2, cbs=cb())
     check_invariants(learn.model, learn.opt)

@@ -67,7 +67,7 @@ def test_nonfinite_gradient_skips_the_update(name, mode):
         assert dst.n_updates == len(ref_steps) - 1 and torch.isfinite(loss)
         check_invariants(m, opt)
         for t in masked_params(m):     # SNFS in sparse compute: the dense momentum of inactive weights took no NaN or inf
-            if t.sparse and t.module.inactive_momentum is not None: assert torch.isfinite(t.module.inactive_momentum).all()
+            if t.sparse and compute.weight_compute(t).inactive_momentum is not None: assert torch.isfinite(compute.weight_compute(t).inactive_momentum).all()
 
 @pytest.mark.parametrize('mode', ['masked', 'sparse'])
 def test_step_skipped_makes_no_update(mode):
@@ -103,7 +103,7 @@ def test_grad_scaler_loop(name, mode):
     check_invariants(m, opt)
     for t in masked_params(m):
         assert torch.isfinite(t.trainable).all()
-        if t.sparse and t.module.inactive_momentum is not None: assert torch.isfinite(t.module.inactive_momentum).all()
+        if t.sparse and compute.weight_compute(t).inactive_momentum is not None: assert torch.isfinite(compute.weight_compute(t).inactive_momentum).all()
 
 @pytest.mark.parametrize('mode', ['masked', 'sparse'])
 @pytest.mark.parametrize('name', list(PRESETS))

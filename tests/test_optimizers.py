@@ -51,7 +51,7 @@ def _slow(opt, t):
     d = extra_state(opt, t.trainable)
     if not d: return None
     s = d[0]['slow_weights']
-    return t.module.weight_layout.to_dense(s).view(t.mask.shape) if t.sparse else s
+    return compute.weight_compute(t).weight_layout.to_dense(s).view(t.mask.shape) if t.sparse else s
 
 def _train(mode, opt_name, preset, steps=12, seed=0):
     "Train in `mode`, checking the invariants after every step and update; the losses, masks after each update, model and optimizer"
