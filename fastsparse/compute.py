@@ -189,6 +189,13 @@ def _scratch(key, shape):
     if b is None or b.numel() < n: b = bufs[key] = torch.empty(n, dtype=torch.float32)
     return b[:n].view(shape)
 
+def _transposed(values, L, cache):
+    "`values` in the order of `L`'s transposed structure: gathered once per `cache` (a dict shared by the products of one forward pass)"
+    if cache is None: return values.index_select(0, L.perm)
+    vt = cache.get('transposed')
+    if vt is None: vt = cache['transposed'] = values.detach().index_select(0, L.perm)
+    return vt
+
 class _LinearPass(NamedTuple):
     "What one backward pass of `sparse_linear` keeps (references, no copy), should an update ask for the dense weight gradient"
     x:torch.Tensor; gy:torch.Tensor
@@ -199,10 +206,10 @@ class _SparseLinear(torch.autograd.Function):
     It saves `x` itself, as `F.linear` does, and makes its panels again in the backward pass: into a kept buffer, that costs
     less than a new one held from forward to backward"""
     @staticmethod
-    def forward(ctx, x, values, bias, layout, record):
+    def forward(ctx, x, values, bias, layout, record, cache):
         k, n, x = kernels(), x.shape[0], x.contiguous()
         xt = k.to_panels(x, _scratch('x', (x.numel(),)))
-        ctx.save_for_backward(values, x); ctx.layout, ctx.record, ctx.has_bias = layout, record, bias is not None
+        ctx.save_for_backward(values, x); ctx.layout, ctx.record, ctx.cache, ctx.has_bias = layout, record, cache, bias is not None
         yt = k.spmm(layout.ptr, layout.idx, values, xt, layout.rows, n, _scratch('y', (layout.rows * n,)))
         return k.from_panels(yt, n, layout.rows, _NONE if bias is None else bias.contiguous())   # (batch, rows), bias added
 
@@ -214,11 +221,11 @@ class _SparseLinear(torch.autograd.Function):
         gyt = k.to_panels(gy, _scratch('gy', (gy.numel(),)))
         gx = gv = gb = None
         if ctx.needs_input_grad[0]:      # over the transposed structure, the values in its order
-            gxt = k.spmm(L.tptr, L.tidx, values.index_select(0, L.perm), gyt, L.cols, n, _scratch('gx', (L.cols * n,)))
+            gxt = k.spmm(L.tptr, L.tidx, _transposed(values, L, ctx.cache), gyt, L.cols, n, _scratch('gx', (L.cols * n,)))
             gx = k.from_panels(gxt, n, L.cols, _NONE)
         if ctx.needs_input_grad[1]: gv = k.sddmm(L.ptr, L.idx, gyt, k.to_panels(x, _scratch('x', (x.numel(),))), n)
         if ctx.has_bias and ctx.needs_input_grad[2]: gb = gy.sum(0)
-        return gx, gv, gb, None, None
+        return gx, gv, gb, None, None, None
 
 def _check_inputs(x, values, layout):
     if x.dtype != torch.float32 or values.dtype != torch.float32 or x.device.type != 'cpu':
@@ -232,11 +239,12 @@ def sparse_linear(x:torch.Tensor,        # input, `(..., cols)`
                   layout:CSRLayout,      # where they are
                   bias:torch.Tensor=None, # `(rows,)`, or None
                   record:list=None,      # if given, each backward appends what `dense_grad` needs to it
+                  cache:dict=None,       # a dict shared by the products with these same values in one forward pass (a recurrent layer's steps): their backward passes gather the transposed values once
                  )->torch.Tensor:        # `(..., rows)`
     "`F.linear(x, W, bias)` for the sparse weight `W` that `values` and `layout` describe, on its active weights only"
     _check_inputs(x, values, layout)
     lead = x.shape[:-1]
-    return _SparseLinear.apply(x.reshape(-1, layout.cols), values, bias, layout, record).reshape(*lead, layout.rows)
+    return _SparseLinear.apply(x.reshape(-1, layout.cols), values, bias, layout, record, cache).reshape(*lead, layout.rows)
 
 def dense_grad(record:list)->torch.Tensor|None:
     "The dense weight gradient of the backward passes in `record` (`sparse_linear`'s or `sparse_conv2d`'s), summed"
@@ -372,10 +380,10 @@ class SparseWeight:
         s, e = int(L.ptr[start]), int(L.ptr[stop])
         return b, self.values[s:e]
 
-    def linear(self, x:torch.Tensor, bias:torch.Tensor=None, rows:slice=None)->torch.Tensor:
-        "`F.linear(x, weight[rows], bias)` on the active weights (all rows if `rows` is None), recording its backward pass while one is read"
+    def linear(self, x:torch.Tensor, bias:torch.Tensor=None, rows:slice=None, cache:dict=None)->torch.Tensor:
+        "`F.linear(x, weight[rows], bias)` on the active weights (all rows if `rows` is None), recording its backward pass while one is read (`cache`: see `sparse_linear`)"
         rec = self._forward_record()
-        if rows is None: return sparse_linear(x, self.values, self.weight_layout, bias, rec)
+        if rows is None: return sparse_linear(x, self.values, self.weight_layout, bias, rec, cache)
         L, v = self.rows(rows.start, rows.stop)
         return sparse_linear(x, v, L, bias, None if rec is None else _RowsRecord(rec, rows.start, self.weight_layout.rows))
 
@@ -503,9 +511,9 @@ def _conv2d_forward(self, x):
     return sparse_conv2d(_float32(x), w.values, w.weight_layout, w.mask.shape, self.bias, self.stride, self.padding, self.dilation,
                          w._forward_record())
 
-def _project(m, attr, x, bias, rows=None):
+def _project(m, attr, x, bias, rows=None, cache=None):
     "`F.linear(x, getattr(m, attr)[rows], bias)`: on the active weights where `attr` is in sparse compute"
-    if buffer_name(attr, 'values') in m._parameters: return m.sparse_weight(attr).linear(_float32(x), bias, rows)
+    if buffer_name(attr, 'values') in m._parameters: return m.sparse_weight(attr).linear(_float32(x), bias, rows, cache)
     w = getattr(m, attr)
     return F.linear(x, w if rows is None else w[rows], bias)
 
@@ -562,8 +570,74 @@ def _mha_forward(self, query, key, value, key_padding_mask=None, need_weights=Tr
     out = self.out_proj(out.flatten(-2))
     return (out if batched else out.squeeze(ax)), weights
 
+class _DenseView(NamedTuple):
+    "A backward pass through a dense view of a weight: the weight's gradient as it came"
+    g:torch.Tensor
+    def grad(self): return self.g
+
+def _dense_views(m, names):
+    "Dense views of `m`'s weights `names` (its parameters where masked), each recording its gradient while a `weight_grad` may be read"
+    out = []
+    for n in names:
+        if buffer_name(n, 'values') not in m._parameters: out.append(getattr(m, n, None)); continue
+        sw = m.sparse_weight(n); w = sw.dense_weight(grad=True)
+        if (rec := sw._forward_record()) is not None and w.requires_grad: w.register_hook(lambda g, rec=rec: rec.append(_DenseView(g)))
+        out.append(w)
+    return out
+
+def _rnn_dense(self, input, hx):
+    "torch's own recurrent forward on dense views of the sparse weights: the same numbers, at the dense cost (packed sequences)"
+    self._flat_weights = _dense_views(self, self._flat_weights_names)
+    try: return self._fastsparse_base.forward(self, input, hx)
+    finally: self._init_flat_weights()
+
+def _rnn_forward(self, input, hx=None):
+    """`nn.LSTM`'s, `nn.GRU`'s and `nn.RNN`'s forward on the active weights: for each layer and direction, one sparse product
+    of the input over all time steps (`weight_ih`), then one over the batch at each step (`weight_hh`, and `weight_hr` for an
+    LSTM's `proj_size`). A `PackedSequence` runs torch's forward on dense views"""
+    if isinstance(input, nn.utils.rnn.PackedSequence): return _rnn_dense(self, input, hx)
+    lstm, batched = self.mode == 'LSTM', input.dim() == 3
+    x = input if batched else input.unsqueeze(0 if self.batch_first else 1)
+    if self.batch_first: x = x.transpose(0, 1)                     # (time, batch, features)
+    T, N, D = x.shape[0], x.shape[1], 2 if self.bidirectional else 1
+    H, P = self.hidden_size, self.proj_size or self.hidden_size
+    if hx is None: h0, c0 = x.new_zeros(self.num_layers * D, N, P), x.new_zeros(self.num_layers * D, N, H)
+    else:
+        h0, c0 = hx if lstm else (hx, None)
+        if not batched: h0, c0 = h0.unsqueeze(1), None if c0 is None else c0.unsqueeze(1)
+    act = torch.relu if self.mode == 'RNN_RELU' else torch.tanh
+    hs, cs, layer_in = [], [], x
+    for l in range(self.num_layers):
+        outs = []
+        for d in range(D):
+            sfx, i = f"_l{l}{'_reverse' if d else ''}", l * D + d
+            b_ih, b_hh = (getattr(self, f'bias_ih{sfx}'), getattr(self, f'bias_hh{sfx}')) if self.bias else (None, None)
+            xs = _project(self, f'weight_ih{sfx}', layer_in, b_ih).unbind(0)   # every time step in one product (unbound: one gradient, not one per step)
+            h, c, ys, hh, hr = h0[i], None if c0 is None else c0[i], [None] * T, {}, {}   # hh, hr: one gather of each weight's transposed values
+            for t in (range(T - 1, -1, -1) if d else range(T)):
+                gh = _project(self, f'weight_hh{sfx}', h, b_hh, cache=hh)
+                if lstm:
+                    gi, gf, gg, go = (xs[t] + gh).chunk(4, 1)
+                    c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+                    h = torch.sigmoid(go) * torch.tanh(c)
+                    if self.proj_size: h = _project(self, f'weight_hr{sfx}', h, None, cache=hr)
+                elif self.mode == 'GRU':
+                    xr, xz, xn = xs[t].chunk(3, 1); hr, hz, hn = gh.chunk(3, 1)
+                    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                    h = torch.lerp(torch.tanh(xn + r * hn), h, z)
+                else: h = act(xs[t] + gh)
+                ys[t] = h
+            outs.append(torch.stack(ys)); hs.append(h); cs.append(c)
+        layer_in = outs[0] if D == 1 else torch.cat(outs, -1)
+        if self.dropout and self.training and l < self.num_layers - 1: layer_in = F.dropout(layer_in, self.dropout)
+    out = layer_in.transpose(0, 1) if self.batch_first else layer_in
+    h_n, c_n = torch.stack(hs), torch.stack(cs) if lstm else None
+    if not batched: out, h_n, c_n = out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1), None if c_n is None else c_n.squeeze(1)
+    return out, ((h_n, c_n) if lstm else h_n)
+
 # the layer types that compute sparse, each with the forward its sparse class runs: a layer's own type, or the first of its bases here
-SPARSE_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv2d_forward, nn.MultiheadAttention: _mha_forward}
+SPARSE_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv2d_forward, nn.MultiheadAttention: _mha_forward,
+                   nn.LSTM: _rnn_forward, nn.GRU: _rnn_forward, nn.RNN: _rnn_forward}
 
 def _sparse_base(cls)->type|None: return next((b for b in cls.__mro__ if b in SPARSE_FORWARDS), None)
 
@@ -614,7 +688,14 @@ class SparseTrain:
             destination[k] = v
 
     def __reduce_ex__(self, protocol):   # pickle and deepcopy: the class is made again from the layer type it came from
-        return _sparse_layer, (self._fastsparse_base,), {k: v for k, v in self.__dict__.items() if k != _WEIGHTS}
+        return _sparse_layer, (self._fastsparse_base,), {k: v for k, v in self.__dict__.items() if k not in (_WEIGHTS, '_flat_weight_refs')}
+
+    # a recurrent layer's list of its weights, which torch's forward reads (ours reads the weights; `_rnn_dense` fills in dense
+    # views while it runs torch's): the parameters, and None for a weight in sparse compute, whose dense view is made when read
+    def _init_flat_weights(self):
+        self._flat_weights = [self._parameters.get(n) for n in self._flat_weights_names]
+        self._flat_weight_refs = [None] * len(self._flat_weights)
+    def _update_flat_weights(self): pass
 
     def extra_repr(self):
         ds = [f'{a}_density={(L := self.sparse_weight(a).weight_layout).nnz / max(L.rows * L.cols, 1):.4f}' for a in self.sparse_attrs]
@@ -694,6 +775,7 @@ def _cannot(m, attr)->str|None:
         if attr not in _MHA_WEIGHTS: return f'{attr} is not a projection weight'
         if m.bias_k is not None or m.add_zero_attn: return 'add_bias_kv or add_zero_attn: only the plain attention computes sparse'
         return None
+    if issubclass(base, nn.RNNBase): return None if attr.startswith(('weight_ih_l', 'weight_hh_l', 'weight_hr_l')) else f'{attr} is not a layer weight'
     if attr != _W: return f'only the weight of {base.__name__} computes sparse'
     if base is nn.Conv2d:
         if m.groups != 1: return f'a grouped convolution (groups={m.groups}): only groups=1 computes sparse'
@@ -724,6 +806,7 @@ def _to_sparse(t):
         m.__class__ = sparse_class(type(m))
         m.register_load_state_dict_pre_hook(_load_values)
         m.register_load_state_dict_post_hook(_missing_weight)
+    if isinstance(m, nn.RNNBase): m._init_flat_weights()   # no stale dense weight kept
 
 def _to_masked(t):
     m, v = t.module, t.trainable
@@ -731,11 +814,13 @@ def _to_masked(t):
     items = [(t.attr, w) if k == buffer_name(t.attr, 'values') else (k, p) for k, p in m._parameters.items()]
     m._parameters.clear(); m._parameters.update(items)
     m.__dict__.get(_WEIGHTS, {}).pop(t.attr, None)
+    if isinstance(m, nn.RNNBase): m._init_flat_weights()
     if m.sparse_attrs: return   # others of its weights still compute sparse
     for hooks, f in ((m._load_state_dict_pre_hooks, _load_values), (m._load_state_dict_post_hooks, _missing_weight)):
         for k in [k for k, h in hooks.items() if getattr(h, 'hook', h) is f]: del hooks[k]   # torch wraps pre-hooks
     m.__dict__.pop(_WEIGHTS, None)
     m.__class__ = m._fastsparse_base
+    if isinstance(m, nn.RNNBase): m._init_flat_weights()
 
 def set_compute(model,                  # a sparsified `nn.Module` or fastai `Learner`
                 compute:str='sparse',   # 'sparse': train the active weights only where a layer can; 'masked': dense weights times masks

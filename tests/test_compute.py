@@ -353,6 +353,64 @@ def test_attention_checkpoints_copies_and_snfs():
     counts = [t.trainable.numel() for t in masked_params(c)]
     assert sum(counts) == sum(int(t.mask.sum()) for t in masked_params(c)) and counts != [t.trainable.numel() for t in masked_params(b)]
 
+@settings(max_examples=50, **SETTINGS)
+@given(st.sampled_from(['LSTM', 'GRU', 'RNN', 'RNN_RELU']), st.integers(2, 6), st.integers(2, 9), st.integers(1, 2), st.booleans(),
+       st.booleans(), st.booleans(), st.booleans(), st.sampled_from([None, 'hx', 'packed', 'unbatched']), st.integers(0, 2**31))
+@example('LSTM', 5, 8, 2, True, True, True, True, 'hx', 0).via('two layers both ways, projections, a given state')
+@example('GRU', 3, 6, 2, True, False, False, False, 'packed', 1).via('a packed sequence: dense views')
+@example('RNN', 4, 5, 1, False, True, True, False, 'unbatched', 2).via('one sequence')
+def test_recurrent_matches_dense(kind, inputs, hidden, layers, bidirectional, bias, batch_first, proj, how, seed):
+    "nn.LSTM, nn.GRU and nn.RNN in sparse compute give what the dense layer gives with the masked weights: outputs, states, input gradients, dense weight gradients"
+    torch.manual_seed(seed)
+    kw = dict(num_layers=layers, bidirectional=bidirectional, bias=bias, batch_first=batch_first)
+    if kind == 'LSTM' and proj and hidden > 1: kw['proj_size'] = hidden - 1
+    ref = {'LSTM': nn.LSTM, 'GRU': nn.GRU, 'RNN': nn.RNN}.get(kind, nn.RNN)(inputs, hidden, **kw, **({'nonlinearity': 'relu'} if kind == 'RNN_RELU' else {}))
+    m = copy.deepcopy(ref); sparsify_model(m, 0.5, seed=seed, compute='sparse')
+    ts = masked_params(m); assert ts and all(t.sparse for t in ts)
+    ref.load_state_dict({k: v for k, v in m.state_dict().items() if not k.endswith('_mask')})
+    for t in ts: compute.weight_compute(t).record_grad()
+    T, N, D = 5, 3, 2 if bidirectional else 1
+    x = torch.randn((N, T, inputs) if batch_first else (T, N, inputs), requires_grad=True)
+    args = [x]
+    if how == 'unbatched': args = [torch.randn(T, inputs, requires_grad=True)]
+    if how == 'hx':
+        h0 = torch.randn(layers * D, N, kw.get('proj_size', hidden), requires_grad=True)
+        args.append((h0, torch.randn(layers * D, N, hidden)) if kind == 'LSTM' else h0)
+    if how == 'packed': args = [nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3, 2]), batch_first=batch_first)]
+    def run(layer):
+        out, h = layer(*args)
+        o = out.data if how == 'packed' else out
+        hs = list(h) if kind == 'LSTM' else [h]
+        loss = o.square().sum() + sum(z.square().sum() for z in hs)
+        ins = [a for a in [args[0].data if how == 'packed' else args[0]] + ([h0] if how == 'hx' else []) if a.requires_grad]
+        return [o] + hs, torch.autograd.grad(loss, ins, retain_graph=True), loss
+    (oa, ga, la), (ob, gb, lb) = run(ref), run(m)
+    for a, b in zip(oa + list(ga), ob + list(gb)): torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    for t in ts: compute.weight_compute(t).clear_record()
+    la.backward(retain_graph=True); lb.backward()   # (a packed sequence's packing is in both graphs)
+    for t in ts:
+        torch.testing.assert_close(compute.weight_compute(t).weight_grad(), getattr(ref, t.attr).grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(t.trainable.grad, getattr(ref, t.attr).grad[t.mask], rtol=1e-4, atol=1e-4)
+
+class _RecNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.gru = nn.LSTM(6, 12, 2, bidirectional=True, proj_size=5, batch_first=True), nn.GRU(10, 8, batch_first=True)
+    def forward(self, x): return self.gru(self.lstm(x)[0])[0]
+
+def test_recurrent_trains_sparse_as_masked():
+    "A two-layer bidirectional LSTM with projections and a GRU on top train with RigL the same in both modes; checkpoints move between them"
+    Net = _RecNet
+    torch.manual_seed(0); a = Net(); b = copy.deepcopy(a)
+    sparsify_model(a, 0.8, 'erk', seed=0); sparsify_model(b, 0.8, 'erk', seed=0, compute='sparse')
+    assert all(t.sparse for t in masked_params(b)) and len(masked_params(b)) == 14
+    _pair_train(a, b, lambda g: ((torch.randn(4, 9, 6, generator=g),), torch.randn(4, 9, 8, generator=g)))
+    c = Net(); sparsify_model(c, 0.5, seed=3, compute='sparse'); c.load_state_dict(a.state_dict()); check_invariants(c)
+    x = torch.randn(2, 5, 6)
+    for m in (c, copy.deepcopy(c), pickle.loads(pickle.dumps(c))): torch.testing.assert_close(m(x), a(x), rtol=1e-5, atol=1e-6)
+    set_compute(c, 'masked'); assert type(c.lstm) is nn.LSTM and all(w is getattr(c.lstm, n) for w, n in zip(c.lstm._flat_weights, c.lstm._flat_weights_names))
+    torch.testing.assert_close(c(x), a(x), rtol=1e-5, atol=1e-6)
+
 def test_attention_layers_that_stay_masked_say_why():
     m = nn.Sequential(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     sparsify_model(m, 0.8, seed=0); why = set_compute(m, 'sparse')

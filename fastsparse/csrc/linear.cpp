@@ -30,6 +30,8 @@ static inline void transpose16(v16* r) { swap_bit<8>(r); swap_bit<4>(r); swap_bi
 template <int S> static inline void fold(v16* r) { for (int i = 0; i < S; ++i) r[i] = lo<S>(r[i], r[i + S]) + hi<S>(r[i], r[i + S]); }
 static inline v16 reduce16(v16* r) { fold<8>(r); fold<4>(r); fold<2>(r); fold<1>(r); return r[0]; }
 
+// how many entries ahead the product asks for the input row an entry will read: a panel lives in L2, the rows come in any order
+constexpr int64_t AHEAD = 8;
 // out = A (rows x cols, compressed rows: ptr, idx, val) @ x, both in panels of B lanes
 static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
                    const float* __restrict x, float* __restrict out, int64_t rows, int64_t cols, int64_t B) {
@@ -46,6 +48,8 @@ static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx,
       for (int64_t k = s; k < e; ++k) {
         const float w = val[k];
         const float* xr = xp + (int64_t)idx[k] * n + b0;
+        if (k + AHEAD < e) { const float* pf = xp + (int64_t)idx[k + AHEAD] * n + b0;
+          __builtin_prefetch(pf); __builtin_prefetch(pf + 16); __builtin_prefetch(pf + 32); __builtin_prefetch(pf + 48); }
         a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
       }
       st(o + b0, a0); st(o + b0 + 16, a1); st(o + b0 + 32, a2); st(o + b0 + 48, a3);
@@ -100,6 +104,16 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
           const float* xr = xp + (int64_t)ci[k] * n + b0;
           gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
         }
+      }
+      for (; b0 + 16 <= n; b0 += 16) {       // a narrow panel (a small batch, a recurrent step): 16 lanes at a time
+        const v16 g0 = ld(gq + r * n + b0);
+        int64_t k = p[r];
+        for (; k + 16 <= p[r + 1]; k += 16) {
+          v16 acc[16];
+          for (int u = 0; u < 16; ++u) acc[u] = g0 * ld(xp + (int64_t)ci[k + u] * n + b0);
+          st(gp + k, ld(gp + k) + reduce16(acc));
+        }
+        for (; k < p[r + 1]; ++k) gp[k] += hsum(g0 * ld(xp + (int64_t)ci[k] * n + b0));
       }
       for (; b0 < n; ++b0) {
         const float gv = gq[r * n + b0];
