@@ -3,6 +3,7 @@
     python benchmarks/compute.py layer [--threads 1 2]   # nn.Linear(4096, 4096), batch 64: one step (forward, backward, Adam)
     python benchmarks/compute.py shapes [--threads 1 2]  # the same at 95% for the shapes of Transformer layers: many rows, narrow weights
     python benchmarks/compute.py transformers            # a GPT-style stack and nn.TransformerEncoder at 95% ERK: one step
+    python benchmarks/compute.py recurrent               # nn.LSTM(128, 1024) and nn.GRU(128, 1024), 50 steps, batch 32, 95% ERK
     python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
     python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
     python benchmarks/compute.py memory                  # its training state at 95%: weights, gradients, Adam state, masks
@@ -161,6 +162,34 @@ def transformers_bench(a):
         out[name] = r
         print(f"  {name:>8}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
               f"dense step {r['dense_ms']:.0f} ms; the attention product {r['attention']:.2f} of it)")
+    return out
+
+class Recurrent(nn.Module):
+    "A recurrent layer's output sequence (time first), as the model of a step"
+    def __init__(self, rnn): super().__init__(); self.rnn = rnn
+    def forward(self, x): return self.rnn(x)[0]
+
+RECURRENT = {'lstm': lambda: nn.LSTM(128, 1024), 'gru': lambda: nn.GRU(128, 1024)}   # on 50 steps of a batch of 32
+
+def recurrent_bench(a):
+    """One training step (forward, backward, Adam) of `nn.LSTM(128, 1024)` and `nn.GRU(128, 1024)` on 50 steps of a batch of 32, at
+    95% ERK, masked and sparse, / the dense step (torch's own recurrent kernels)"""
+    torch.set_num_threads(a.threads[0])
+    print(f"Recurrent layers at {a.shape_sparsity:.0%} ERK, {a.threads[0]} thread(s), 50 steps of a batch of 32: one step / the dense step, median of paired runs")
+    out = {}
+    for name, make in RECURRENT.items():
+        g = torch.Generator().manual_seed(0)
+        x, t = torch.randn(50, 32, 128, generator=g), torch.randn(50, 32, 1024, generator=g)
+        torch.manual_seed(0); dense = Recurrent(make()); fd = _seq_step(dense, x, t)
+        r = {}
+        for mode in ('masked', 'sparse'):
+            m = copy.deepcopy(dense); sparsify_model(m, a.shape_sparsity, 'erk', seed=0, compute=mode)
+            fo = _seq_step(m, x, t); fd(); fo()
+            r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
+            if mode == 'sparse': r['sparse weights'] = f"{sum(t.sparse for t in masked_params(m))} of {len(masked_params(m))}"
+        out[name] = r
+        print(f"  {name:>5}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
+              f"dense step {r['dense_ms']:.0f} ms)")
     return out
 
 # ---------------------------------------------------------------- the MLP, in fastai
@@ -380,7 +409,7 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'transformers', 'mlp', 'update', 'memory', 'conv', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'transformers', 'recurrent', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--shape-sparsity', type=float, default=0.95)
@@ -399,7 +428,7 @@ if __name__ == '__main__':
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'shapes': shapes, 'transformers': transformers_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
+    runs = {'layer': layer, 'shapes': shapes, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:
