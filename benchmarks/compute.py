@@ -4,6 +4,7 @@
     python benchmarks/compute.py shapes [--threads 1 2]  # the same at 95% for the shapes of Transformer layers: many rows, narrow weights
     python benchmarks/compute.py transformers            # a GPT-style stack and nn.TransformerEncoder at 95% ERK: one step
     python benchmarks/compute.py recurrent               # nn.LSTM(128, 1024) and nn.GRU(128, 1024), 50 steps, batch 32, 95% ERK
+    python benchmarks/compute.py embedding               # nn.Embedding(50000, 512), 32 x 128 tokens, 95%
     python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
     python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
     python benchmarks/compute.py memory                  # its training state at 95%: weights, gradients, Adam state, masks
@@ -191,6 +192,26 @@ def recurrent_bench(a):
         print(f"  {name:>5}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
               f"dense step {r['dense_ms']:.0f} ms)")
     return out
+
+def embedding_bench(a):
+    """One training step (lookup, backward, Adam) of `nn.Embedding(50000, 512)` on a batch of 32 x 128 tokens at 95%, masked and
+    sparse, / the dense step; and the training state (table, gradient, Adam's two moments) / the dense one"""
+    torch.set_num_threads(a.threads[0])
+    print(f"nn.Embedding(50000, 512) at {a.shape_sparsity:.0%}, {a.threads[0]} thread(s), 32 x 128 tokens: one step / the dense step, median of paired runs")
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randint(0, 50000, (32, 128), generator=g), torch.randn(32, 128, 512, generator=g)
+    torch.manual_seed(0); dense = nn.Embedding(50000, 512); fd = _seq_step(dense, x, t)
+    def state(m):   # floats the step keeps: parameters, their gradients, Adam's moments
+        return sum(p.numel() * 4 for p in m.parameters())
+    r = {}
+    for mode in ('masked', 'sparse'):
+        m = copy.deepcopy(dense); sparsify_model(m, a.shape_sparsity, seed=0, embeddings=True, compute=mode)
+        fo = _seq_step(m, x, t); fd(); fo()
+        r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
+        r[f'{mode} state'] = state(m) / state(dense)
+    print(f"  masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x the dense step ({r['dense_ms']:.0f} ms); training state: masked "
+          f"{r['masked state']:.3f}x, sparse {r['sparse state']:.3f}x (parameters, gradients and Adam's moments; masks not counted)")
+    return r
 
 # ---------------------------------------------------------------- the MLP, in fastai
 def digits784(bs=64, seed=42):
@@ -409,7 +430,7 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'transformers', 'recurrent', 'mlp', 'update', 'memory', 'conv', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'transformers', 'recurrent', 'embedding', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--shape-sparsity', type=float, default=0.95)
@@ -428,7 +449,7 @@ if __name__ == '__main__':
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'shapes': shapes, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
+    runs = {'layer': layer, 'shapes': shapes, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'embedding': embedding_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:

@@ -19,7 +19,8 @@ from .criteria import state_view, opt_state, MOMENTUM_KEYS
 # %% auto #0
 __all__ = ['KERNEL_SOURCES', 'SPARSE_FORWARDS', 'SparseTrainLinear', 'SparseTrainConv2d', 'CALLED_BY_READERS',
            'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout', 'sparse_linear', 'dense_grad', 'sparse_conv2d',
-           'SparseWeight', 'GradRecord', 'weight_compute', 'SparseTrain', 'sparse_class', 'set_compute']
+           'sparse_embedding', 'SparseWeight', 'GradRecord', 'weight_compute', 'SparseTrain', 'sparse_class',
+           'set_compute']
 
 # %% ../nbs/07_compute.ipynb #3b9661a2
 import importlib.resources
@@ -322,6 +323,37 @@ def sparse_conv2d(x:torch.Tensor,         # input, `(N, in, H, W)` or `(in, H, W
         return F.conv2d(x, w, bias, geom[1], geom[2], geom[3])
     return _SparseConv2d.apply(x, values, bias, layout, geom, record)
 
+# %% ../nbs/07_compute.ipynb #d19a7b41
+class _EmbeddingPass(NamedTuple):
+    "What one backward pass of `sparse_embedding` keeps, should an update ask for the dense weight gradient"
+    rows:torch.Tensor; gy:torch.Tensor; shape:tuple; padding_idx:int|None
+    def grad(self):
+        g = self.gy.new_zeros(self.shape).index_add_(0, self.rows, self.gy)
+        if self.padding_idx is not None: g[self.padding_idx] = 0.   # as `F.embedding`: the padding row gets no gradient
+        return g
+
+def sparse_embedding(input:torch.Tensor,     # token indices, any shape
+                     values:torch.Tensor,    # the active weights, in `layout`'s order
+                     layout:CSRLayout,       # where they are, in the `(num_embeddings, embedding_dim)` table
+                     padding_idx:int=None,   # a row that gets no gradient, as in `F.embedding`
+                     record:list=None,       # if given, each backward appends what `dense_grad` needs to it
+                    )->torch.Tensor:         # `(*input.shape, embedding_dim)`
+    "`F.embedding(input, W, padding_idx)` for the sparse table `W` that `values` and `layout` describe: a gradient for the active values only"
+    if input.dtype not in (torch.int32, torch.int64): raise TypeError(f"Expected integer token indices, got {input.dtype}")
+    rows = input.reshape(-1).long()
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= layout.rows):
+        raise IndexError(f"Token indices must be in [0, {layout.rows}): got {int(rows.min())}..{int(rows.max())}")
+    starts = layout.ptr[rows]; lens = layout.ptr[rows + 1] - starts
+    tok = torch.repeat_interleave(torch.arange(rows.numel()), lens)               # the token of each active weight read
+    k = torch.arange(tok.numel()) + torch.repeat_interleave(starts - (lens.cumsum(0) - lens), lens)   # its entry in `values`
+    v = values[k]
+    if padding_idx is not None: v = torch.where(rows[tok] == padding_idx % layout.rows, v.detach(), v)
+    out = values.new_zeros(rows.numel(), layout.cols).index_put((tok, layout.idx[k].long()), v)
+    if record is not None and out.requires_grad:
+        pad = None if padding_idx is None else padding_idx % layout.rows
+        out.register_hook(lambda g: record.append(_EmbeddingPass(rows, g, (layout.rows, layout.cols), pad)))
+    return out.view(*input.shape, layout.cols)
+
 # %% ../nbs/07_compute.ipynb #a4c88d91
 # in a sparse layer's `__dict__`: `{attr: SparseWeight}` for its weights in sparse compute
 _WEIGHTS = '_fastsparse_weights'
@@ -511,6 +543,10 @@ def _conv2d_forward(self, x):
     return sparse_conv2d(_float32(x), w.values, w.weight_layout, w.mask.shape, self.bias, self.stride, self.padding, self.dilation,
                          w._forward_record())
 
+def _embedding_forward(self, input):
+    w = self.sparse_weight(_W)
+    return sparse_embedding(input, w.values, w.weight_layout, self.padding_idx, w._forward_record())
+
 def _project(m, attr, x, bias, rows=None, cache=None):
     "`F.linear(x, getattr(m, attr)[rows], bias)`: on the active weights where `attr` is in sparse compute"
     if buffer_name(attr, 'values') in m._parameters: return m.sparse_weight(attr).linear(_float32(x), bias, rows, cache)
@@ -632,7 +668,7 @@ def _rnn_forward(self, input, hx=None):
 
 # the layer types that compute sparse, each with the forward its sparse class runs: a layer's own type, or the first of its bases here
 SPARSE_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv2d_forward, nn.MultiheadAttention: _mha_forward,
-                   nn.LSTM: _rnn_forward, nn.GRU: _rnn_forward, nn.RNN: _rnn_forward}
+                   nn.LSTM: _rnn_forward, nn.GRU: _rnn_forward, nn.RNN: _rnn_forward, nn.Embedding: _embedding_forward}
 
 def _sparse_base(cls)->type|None: return next((b for b in cls.__mro__ if b in SPARSE_FORWARDS), None)
 
@@ -757,8 +793,9 @@ def _read_directly(model, sparse:set)->set:
             out |= {id(s) for s in r.modules() if s is not r and id(s) not in c}
     return out
 
-COMPUTE_MIN_SPARSITY = {'linear': 0.,   # nn.Linear, nn.MultiheadAttention: sparse compute pays at any sparsity fastsparse trains at
-                        'conv': 0.4}    # nn.Conv2d: resnet18's convolutions below 40% sparse (density above 0.6) ran slower sparse
+COMPUTE_MIN_SPARSITY = {'linear': 0.,   # nn.Linear, attention, recurrent layers: sparse compute pays at any sparsity fastsparse trains at
+                        'conv': 0.4,    # nn.Conv2d: resnet18's convolutions below 40% sparse (density above 0.6) ran slower sparse
+                        'embedding': 0.} # nn.Embedding: its gradient and optimizer step cost in proportion to the active weights
 _MHA_WEIGHTS = ('in_proj_weight', 'q_proj_weight', 'k_proj_weight', 'v_proj_weight')
 
 def _cannot(m, attr)->str|None:
@@ -771,6 +808,9 @@ def _cannot(m, attr)->str|None:
         if m.bias_k is not None or m.add_zero_attn: return 'add_bias_kv or add_zero_attn: only the plain attention computes sparse'
         return None
     if issubclass(base, nn.RNNBase): return None if attr.startswith(('weight_ih_l', 'weight_hh_l', 'weight_hr_l')) else f'{attr} is not a layer weight'
+    if base is nn.Embedding:
+        if m.max_norm is not None: return 'max_norm renormalizes the looked-up rows in place: only max_norm=None computes sparse'
+        if m.scale_grad_by_freq or m.sparse: return 'scale_grad_by_freq or sparse=True: only the plain embedding computes sparse'
     if attr != _W: return f'only the weight of {base.__name__} computes sparse'
     if base is nn.Conv2d:
         if m.groups != 1: return f'a grouped convolution (groups={m.groups}): only groups=1 computes sparse'
@@ -782,7 +822,7 @@ def _can_compute(t, tied, read, min_sparsity)->str|None:
     "Why `t` cannot train in sparse compute (`tied`: modules holding each weight, by id; `read`: ids of modules read directly), or None"
     p = t.param
     if (why := _cannot(t.module, t.attr)) is not None: return why
-    kind = 'conv' if isinstance(t.module, nn.Conv2d) else 'linear'
+    kind = 'conv' if isinstance(t.module, nn.Conv2d) else 'embedding' if isinstance(t.module, nn.Embedding) else 'linear'
     sparsity = 1 - t.mask.sum().item() / max(t.mask.numel(), 1)
     if sparsity < min_sparsity[kind]:
         return (f'{sparsity:.1%} sparse, under the {min_sparsity[kind]:.0%} from which a sparse {kind} layer is faster than a dense one '

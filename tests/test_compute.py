@@ -411,6 +411,46 @@ def test_recurrent_trains_sparse_as_masked():
     set_compute(c, 'masked'); assert type(c.lstm) is nn.LSTM and all(w is getattr(c.lstm, n) for w, n in zip(c.lstm._flat_weights, c.lstm._flat_weights_names))
     torch.testing.assert_close(c(x), a(x), rtol=1e-5, atol=1e-6)
 
+@settings(max_examples=40, **SETTINGS)
+@given(st.integers(2, 60), st.integers(2, 20), st.floats(0.25, 0.9), st.sampled_from([None, 0, -1, "some"]), st.integers(0, 3), st.integers(0, 2**31))
+@example(7, 3, 0.5, None, 0, 0).via('an empty batch')
+@example(50, 16, 0.05, -1, 2, 1).via('a negative padding index, a 2-d batch')
+def test_embedding_matches_dense(rows, dim, density, padding, ndim, seed):
+    "nn.Embedding in sparse compute gives what the dense layer gives with the masked table: output, values gradient, dense gradient"
+    torch.manual_seed(seed)
+    pad = rows // 2 if padding == 'some' else padding
+    ref = nn.Embedding(rows, dim, padding_idx=pad); m = copy.deepcopy(ref)
+    sparsify_model(m, 1 - density, seed=seed, embeddings=True, compute='sparse')
+    (t,) = masked_params(m); assert t.sparse and type(m).__name__ == 'SparseTrainEmbedding'
+    ref.load_state_dict({k: v for k, v in m.state_dict().items() if not k.endswith('_mask')})
+    compute.weight_compute(t).record_grad()
+    shape = [(0,), (9,), (3, 5), (2, 3, 4)][ndim]
+    tokens = torch.randint(0, rows, shape)
+    if pad is not None and tokens.numel(): tokens.view(-1)[0] = pad % rows
+    g = torch.randn(*shape, dim)
+    ya, yb = ref(tokens), m(tokens)
+    torch.testing.assert_close(yb, ya)
+    (ya * g).sum().backward(); (yb * g).sum().backward()
+    torch.testing.assert_close(t.trainable.grad, ref.weight.grad[t.mask], rtol=1e-5, atol=1e-6)
+    if tokens.numel(): torch.testing.assert_close(compute.weight_compute(t).weight_grad(), ref.weight.grad, rtol=1e-5, atol=1e-6)
+
+def test_embedding_trains_sparse_as_masked():
+    "A language-model-shaped net with its embedding sparse trains with RigL the same in both modes; a tied embedding, max_norm and friends stay masked and say why"
+    torch.manual_seed(0)
+    class LM(nn.Module):
+        def __init__(self): super().__init__(); self.emb, self.lstm, self.head = nn.Embedding(40, 12, padding_idx=0), nn.LSTM(12, 16), nn.Linear(16, 8)
+        def forward(self, x): return self.head(self.lstm(self.emb(x))[0])
+    a = LM(); b = copy.deepcopy(a)
+    sparsify_model(a, 0.8, 'erk', seed=0, embeddings=True); sparsify_model(b, 0.8, 'erk', seed=0, embeddings=True, compute='sparse')
+    assert all(t.sparse for t in masked_params(b)) and len(masked_params(b)) == 4
+    _pair_train(a, b, lambda g: ((torch.randint(0, 40, (9, 5), generator=g),), torch.randn(9, 5, 8, generator=g)))
+    for kw in (dict(max_norm=1.), dict(scale_grad_by_freq=True), dict(sparse=True)):
+        e = nn.Sequential(nn.Embedding(10, 4, **kw)); sparsify_model(e, 0.5, seed=0, embeddings=True)
+        assert list(set_compute(e, 'sparse')) == ['0.weight'], kw
+    tied = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10)); tied[1].weight = tied[0].weight
+    sparsify_model(tied, 0.5, seed=0, embeddings=True)
+    assert 'tied' in set_compute(tied, 'sparse').get('0.weight', 'tied')
+
 def test_attention_layers_that_stay_masked_say_why():
     m = nn.Sequential(nn.MultiheadAttention(8, 2, add_bias_kv=True))
     sparsify_model(m, 0.8, seed=0); why = set_compute(m, 'sparse')
