@@ -404,9 +404,9 @@ def _bytes(ts): return sum(t.numel() * t.element_size() for t in ts if t is not 
 
 def state_bytes(model, opt):
     "Bytes of what training keeps between steps: parameters, gradients, optimizer state, buffers (masks), sparse layouts"
-    from fastsparse.compute import _LAYOUT
+    from fastsparse.compute import SparseTrain
     params = list(model.parameters())
-    layouts = [t for m in model.modules() if _LAYOUT in m.__dict__ for t in m.__dict__[_LAYOUT][2][2:]]
+    layouts = [t for m in model.modules() if isinstance(m, SparseTrain) for a in m.sparse_attrs for t in m.sparse_weight(a).weight_layout[2:]]
     return dict(weights=_bytes(params), grads=_bytes(p.grad for p in params),
                 opt_state=_bytes(v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0),
                 masks_and_buffers=_bytes(model.buffers()), layouts=_bytes(layouts))

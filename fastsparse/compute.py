@@ -110,7 +110,9 @@ def kernels():
         finally: logging.disable(level)
         cpu = Path('/proc/cpuinfo').read_text().split('flags', 2)[1].split('\n', 1)[0] if os.path.exists('/proc/cpuinfo') else ''
         src = b''.join(p.name.encode() + b'\0' + p.read_bytes() for p in KERNEL_SOURCES)
-        tag = hashlib.sha1(src + (cpu + torch.__version__).encode()).hexdigest()[:10]   # -march=native: one build per CPU
+        # -march=native: one build per CPU; and one per place the sources are installed, since the build records their paths:
+        # two checkouts (or an install and a checkout) sharing a build would rebuild it each time the other one loads it
+        tag = hashlib.sha1(src + (cpu + torch.__version__ + str(_CSRC.resolve())).encode()).hexdigest()[:10]
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             _KERNELS = load(f'fastsparse_kernels_{tag}', sources=[str(p) for p in KERNEL_SOURCES if p.suffix == '.cpp'],

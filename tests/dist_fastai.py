@@ -12,11 +12,20 @@ from fastai.callback.all import *
 from fastsparse import sparsify_model, DynamicSparseTrainingCallback, PRESETS, masked_params, erdos_renyi_sparsity, normalized
 from fastsparse.data import digits_dls, digits_mlp
 
-def main(preset, out, compute='masked', structure='element'):
+class SeqNet(nn.Module):
+    "A digit's 8 x 8 pixels as 8 steps of 8: a linear embedding, a Transformer encoder layer, an LSTM, a linear head"
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(8, 16)
+        self.enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0., batch_first=True)
+        self.lstm, self.head = nn.LSTM(16, 16, batch_first=True), nn.Linear(16, 10)
+    def forward(self, x): return self.head(self.lstm(self.enc(self.emb(x.view(-1, 8, 8))))[0][:, -1])
+
+def main(preset, out, compute='masked', structure='element', net='mlp'):
     dist.init_process_group('gloo')
     rank = dist.get_rank()
     torch.manual_seed(rank)
-    model = digits_mlp()
+    model = digits_mlp() if net == 'mlp' else SeqNet()
     if structure == 'element': sparsify_model(model, 0.9, erdos_renyi_sparsity, compute=compute)
     else: sparsify_model(model, 0.5 if ':' in structure else 0.9, compute=compute, structure=structure)   # N:M: 1 - N/M
     learn = Learner(digits_dls(seed=rank), DDP(model), loss_func=CrossEntropyLossFlat(), metrics=accuracy,

@@ -49,6 +49,8 @@ def test_compute_model_smoke():
     assert 'RigL sparse: update' in out and 'SNFS sparse: update' in out
     out = bench('compute.py', 'mlp', '--repeats', '1', '--epochs', '1', '--seeds', '1', *small)
     assert 'sparse' in out and 'accuracy after 1 epochs' in out
+    out = bench('compute.py', 'embedding', '--repeats', '1')
+    assert 'sparse' in out and 'training state' in out
 
 def test_compute_conv_smoke():
     "The resnet18 section of the compute benchmark, on 32 x 32 images at batch 16 (the figures come from full runs)"

@@ -53,6 +53,12 @@ def test_fastai_callback_ddp(tmp_path, preset, compute):
     if preset == 'GMP':      # pruned from 90% ERK to 95% in every layer (the preset's uniform final distribution)
         assert a['budget'] == [round(0.05 * n) for n in numels]
 
+def test_attention_and_recurrent_ddp(tmp_path):
+    "A Transformer encoder layer and an LSTM, all their weights in sparse compute, under DDP with RigL: identical masks and weights on every rank"
+    launch(ROOT/'tests'/'dist_fastai.py', 'RigL', str(tmp_path), 'sparse', 'element', 'seq')
+    a = check_identical(tmp_path)
+    assert a['compute'] == [True] * 8, a['compute']   # emb, in_proj, out_proj, linear1, linear2, weight_ih, weight_hh, head
+
 @pytest.mark.parametrize('preset,compute,structure', [('RigL', 'masked', 'fan_in'), ('RigL', 'sparse', '2:4'), ('SET', 'masked', 'row')])
 def test_structured_ddp(tmp_path, preset, compute, structure):
     "Structured masks under DDP: identical on every rank, and every mask keeps its pattern"
