@@ -138,6 +138,20 @@ def _seq_step(model, x, t):
     def step(): F.mse_loss(model(x), t).backward(); opt.step(); opt.zero_grad(set_to_none=False)
     return step
 
+def _masked_and_sparse(dense, x, t, a, fd, **sparsify):
+    """A step of `dense` sparsified (copied, same weights) in masked and in sparse compute, each paired with the dense step `fd`:
+    the two ratios, the dense step's milliseconds, how many masked weights compute sparse, and `{mode} state`, the bytes of the
+    parameters (their gradients and Adam's moments are the same size) over the dense model's"""
+    size = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())
+    r = {}
+    for mode in ('masked', 'sparse'):
+        m = copy.deepcopy(dense); sparsify_model(m, a.shape_sparsity, seed=0, compute=mode, **sparsify)
+        fo = _seq_step(m, x, t); fd(); fo()
+        r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
+        r[f'{mode} state'] = size(m) / size(dense)
+    r['sparse weights'] = f"{sum(t.sparse for t in masked_params(m))} of {len(masked_params(m))}"
+    return r
+
 def transformers_bench(a):
     """One training step (forward, backward, Adam) of a GPT-style stack (4 blocks, d 512, 8 heads, sequence 256, batch 8) and of
     `nn.TransformerEncoder` (4 layers, d 512, ff 2048, sequence 128, batch 16) at 95% ERK, masked and sparse, / the dense step;
@@ -154,13 +168,7 @@ def transformers_bench(a):
         def attention(): F.scaled_dot_product_attention(*q, is_causal=causal).sum().backward()
         blocks = sum(1 for m in dense.modules() if isinstance(m, (GPTBlock, nn.TransformerEncoderLayer)))
         r = dict(attention=median_ms(attention, reps=a.repeats, n=a.n) * blocks / median_ms(fd, reps=a.repeats, n=a.n))
-        for mode in ('masked', 'sparse'):
-            torch.manual_seed(0); m = make(); m.load_state_dict(dense.state_dict())
-            sparsify_model(m, a.shape_sparsity, 'erk', seed=0, compute=mode)
-            fo = _seq_step(m, x, t); fd(); fo()
-            r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
-            if mode == 'sparse': r['sparse weights'] = f"{sum(t.sparse for t in masked_params(m))} of {len(masked_params(m))}"
-        out[name] = r
+        out[name] = r = {**r, **_masked_and_sparse(dense, x, t, a, fd, sparse_f='erk')}
         print(f"  {name:>8}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
               f"dense step {r['dense_ms']:.0f} ms; the attention product {r['attention']:.2f} of it)")
     return out
@@ -181,14 +189,8 @@ def recurrent_bench(a):
     for name, make in RECURRENT.items():
         g = torch.Generator().manual_seed(0)
         x, t = torch.randn(50, 32, 128, generator=g), torch.randn(50, 32, 1024, generator=g)
-        torch.manual_seed(0); dense = Recurrent(make()); fd = _seq_step(dense, x, t)
-        r = {}
-        for mode in ('masked', 'sparse'):
-            m = copy.deepcopy(dense); sparsify_model(m, a.shape_sparsity, 'erk', seed=0, compute=mode)
-            fo = _seq_step(m, x, t); fd(); fo()
-            r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
-            if mode == 'sparse': r['sparse weights'] = f"{sum(t.sparse for t in masked_params(m))} of {len(masked_params(m))}"
-        out[name] = r
+        torch.manual_seed(0); dense = Recurrent(make())
+        out[name] = r = _masked_and_sparse(dense, x, t, a, _seq_step(dense, x, t), sparse_f='erk')
         print(f"  {name:>5}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
               f"dense step {r['dense_ms']:.0f} ms)")
     return out
@@ -200,15 +202,8 @@ def embedding_bench(a):
     print(f"nn.Embedding(50000, 512) at {a.shape_sparsity:.0%}, {a.threads[0]} thread(s), 32 x 128 tokens: one step / the dense step, median of paired runs")
     g = torch.Generator().manual_seed(0)
     x, t = torch.randint(0, 50000, (32, 128), generator=g), torch.randn(32, 128, 512, generator=g)
-    torch.manual_seed(0); dense = nn.Embedding(50000, 512); fd = _seq_step(dense, x, t)
-    def state(m):   # floats the step keeps: parameters, their gradients, Adam's moments
-        return sum(p.numel() * 4 for p in m.parameters())
-    r = {}
-    for mode in ('masked', 'sparse'):
-        m = copy.deepcopy(dense); sparsify_model(m, a.shape_sparsity, seed=0, embeddings=True, compute=mode)
-        fo = _seq_step(m, x, t); fd(); fo()
-        r[mode], r['dense_ms'] = _paired(fd, fo, a.repeats)
-        r[f'{mode} state'] = state(m) / state(dense)
+    torch.manual_seed(0); dense = nn.Embedding(50000, 512)
+    r = _masked_and_sparse(dense, x, t, a, _seq_step(dense, x, t), embeddings=True)
     print(f"  masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x the dense step ({r['dense_ms']:.0f} ms); training state: masked "
           f"{r['masked state']:.3f}x, sparse {r['sparse state']:.3f}x (parameters, gradients and Adam's moments; masks not counted)")
     return r
