@@ -604,16 +604,30 @@ def test_redistribution_changes_counts_and_remaps_state():
     assert sorted(t.trainable.numel() for t in masked_params(m)) != sorted(n0)          # the counts moved...
     _check_opt(opt, masked_params(m))                                                   # ...and the optimizer trains the new values
 
+class _SeqNet(nn.Module):
+    "Tokens embedded, a Transformer encoder layer, an LSTM, a linear head on the last step"
+    def __init__(self, seed):
+        super().__init__(); torch.manual_seed(seed)
+        self.emb, self.enc = nn.Embedding(12, 8), nn.TransformerEncoderLayer(8, 2, 16, dropout=0., batch_first=True)
+        self.lstm, self.head = nn.LSTM(8, 6, batch_first=True), nn.Linear(6, 3)
+    def forward(self, x): return self.head(self.lstm(self.enc(self.emb(x)))[0][:, -1])
+
+_RESUMED = {'mlp': (lambda seed: _mlp([10, 16, 3], seed), lambda g: torch.randn(8, 10, generator=g), {}),
+            'seq': (_SeqNet, lambda g: torch.randint(0, 12, (8, 5), generator=g), dict(embeddings=True))}
+
 @pytest.mark.parametrize('compute_mode', ['masked', 'sparse'])
-def test_resume_from_a_checkpoint_continues_exactly(compute_mode):
-    "A run saved half-way (model and optimizer) and resumed in a fresh model matches the run that went on, statistics included"
+@pytest.mark.parametrize('net', list(_RESUMED))
+def test_resume_from_a_checkpoint_continues_exactly(compute_mode, net):
+    "A run saved half-way (model and optimizer) and resumed in a fresh model matches the run that went on, statistics included (an MLP; embedding, attention and LSTM)"
+    make, inputs, kw = _RESUMED[net]
     def loop(model, opt, dst, steps, g):
         out = []
         for i in steps:
-            loss = F.mse_loss(model(torch.randn(8, 10, generator=g)), torch.randn(8, 3, generator=g))
+            loss = F.mse_loss(model(inputs(g)), torch.randn(8, 3, generator=g))
             loss.backward(); opt.step(); dst.step((i + 1) / 16); opt.zero_grad(); out.append(loss.item())
         return out
-    a = _mlp([10, 16, 3], 0); sparsify_model(a, 0.7, seed=0, compute=compute_mode)
+    a = make(0); sparsify_model(a, 0.7, seed=0, compute=compute_mode, **kw)
+    assert all(t.sparse == (compute_mode == 'sparse') for t in masked_params(a))
     oa = torch.optim.Adam(a.parameters(), lr=1e-2)
     da = DynamicSparseTraining(a, oa, batches_per_update=3, seed=0, **RigL_presets)
     g = torch.Generator().manual_seed(0)
@@ -622,7 +636,7 @@ def test_resume_from_a_checkpoint_continues_exactly(compute_mode):
     state = g.get_state()
     rest = loop(a, oa, da, range(8, 16), g)
     buf.seek(0); ck = torch.load(buf, weights_only=True)
-    b = _mlp([10, 16, 3], 3); sparsify_model(b, 0.7, seed=3, compute=compute_mode)    # other masks until loaded
+    b = make(3); sparsify_model(b, 0.7, seed=3, compute=compute_mode, **kw)    # other masks until loaded
     b.load_state_dict(ck['model'])
     ob = torch.optim.Adam(b.parameters(), lr=1e-2); ob.load_state_dict(ck['opt'])
     db = DynamicSparseTraining(b, ob, batches_per_update=3, resume=True, **RigL_presets)
