@@ -408,11 +408,10 @@ class SparseWeight:
 
     def rows(self, start:int, stop:int)->tuple:
         "`(layout, values)` of rows `start:stop` alone (`nn.MultiheadAttention`'s query rows of `in_proj_weight`, say), the layout kept until the mask changes"
-        L = self.weight_layout
+        L = self.weight_layout   # first: a changed mask drops the blocks
         b = self._blocks.get((start, stop))
-        if b is None: b = self._blocks[(start, stop)] = L.row_block(start, stop)
-        s, e = int(L.ptr[start]), int(L.ptr[stop])
-        return b, self.values[s:e]
+        if b is None: b = self._blocks[(start, stop)] = (L.row_block(start, stop), int(L.ptr[start]), int(L.ptr[stop]))
+        return b[0], self.values[b[1]:b[2]]
 
     def linear(self, x:torch.Tensor, bias:torch.Tensor=None, rows:slice=None, cache:dict=None)->torch.Tensor:
         "`F.linear(x, weight[rows], bias)` on the active weights (all rows if `rows` is None), recording its backward pass while one is read (`cache`: see `sparse_linear`)"
@@ -466,9 +465,13 @@ class SparseWeight:
         "The weights at flat indices `idx` were grown: as active weights, their momentum is in the optimizer's state now"
         if self.momentum is not None: self.momentum.view(-1).index_fill_(0, idx, 0.)
 
-    def __repr__(self):
+    @property
+    def density(self)->float:
+        "The fraction of the weight that is active"
         L = self.weight_layout
-        return f'{type(self).__name__}({self.attr}, {tuple(self.mask.shape)}, density={L.nnz / max(L.rows * L.cols, 1):.4f})'
+        return L.nnz / max(L.rows * L.cols, 1)
+
+    def __repr__(self): return f'{type(self).__name__}({self.attr}, {tuple(self.mask.shape)}, density={self.density:.4f})'
 
 # %% ../nbs/07_compute.ipynb #63fc6cba
 class GradRecord:
@@ -634,7 +637,7 @@ def _rnn_forward(self, input, hx=None):
     if self.batch_first: x = x.transpose(0, 1)                     # (time, batch, features)
     T, N, D = x.shape[0], x.shape[1], 2 if self.bidirectional else 1
     H, P = self.hidden_size, self.proj_size or self.hidden_size
-    if hx is None: h0, c0 = x.new_zeros(self.num_layers * D, N, P), x.new_zeros(self.num_layers * D, N, H)
+    if hx is None: h0, c0 = x.new_zeros(self.num_layers * D, N, P), x.new_zeros(self.num_layers * D, N, H) if lstm else None
     else:
         h0, c0 = hx if lstm else (hx, None)
         if not batched: h0, c0 = h0.unsqueeze(1), None if c0 is None else c0.unsqueeze(1)
@@ -731,7 +734,7 @@ class SparseTrain:
     def _update_flat_weights(self): pass
 
     def extra_repr(self):
-        ds = [f'{a}_density={(L := self.sparse_weight(a).weight_layout).nnz / max(L.rows * L.cols, 1):.4f}' for a in self.sparse_attrs]
+        ds = [f'{a}_density={self.sparse_weight(a).density:.4f}' for a in self.sparse_attrs]
         return ', '.join([r for r in [super().extra_repr()] if r] + ds + [f'kernels={kernels().name}'])
 
 _CLASSES = {}
