@@ -92,8 +92,20 @@ class _TorchKernels:
         gy, x = _TorchKernels.from_panels(gy, n, rows, _NONE), _TorchKernels.from_panels(x, n, cols, _NONE)
         return torch.sparse.sampled_addmm(s, gy.t(), x, beta=0.).values()
 
+    @staticmethod
+    def linear_fwd(ptr, idx, val, x, bias):
+        n, rows = x.shape[0], ptr.numel() - 1
+        y = _TorchKernels.spmm(ptr, idx, val, _TorchKernels.to_panels(x, _NONE), rows, n, _NONE)
+        return _TorchKernels.from_panels(y, n, rows, bias)
+    @staticmethod
+    def linear_bwd(ptr, idx, tptr, tidx, vt, x, gy, want_gx, want_gv, want_gb):
+        (n, cols), rows, gyt = x.shape, ptr.numel() - 1, _TorchKernels.to_panels(gy, _NONE)
+        gx = _TorchKernels.from_panels(_TorchKernels.spmm(tptr, tidx, vt, gyt, cols, n, _NONE), n, cols, _NONE) if want_gx else _NONE
+        gv = _TorchKernels.sddmm(ptr, idx, gyt, _TorchKernels.to_panels(x, _NONE), n) if want_gv else _NONE
+        return gx, gv, gy.sum(0) if want_gb else _NONE
+
 _KERNELS = None
-_KERNEL_NAMES = ('spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'move', 'densify',
+_KERNEL_NAMES = ('linear_fwd', 'linear_bwd', 'spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'move', 'densify',
                  'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values', 'zero_inactive', 'split_inactive')
 _CSRC = Path(str(importlib.resources.files('fastsparse')/'csrc'))   # installed with the package (its package data)
 # the kernels' C++: the shared header, then the files to compile, the slowest first (the build runs them in parallel)
@@ -205,30 +217,22 @@ class _LinearPass(NamedTuple):
     def grad(self): return self.gy.t() @ self.x
 
 class _SparseLinear(torch.autograd.Function):
-    """`y = x W^T + bias` for a weight held as `values` in `layout`; gradients for `x`, `values` and `bias`, all by fastsparse's kernels.
-    It saves `x` itself, as `F.linear` does, and makes its panels again in the backward pass: into a kept buffer, that costs
-    less than a new one held from forward to backward"""
+    """`y = x W^T + bias` for a weight held as `values` in `layout`; gradients for `x`, `values` and `bias`, all by fastsparse's
+    kernels (`linear_fwd`, `linear_bwd`). It saves `x` itself, as `F.linear` does: the kernels make its panels again, one at a time"""
     @staticmethod
     def forward(ctx, x, values, bias, layout, record, cache):
-        k, n, x = kernels(), x.shape[0], x.contiguous()
-        xt = k.to_panels(x, _scratch('x', (x.numel(),)))
+        x = x.contiguous()
         ctx.save_for_backward(values, x); ctx.layout, ctx.record, ctx.cache, ctx.has_bias = layout, record, cache, bias is not None
-        yt = k.spmm(layout.ptr, layout.idx, values, xt, layout.rows, n, _scratch('y', (layout.rows * n,)))
-        return k.from_panels(yt, n, layout.rows, _NONE if bias is None else bias.contiguous())   # (batch, rows), bias added
+        return kernels().linear_fwd(layout.ptr, layout.idx, values, x, _NONE if bias is None else bias.contiguous())
 
     @staticmethod
     def backward(ctx, gy):
         values, x = ctx.saved_tensors
-        L, k, gy, n = ctx.layout, kernels(), gy.contiguous(), gy.shape[0]
+        L, gy, (want_gx, want_gv, want_gb) = ctx.layout, gy.contiguous(), ctx.needs_input_grad[:3]
         if ctx.record is not None: ctx.record.append(_LinearPass(x, gy))   # for a dense gradient, should an update ask
-        gyt = k.to_panels(gy, _scratch('gy', (gy.numel(),)))
-        gx = gv = gb = None
-        if ctx.needs_input_grad[0]:      # over the transposed structure, the values in its order
-            gxt = k.spmm(L.tptr, L.tidx, _transposed(values, L, ctx.cache), gyt, L.cols, n, _scratch('gx', (L.cols * n,)))
-            gx = k.from_panels(gxt, n, L.cols, _NONE)
-        if ctx.needs_input_grad[1]: gv = k.sddmm(L.ptr, L.idx, gyt, k.to_panels(x, _scratch('x', (x.numel(),))), n)
-        if ctx.has_bias and ctx.needs_input_grad[2]: gb = gy.sum(0)
-        return gx, gv, gb, None, None, None
+        vt = _transposed(values, L, ctx.cache) if want_gx else _NONE      # the input's gradient runs over the transposed structure
+        gx, gv, gb = kernels().linear_bwd(L.ptr, L.idx, L.tptr, L.tidx, vt, x, gy, want_gx, want_gv, want_gb and ctx.has_bias)
+        return (gx if want_gx else None), (gv if want_gv else None), (gb if want_gb and ctx.has_bias else None), None, None, None
 
 def _check_inputs(x, values, layout):
     if x.dtype != torch.float32 or values.dtype != torch.float32 or x.device.type != 'cpu':

@@ -700,6 +700,20 @@ torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 go = torch.randn_like(y, generator=g); y.backward(go); ref.backward(go)
 torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-4, atol=1e-4)
 torch.testing.assert_close(vals.grad, ref_w.grad[mask], rtol=1e-4, atol=1e-4)
+# whole panels to each thread (4 panels), panels one after another with their rows spread (3 panels), and a result
+# too large to stay in L2 beside its panel, written 16 features at a time: each with a bias, against F.linear
+for (rows, cols, density), batch in [((1100, 1100, 0.5), 200), ((1100, 1100, 0.5), 150), ((3000, 1200, 0.05), 200), ((1200, 3000, 0.05), 130)]:
+    w = torch.randn(rows, cols, generator=g); mask = torch.rand(rows, cols, generator=g) < density; w = w * mask
+    b = torch.randn(rows, generator=g, requires_grad=True); x = torch.randn(batch, cols, generator=g, requires_grad=True)
+    vals = w[mask].requires_grad_()
+    y = sparse_linear(x, vals, CSRLayout.from_mask(mask), b)
+    ref_x, ref_w, ref_b = x.detach().clone().requires_grad_(), w.clone().requires_grad_(), b.detach().clone().requires_grad_()
+    ref = F.linear(ref_x, ref_w, ref_b)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    go = torch.randn_like(y, generator=g); y.backward(go); ref.backward(go)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(vals.grad, ref_w.grad[mask], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(b.grad, ref_b.grad, rtol=1e-4, atol=1e-3)
 scores, m = torch.randn(1 << 21, generator=g), torch.rand(1 << 21, generator=g) < 0.3
 for tau in (3.0, 0.5, -10.0):                               # few, many and all candidates, over 2M scores
     assert torch.equal(kernels().above(scores, m, tau), ((scores >= tau) & ~m).nonzero().squeeze(1))

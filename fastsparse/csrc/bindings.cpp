@@ -10,6 +10,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("above", torch::wrap_pybind_function(above), "above");
   m.def("move", torch::wrap_pybind_function(move), "move");
   m.def("densify", torch::wrap_pybind_function(densify), "densify");
+  m.def("linear_fwd", torch::wrap_pybind_function(linear_fwd), "linear_fwd");
+  m.def("linear_bwd", torch::wrap_pybind_function(linear_bwd), "linear_bwd");
   m.def("to_panels", torch::wrap_pybind_function(to_panels), "to_panels");
   m.def("from_panels", torch::wrap_pybind_function(from_panels), "from_panels");
   m.def("to_chwn", torch::wrap_pybind_function(to_chwn), "to_chwn");

@@ -32,6 +32,34 @@ static inline v16 reduce16(v16* r) { fold<8>(r); fold<4>(r); fold<2>(r); fold<1>
 
 // how many entries ahead the product asks for the input row an entry will read: a panel lives in L2, the rows come in any order
 constexpr int64_t AHEAD = 8;
+// row r of A (compressed rows: ptr, idx, val) times a panel xp of n lanes: the n lanes of o
+static inline void mm_row(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
+                          const float* __restrict xp, float* __restrict o, int64_t r, int64_t n) {
+  const int64_t s = ptr[r], e = ptr[r + 1];
+  int64_t b0 = 0;
+  for (; b0 + 64 <= n; b0 += 64) {
+    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (int64_t k = s; k < e; ++k) {
+      const float w = val[k];
+      const float* xr = xp + (int64_t)idx[k] * n + b0;
+      if (k + AHEAD < e) { const float* pf = xp + (int64_t)idx[k + AHEAD] * n + b0;
+        __builtin_prefetch(pf); __builtin_prefetch(pf + 16); __builtin_prefetch(pf + 32); __builtin_prefetch(pf + 48); }
+      a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
+    }
+    st(o + b0, a0); st(o + b0 + 16, a1); st(o + b0 + 32, a2); st(o + b0 + 48, a3);
+  }
+  for (; b0 + 16 <= n; b0 += 16) {
+    v16 a0 = {0};
+    for (int64_t k = s; k < e; ++k) a0 += val[k] * ld(xp + (int64_t)idx[k] * n + b0);
+    st(o + b0, a0);
+  }
+  for (; b0 < n; ++b0) {
+    float a = 0;
+    for (int64_t k = s; k < e; ++k) a += val[k] * xp[(int64_t)idx[k] * n + b0];
+    o[b0] = a;
+  }
+}
+
 // out = A (rows x cols, compressed rows: ptr, idx, val) @ x, both in panels of B lanes
 static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx, const float* __restrict val,
                    const float* __restrict x, float* __restrict out, int64_t rows, int64_t cols, int64_t B) {
@@ -39,31 +67,7 @@ static void csr_mm(const int64_t* __restrict ptr, const int32_t* __restrict idx,
   #pragma omp parallel for schedule(dynamic, 32) if (ptr[rows] * B > PAR)
   for (int64_t it = 0; it < np * rows; ++it) {    // panel by panel: the panel's input stays in cache for all rows
     const int64_t pn = it / rows, r = it % rows, n = std::min(PANEL, B - pn * PANEL);
-    const float* xp = x + pn * PANEL * cols;
-    float* o = out + pn * PANEL * rows + r * n;
-    const int64_t s = ptr[r], e = ptr[r + 1];
-    int64_t b0 = 0;
-    for (; b0 + 64 <= n; b0 += 64) {
-      v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-      for (int64_t k = s; k < e; ++k) {
-        const float w = val[k];
-        const float* xr = xp + (int64_t)idx[k] * n + b0;
-        if (k + AHEAD < e) { const float* pf = xp + (int64_t)idx[k + AHEAD] * n + b0;
-          __builtin_prefetch(pf); __builtin_prefetch(pf + 16); __builtin_prefetch(pf + 32); __builtin_prefetch(pf + 48); }
-        a0 += w * ld(xr); a1 += w * ld(xr + 16); a2 += w * ld(xr + 32); a3 += w * ld(xr + 48);
-      }
-      st(o + b0, a0); st(o + b0 + 16, a1); st(o + b0 + 32, a2); st(o + b0 + 48, a3);
-    }
-    for (; b0 + 16 <= n; b0 += 16) {
-      v16 a0 = {0};
-      for (int64_t k = s; k < e; ++k) a0 += val[k] * ld(xp + (int64_t)idx[k] * n + b0);
-      st(o + b0, a0);
-    }
-    for (; b0 < n; ++b0) {
-      float a = 0;
-      for (int64_t k = s; k < e; ++k) a += val[k] * xp[(int64_t)idx[k] * n + b0];
-      o[b0] = a;
-    }
+    mm_row(ptr, idx, val, x + pn * PANEL * cols, out + pn * PANEL * rows + r * n, r, n);
   }
 }
 
@@ -75,6 +79,44 @@ torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torc
   return out;
 }
 
+// row r's share of the values' gradient from one panel (gq: the output gradient's panel, xp: the input's, n lanes each):
+// g[k] += dot(gq[r], xp[idx[k]]) for each of the row's entries
+static inline void sddmm_row(const int64_t* __restrict p, const int32_t* __restrict ci, const float* __restrict gq,
+                             const float* __restrict xp, float* __restrict gp, int64_t r, int64_t n) {
+  int64_t b0 = 0;
+  for (; b0 + 64 <= n; b0 += 64) {       // this row's gradient block stays in registers for all its entries
+    const float* gr = gq + r * n + b0;
+    const v16 g0 = ld(gr), g1 = ld(gr + 16), g2 = ld(gr + 32), g3 = ld(gr + 48);
+    int64_t k = p[r];
+    for (; k + 16 <= p[r + 1]; k += 16) {   // 16 entries at a time: their 16 dot products reduced together
+      v16 acc[16];
+      for (int u = 0; u < 16; ++u) {
+        const float* xr = xp + (int64_t)ci[k + u] * n + b0;
+        acc[u] = g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48);
+      }
+      st(gp + k, ld(gp + k) + reduce16(acc));
+    }
+    for (; k < p[r + 1]; ++k) {
+      const float* xr = xp + (int64_t)ci[k] * n + b0;
+      gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
+    }
+  }
+  for (; b0 + 16 <= n; b0 += 16) {       // a narrow panel (a small batch, a recurrent step): 16 lanes at a time
+    const v16 g0 = ld(gq + r * n + b0);
+    int64_t k = p[r];
+    for (; k + 16 <= p[r + 1]; k += 16) {
+      v16 acc[16];
+      for (int u = 0; u < 16; ++u) acc[u] = g0 * ld(xp + (int64_t)ci[k + u] * n + b0);
+      st(gp + k, ld(gp + k) + reduce16(acc));
+    }
+    for (; k < p[r + 1]; ++k) gp[k] += hsum(g0 * ld(xp + (int64_t)ci[k] * n + b0));
+  }
+  for (; b0 < n; ++b0) {
+    const float gv = gq[r * n + b0];
+    for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] += gv * xp[(int64_t)ci[k] * n + b0];
+  }
+}
+
 // grad of the values: g[k] = dot(gy[row_k, :], x[col_k, :]) over the batch, for each stored entry of a CSR matrix (gy, x in panels)
 torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torch::Tensor x, int64_t B) {
   const int64_t rows = ptr.size(0) - 1, cols = B ? x.numel() / B : 0, np = (B + PANEL - 1) / PANEL;
@@ -84,47 +126,50 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
   #pragma omp parallel if (p[rows] * B > PAR)
   for (int64_t pn = 0; pn < np; ++pn) {     // panel by panel, each row adding the panel's share to its entries
     const int64_t n = std::min(PANEL, B - pn * PANEL);
-    const float* xp = xq + pn * PANEL * cols; const float* gq = gyp + pn * PANEL * rows;
     #pragma omp for schedule(dynamic, 32)
-    for (int64_t r = 0; r < rows; ++r) {
-      int64_t b0 = 0;
-      for (; b0 + 64 <= n; b0 += 64) {       // this row's gradient block stays in registers for all its entries
-        const float* gr = gq + r * n + b0;
-        const v16 g0 = ld(gr), g1 = ld(gr + 16), g2 = ld(gr + 32), g3 = ld(gr + 48);
-        int64_t k = p[r];
-        for (; k + 16 <= p[r + 1]; k += 16) {   // 16 entries at a time: their 16 dot products reduced together
-          v16 acc[16];
-          for (int u = 0; u < 16; ++u) {
-            const float* xr = xp + (int64_t)ci[k + u] * n + b0;
-            acc[u] = g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48);
-          }
-          st(gp + k, ld(gp + k) + reduce16(acc));
-        }
-        for (; k < p[r + 1]; ++k) {
-          const float* xr = xp + (int64_t)ci[k] * n + b0;
-          gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
-        }
-      }
-      for (; b0 + 16 <= n; b0 += 16) {       // a narrow panel (a small batch, a recurrent step): 16 lanes at a time
-        const v16 g0 = ld(gq + r * n + b0);
-        int64_t k = p[r];
-        for (; k + 16 <= p[r + 1]; k += 16) {
-          v16 acc[16];
-          for (int u = 0; u < 16; ++u) acc[u] = g0 * ld(xp + (int64_t)ci[k + u] * n + b0);
-          st(gp + k, ld(gp + k) + reduce16(acc));
-        }
-        for (; k < p[r + 1]; ++k) gp[k] += hsum(g0 * ld(xp + (int64_t)ci[k] * n + b0));
-      }
-      for (; b0 < n; ++b0) {
-        const float gv = gq[r * n + b0];
-        for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] += gv * xp[(int64_t)ci[k] * n + b0];
-      }
-    }
+    for (int64_t r = 0; r < rows; ++r) sddmm_row(p, ci, gyp + pn * PANEL * rows, xq + pn * PANEL * cols, gp, r, n);
   }
   return g;
 }
 
-// a (B x C, row-major) in panels: for each run of PANEL rows, its (C x lanes) transpose; 16 x 16 blocks through registers
+// rows j0 .. j0 + m (m <= 16) of a panel of n lanes: src (m x C, row stride C) -> dst, column c at dst[c * n], 16 x 16 blocks through registers
+static inline void pack16(const float* __restrict src, int64_t C, int64_t m, float* __restrict dst, int64_t n) {
+  int64_t c0 = 0;
+  if (m == 16)
+    for (; c0 + 16 <= C; c0 += 16) {
+      v16 r[16];
+      for (int u = 0; u < 16; ++u) r[u] = ld(src + u * C + c0);
+      transpose16(r);
+      for (int u = 0; u < 16; ++u) st(dst + (c0 + u) * n, r[u]);
+    }
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t c = c0; c < C; ++c) dst[c * n + j] = src[j * C + c];
+}
+
+// the reverse of `pack16`: lanes j0 .. j0 + m of a panel of n lanes (src, column c at src[c * n]) -> dst (m x C, row stride C), plus bias[c]
+static inline void unpack16(const float* __restrict src, int64_t n, int64_t C, int64_t m, float* __restrict dst, const float* __restrict b) {
+  int64_t c0 = 0;
+  if (m == 16)
+    for (; c0 + 16 <= C; c0 += 16) {
+      v16 r[16];
+      for (int u = 0; u < 16; ++u) r[u] = ld(src + (c0 + u) * n);
+      transpose16(r);
+      const v16 bv = b ? ld(b + c0) : v16{0};
+      for (int u = 0; u < 16; ++u) st(dst + u * C + c0, r[u] + bv);
+    }
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t c = c0; c < C; ++c) dst[j * C + c] = src[c * n + j] + (b ? b[c] : 0.f);
+}
+
+// a panel: n (<= PANEL) rows of a (row stride C) -> their (C x n) transpose, and back
+static inline void pack(const float* src, int64_t C, int64_t n, float* dst) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) pack16(src + j0 * C, C, std::min<int64_t>(16, n - j0), dst + j0, n);
+}
+static inline void unpack(const float* src, int64_t n, int64_t C, float* dst, const float* b) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) unpack16(src + j0, n, C, std::min<int64_t>(16, n - j0), dst + j0 * C, b);
+}
+
+// a (B x C, row-major) in panels: for each run of PANEL rows, its (C x lanes) transpose
 torch::Tensor to_panels(torch::Tensor a, torch::Tensor out) {
   const int64_t B = a.size(0), C = a.size(1), np = (B + PANEL - 1) / PANEL;
   if (!out.numel()) out = torch::empty({B * C}, a.options());
@@ -132,18 +177,7 @@ torch::Tensor to_panels(torch::Tensor a, torch::Tensor out) {
   #pragma omp parallel for schedule(static) if (B * C >= PAR / 8)
   for (int64_t blk = 0; blk < np * (PANEL / 16); ++blk) {      // 16 rows of the input, in one panel
     const int64_t pn = blk / (PANEL / 16), j0 = (blk % (PANEL / 16)) * 16, n = std::min(PANEL, B - pn * PANEL);
-    if (j0 >= n) continue;
-    const float* src = ap + (pn * PANEL + j0) * C; float* dst = o + pn * PANEL * C + j0;
-    int64_t c0 = 0;
-    if (j0 + 16 <= n)
-      for (; c0 + 16 <= C; c0 += 16) {
-        v16 r[16];
-        for (int u = 0; u < 16; ++u) r[u] = ld(src + u * C + c0);
-        transpose16(r);
-        for (int u = 0; u < 16; ++u) st(dst + (c0 + u) * n, r[u]);
-      }
-    for (int64_t j = 0; j < std::min<int64_t>(16, n - j0); ++j)
-      for (int64_t c = c0; c < C; ++c) dst[c * n + j] = src[j * C + c];
+    if (j0 < n) pack16(ap + (pn * PANEL + j0) * C, C, std::min<int64_t>(16, n - j0), o + pn * PANEL * C + j0, n);
   }
   return out;
 }
@@ -157,19 +191,165 @@ torch::Tensor from_panels(torch::Tensor t, int64_t B, int64_t C, torch::Tensor b
   #pragma omp parallel for schedule(static) if (B * C >= PAR / 8)
   for (int64_t blk = 0; blk < np * (PANEL / 16); ++blk) {      // 16 rows of the output, in one panel
     const int64_t pn = blk / (PANEL / 16), j0 = (blk % (PANEL / 16)) * 16, n = std::min(PANEL, B - pn * PANEL);
-    if (j0 >= n) continue;
-    const float* src = tp + pn * PANEL * C + j0; float* dst = o + (pn * PANEL + j0) * C;
-    int64_t c0 = 0;
-    if (j0 + 16 <= n)
-      for (; c0 + 16 <= C; c0 += 16) {
-        v16 r[16];
-        for (int u = 0; u < 16; ++u) r[u] = ld(src + (c0 + u) * n);
-        transpose16(r);
-        const v16 bv = b ? ld(b + c0) : v16{0};
-        for (int u = 0; u < 16; ++u) st(dst + u * C + c0, r[u] + bv);
-      }
-    for (int64_t j = 0; j < std::min<int64_t>(16, n - j0); ++j)
-      for (int64_t c = c0; c < C; ++c) dst[j * C + c] = src[c * n + j] + (b ? b[c] : 0.f);
+    if (j0 < n) unpack16(tp + pn * PANEL * C + j0, n, C, std::min<int64_t>(16, n - j0), o + (pn * PANEL + j0) * C, b);
   }
   return out;
+}
+
+// ---------------------------------------------------------------- the layer's product and gradients, fused
+// `linear_fwd` and `linear_bwd` take and give row-major activations. Each makes one panel at a time into a buffer of its
+// thread, where it stays in L2 while the product reads it, and writes the result's rows out: the activations cross memory
+// once, where `to_panels`, `spmm` and `from_panels` write and read whole batches again in panels, from DRAM when the
+// batch is large. With more panels than threads (or one thread), each thread takes whole panels (no barrier; its own share
+// of the values' and bias gradients, added at the end); otherwise the panels go one after another, their rows spread over
+// the threads.
+
+// the bytes of L2 a panel's input and result may take together: beyond, the result goes out 16 features at a time from a block in L1
+constexpr int64_t PANEL_CACHE = 1 << 20;
+
+// a thread's kept buffer `i` of at least n floats, 64-byte aligned; it grows, never shrinks (no page faults after the first steps)
+static float* buffer(int i, int64_t n) {
+  static thread_local std::vector<float> bufs[3];
+  auto& b = bufs[i];
+  if ((int64_t)b.size() < n + 16) b.resize(n + 16);
+  return (float*)(((uintptr_t)b.data() + 63) & ~(uintptr_t)63);
+}
+
+// how many threads a product of `work` multiply-adds uses, and whether its np panels go whole to the threads
+static int threads_for(int64_t work) { return work > PAR ? omp_get_max_threads() : 1; }
+static bool by_panel(int64_t np, int T) { return np >= T && (T == 1 || np % T == 0 || np >= 4 * T); }
+
+// outputs r0 .. r0 + m (m <= 16) of a panel of n lanes: A's rows (ptr, idx, val) times the panel xb, made in the block blk
+// (m x n), then written as columns r0 .. r0 + m of the n rows of out (row stride R), plus bias[r] when given
+static inline void rows_out(const int64_t* p, const int32_t* ci, const float* v, const float* xb, int64_t n, int64_t r0, int64_t m,
+                            float* __restrict blk, float* __restrict out, int64_t R, const float* b) {
+  for (int64_t u = 0; u < m; ++u) mm_row(p, ci, v, xb, blk + u * n, r0 + u, n);
+  int64_t j0 = 0;
+  if (m == 16)
+    for (; j0 + 16 <= n; j0 += 16) {
+      v16 r[16];
+      for (int u = 0; u < 16; ++u) r[u] = ld(blk + u * n + j0);
+      transpose16(r);
+      const v16 bv = b ? ld(b + r0) : v16{0};
+      for (int u = 0; u < 16; ++u) st(out + (j0 + u) * R + r0, r[u] + bv);
+    }
+  for (int64_t j = j0; j < n; ++j)
+    for (int64_t u = 0; u < m; ++u) out[j * R + r0 + u] = blk[u * n + j] + (b ? b[r0 + u] : 0.f);
+}
+
+// the product of A (R rows: ptr, idx, val) with one panel xb of n lanes, as n rows of out (row stride R), plus bias b:
+// on one thread, the whole result panel in tmp (R x n) then transposed out when it fits in L2 beside xb (cols: xb's
+// features), else 16 features at a time (tmp: 16 x n)
+static void product_panel(const int64_t* p, const int32_t* ci, const float* v, const float* xb, int64_t n, int64_t cols, int64_t R,
+                          float* tmp, float* out, const float* b) {
+  if ((cols + R) * PANEL * 4 <= PANEL_CACHE) {
+    for (int64_t r = 0; r < R; ++r) mm_row(p, ci, v, xb, tmp + r * n, r, n);
+    unpack(tmp, n, R, out, b);
+  } else
+    for (int64_t r0 = 0; r0 < R; r0 += 16) rows_out(p, ci, v, xb, n, r0, std::min<int64_t>(16, R - r0), tmp, out, R, b);
+}
+// the same spread over the threads of an enclosing parallel region (tmp: the whole result panel, shared)
+static void product_panel_shared(const int64_t* p, const int32_t* ci, const float* v, const float* xb, int64_t n, int64_t R,
+                                 float* tmp, float* out, const float* b) {
+  #pragma omp for schedule(dynamic, 32)
+  for (int64_t r = 0; r < R; ++r) mm_row(p, ci, v, xb, tmp + r * n, r, n);
+  #pragma omp for schedule(static)
+  for (int64_t j0 = 0; j0 < n; j0 += 16) unpack16(tmp + j0, n, R, std::min<int64_t>(16, n - j0), out + j0 * R, b);
+}
+
+// y = x W^T + bias: x (B x C) and y (B x R) row-major, W (R x C) in compressed rows (ptr, idx, val)
+torch::Tensor linear_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor x, torch::Tensor bias) {
+  const int64_t B = x.size(0), C = x.size(1), R = ptr.size(0) - 1, np = (B + PANEL - 1) / PANEL;
+  auto y = torch::empty({B, R}, x.options());
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>(); const float* v = val.data_ptr<float>();
+  const float* xq = x.data_ptr<float>(); float* yq = y.data_ptr<float>(); const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const int T = threads_for(p[R] * B);
+  if (by_panel(np, T)) {
+    #pragma omp parallel num_threads(T) if (T > 1)
+    {
+      float* xb = buffer(0, PANEL * C); float* tmp = buffer(1, PANEL * R);
+      #pragma omp for schedule(dynamic, 1)
+      for (int64_t pn = 0; pn < np; ++pn) {
+        const int64_t n = std::min(PANEL, B - pn * PANEL);
+        pack(xq + pn * PANEL * C, C, n, xb);
+        product_panel(p, ci, v, xb, n, C, R, tmp, yq + pn * PANEL * R, b);
+      }
+    }
+  } else {
+    float* xb = buffer(0, PANEL * C); float* tmp = buffer(1, PANEL * R);
+    for (int64_t pn = 0; pn < np; ++pn) {
+      const int64_t n = std::min(PANEL, B - pn * PANEL);
+      pack(xq + pn * PANEL * C, C, n, xb);
+      #pragma omp parallel num_threads(T)
+      product_panel_shared(p, ci, v, xb, n, R, tmp, yq + pn * PANEL * R, b);
+    }
+  }
+  return y;
+}
+
+// gbias[r] += the sum of row r of a panel (R x n): the bias gradient's share of the panel's batch rows
+static inline void panel_sums(const float* gyb, int64_t n, int64_t R, float* gbias) {
+  for (int64_t r = 0; r < R; ++r) { float s = 0; for (int64_t j = 0; j < n; ++j) s += gyb[r * n + j]; gbias[r] += s; }
+}
+
+// the gradients of `linear_fwd`: {gx (B x C), gv (nnz), gbias (R)}, each an empty tensor where not asked for.
+// vt: the values in the order of the transposed structure (tptr, tidx), needed for gx only. For each panel: the output
+// gradient's panel (and its sums for the bias); the input gradient's rows from it (W^T over the transposed structure);
+// then the input's panel, and the values' gradient as the output gradient's rows stream past
+std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor tptr, torch::Tensor tidx, torch::Tensor vt,
+                                      torch::Tensor x, torch::Tensor gy, bool want_gx, bool want_gv, bool want_gb) {
+  const int64_t B = x.size(0), C = x.size(1), R = ptr.size(0) - 1, np = (B + PANEL - 1) / PANEL, nnz = idx.size(0);
+  auto none = torch::empty({0}, x.options());
+  auto gx = want_gx ? torch::empty({B, C}, x.options()) : none;
+  auto gv = want_gv ? torch::zeros({nnz}, x.options()) : none;
+  auto gb = want_gb ? torch::zeros({R}, x.options()) : none;
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
+  const int64_t* tp = want_gx ? tptr.data_ptr<int64_t>() : nullptr; const int32_t* tc = want_gx ? tidx.data_ptr<int32_t>() : nullptr;
+  const float* vtp = want_gx ? vt.data_ptr<float>() : nullptr;
+  const float* xq = x.data_ptr<float>(); const float* gyq = gy.data_ptr<float>();
+  float* gxq = want_gx ? gx.data_ptr<float>() : nullptr; float* gvq = want_gv ? gv.data_ptr<float>() : nullptr;
+  float* gbq = want_gb ? gb.data_ptr<float>() : nullptr;
+  const int T = threads_for(nnz * B);
+  if (by_panel(np, T)) {
+    std::vector<float> gv_part(want_gv ? (T - 1) * nnz : 0, 0.f), gb_part(want_gb ? (T - 1) * R : 0, 0.f);
+    #pragma omp parallel num_threads(T) if (T > 1)
+    {
+      const int id = omp_get_thread_num();   // thread 0 adds to the results themselves, the others to their own shares
+      float* mv = gvq ? (id ? gv_part.data() + (id - 1) * nnz : gvq) : nullptr;
+      float* mb = gbq ? (id ? gb_part.data() + (id - 1) * R : gbq) : nullptr;
+      float* gyb = buffer(0, PANEL * R); float* tmp = buffer(1, PANEL * C); float* xb = buffer(2, PANEL * C);
+      #pragma omp for schedule(dynamic, 1)
+      for (int64_t pn = 0; pn < np; ++pn) {
+        const int64_t n = std::min(PANEL, B - pn * PANEL);
+        pack(gyq + pn * PANEL * R, R, n, gyb);
+        if (mb) panel_sums(gyb, n, R, mb);
+        if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, tmp, gxq + pn * PANEL * C, nullptr);
+        if (mv) {
+          pack(xq + pn * PANEL * C, C, n, xb);
+          for (int64_t r = 0; r < R; ++r) sddmm_row(p, ci, gyb, xb, mv, r, n);
+        }
+      }
+    }
+    for (int t = 1; t < T; ++t) {
+      if (gvq) { const float* s = gv_part.data() + (t - 1) * nnz; for (int64_t k = 0; k < nnz; ++k) gvq[k] += s[k]; }
+      if (gbq) { const float* s = gb_part.data() + (t - 1) * R; for (int64_t r = 0; r < R; ++r) gbq[r] += s[r]; }
+    }
+  } else {
+    float* gyb = buffer(0, PANEL * R); float* tmp = buffer(1, PANEL * C); float* xb = buffer(2, PANEL * C);
+    for (int64_t pn = 0; pn < np; ++pn) {
+      const int64_t n = std::min(PANEL, B - pn * PANEL);
+      pack(gyq + pn * PANEL * R, R, n, gyb);
+      if (gbq) panel_sums(gyb, n, R, gbq);
+      if (gvq) pack(xq + pn * PANEL * C, C, n, xb);
+      #pragma omp parallel num_threads(T)
+      {
+        if (gxq) product_panel_shared(tp, tc, vtp, gyb, n, C, tmp, gxq + pn * PANEL * C, nullptr);
+        if (gvq) {
+          #pragma omp for schedule(dynamic, 32)
+          for (int64_t r = 0; r < R; ++r) sddmm_row(p, ci, gyb, xb, gvq, r, n);
+        }
+      }
+    }
+  }
+  return {gx, gv, gb};
 }
