@@ -1,9 +1,10 @@
 """Sparse compute in training, as ratios to dense measured in one run (medians over repeats).
 
     python benchmarks/compute.py layer [--threads 1 2]   # nn.Linear(4096, 4096), batch 64: one step (forward, backward, Adam)
-    python benchmarks/compute.py shapes [--threads 1 2]  # the same at 95% for the shapes of Transformer layers: many rows, narrow weights
-    python benchmarks/compute.py transformers            # a GPT-style stack and nn.TransformerEncoder at 95% ERK: one step
-    python benchmarks/compute.py recurrent               # nn.LSTM(128, 1024) and nn.GRU(128, 1024), 50 steps, batch 32, 95% ERK
+    python benchmarks/compute.py shapes [--threads 1 2]  # the same at 95% for the shapes of Transformer layers: many rows, narrow weights; and their products alone
+    python benchmarks/compute.py fusion [--threads 1 2]  # those layers' kernels, fused (one panel at a time) / unfused (whole-batch panels)
+    python benchmarks/compute.py transformers [--threads 1 2]  # a GPT-style stack and nn.TransformerEncoder at 95% ERK: one step
+    python benchmarks/compute.py recurrent [--threads 1 2]     # nn.LSTM(128, 1024) and nn.GRU(128, 1024), 50 steps, batch 32, 95% ERK
     python benchmarks/compute.py embedding               # nn.Embedding(50000, 512), 32 x 128 tokens, 95%
     python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
     python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
@@ -97,19 +98,67 @@ def layer(a):
 
 SHAPES = [(1024, 64), (1024, 512), (1024, 4096), (4096, 1024), (384, 2048)]   # (features in = out, rows: batch x sequence)
 
+def products(size, bs, sparsity, a, seed=0):
+    """The layer's products alone, forward and backward (the input's and the weights' gradients, no optimizer step), sparse
+    (fastsparse's kernels) / dense (`F.linear`, MKL), median of paired runs; and the rate of each in GFLOP/s (the sparse
+    products count their active weights only). Sparse products read one activation per multiply-add, so their rate is what
+    the caches deliver; at sparsity s the products cannot cost less than (1 - s) x dense rate / sparse rate of the dense ones"""
+    torch.manual_seed(seed)
+    x, gy = torch.randn(bs, size, requires_grad=True), torch.randn(bs, size)   # the input's gradient too, as inside a network
+    dense = nn.Linear(size, size); sp = nn.Linear(size, size); sparsify_model(sp, sparsity, seed=seed, compute='sparse')
+    fd, fs = (lambda m: lambda: m(x).backward(gy))(dense), (lambda m: lambda: m(x).backward(gy))(sp)
+    for f in (fd, fs, fd, fs): f()
+    ratio, dense_ms = _paired(fd, fs, max(15, a.repeats))
+    nnz = sp.sparse_weight().weight_layout.nnz
+    return dict(products=ratio, **{'dense GFLOP/s': 3 * 2 * bs * size * size / dense_ms / 1e6,
+                                   'sparse GFLOP/s': 3 * 2 * bs * nnz / (ratio * dense_ms) / 1e6})
+
 def shapes(a):
-    "`layer` at one sparsity for each shape of `--shapes` (`SHAPES`): Transformer layers multiply thousands of rows by narrow weights"
+    """`layer` at one sparsity for each shape of `--shapes` (`SHAPES`): Transformer layers multiply thousands of rows by narrow
+    weights; with `products`, the layer's products alone"""
     out, names = [], ['masked', 'torch CSR', 'fastsparse sparse'] + (['sparselab'] if sparselab is not None else [])
     for th in a.threads:
         torch.set_num_threads(th)
         print(f"nn.Linear(n, n) at {a.shape_sparsity:.0%}, {th} thread(s), kernels: {kernels().name}; "
-              "one step (forward, backward, Adam) / the dense step, median of paired runs")
-        print(f"{'layer':>22} {'rows':>5} {'dense ms':>9} " + ' '.join(f'{n:>18}' for n in names))
+              "one step (forward, backward, Adam) / the dense step, median of paired runs; then the products alone (forward and "
+              "backward, no Adam), sparse / dense, and their rates")
+        print(f"{'layer':>22} {'rows':>5} {'dense ms':>9} " + ' '.join(f'{n:>18}' for n in names) + f" {'products':>9} {'GFLOP/s sparse':>15} {'dense':>6}")
         for size, bs in a.shapes:
             r = dict(size=size, rows=bs, threads=th, sparsity=a.shape_sparsity,
-                     **_paired_variants(variants(size, bs, a.shape_sparsity), names, a))
+                     **_paired_variants(variants(size, bs, a.shape_sparsity), names, a), **products(size, bs, a.shape_sparsity, a))
             out.append(r)
-            print(f"{f'nn.Linear({size}, {size})':>22} {bs:>5} {r['dense_ms']:>9.2f} " + ' '.join(f"{r[n]:>17.3f}x" for n in names))
+            print(f"{f'nn.Linear({size}, {size})':>22} {bs:>5} {r['dense_ms']:>9.2f} " + ' '.join(f"{r[n]:>17.3f}x" for n in names)
+                  + f" {r['products']:>8.3f}x {r['sparse GFLOP/s']:>15.1f} {r['dense GFLOP/s']:>6.1f}")
+    return out
+
+def fusion(a):
+    """The layer's kernels, fused (`linear_fwd`, `linear_bwd`: one panel at a time in a buffer of the thread) / unfused (the whole
+    batch into panels with `to_panels`, then `spmm`, `sddmm` and `from_panels`), forward and backward (all three gradients), at
+    95% for each shape of `--shapes`, median of paired runs"""
+    from fastsparse.compute import _NONE
+    k, out = kernels(), []
+    for th in a.threads:
+        torch.set_num_threads(th)
+        print(f"The kernels of nn.Linear(n, n) at {a.shape_sparsity:.0%}, {th} thread(s): fused / unfused, median of paired runs")
+        print(f"{'layer':>22} {'rows':>5} {'forward':>8} {'backward':>9} {'unfused ms':>11}")
+        for size, bs in a.shapes:
+            torch.manual_seed(0)
+            m = nn.Linear(size, size); sparsify_model(m, a.shape_sparsity, seed=0, compute='sparse')
+            L, v, b = m.sparse_weight().weight_layout, m.sparse_weight().values.detach(), m.bias.detach()
+            x, gy, vt = torch.randn(bs, size), torch.randn(bs, size), v.index_select(0, L.perm)
+            def unfused_fwd(): return k.from_panels(k.spmm(L.ptr, L.idx, v, k.to_panels(x, _NONE), L.rows, bs, _NONE), bs, L.rows, b)
+            def unfused_bwd():
+                gyt = k.to_panels(gy, _NONE)
+                gx = k.from_panels(k.spmm(L.tptr, L.tidx, vt, gyt, L.cols, bs, _NONE), bs, L.cols, _NONE)
+                return gx, k.sddmm(L.ptr, L.idx, gyt, k.to_panels(x, _NONE), bs), gy.sum(0)
+            def fused_fwd(): return k.linear_fwd(L.ptr, L.idx, v, x, b)
+            def fused_bwd(): return k.linear_bwd(L.ptr, L.idx, L.tptr, L.tidx, vt, x, gy, True, True, True)
+            torch.testing.assert_close(fused_fwd(), unfused_fwd(), rtol=1e-4, atol=1e-4)          # the same products
+            for f, u in zip(fused_bwd(), unfused_bwd()): torch.testing.assert_close(f, u, rtol=1e-4, atol=1e-3)
+            fwd, ms = _paired(unfused_fwd, fused_fwd, max(15, a.repeats))
+            bwd, _ = _paired(unfused_bwd, fused_bwd, max(15, a.repeats))
+            out.append(dict(size=size, rows=bs, threads=th, forward=fwd, backward=bwd, unfused_fwd_ms=ms))
+            print(f"{f'nn.Linear({size}, {size})':>22} {bs:>5} {fwd:>7.3f}x {bwd:>8.3f}x {ms:>11.2f}")
     return out
 
 # ---------------------------------------------------------------- Transformers
@@ -156,10 +205,16 @@ def transformers_bench(a):
     """One training step (forward, backward, Adam) of a GPT-style stack (4 blocks, d 512, 8 heads, sequence 256, batch 8) and of
     `nn.TransformerEncoder` (4 layers, d 512, ff 2048, sequence 128, batch 16) at 95% ERK, masked and sparse, / the dense step;
     and the attention product's own forward and backward (`F.scaled_dot_product_attention`, dense in every mode) / the dense step"""
-    torch.set_num_threads(a.threads[0])
-    print(f"Transformers at {a.shape_sparsity:.0%} ERK, {a.threads[0]} thread(s): one step / the dense step, median of paired runs")
     out = {}
-    for name in a.transformers:
+    for th in a.threads:
+        torch.set_num_threads(th)
+        print(f"Transformers at {a.shape_sparsity:.0%} ERK, {th} thread(s): one step / the dense step, median of paired runs")
+        for name in a.transformers: out[_named(name, th)] = dict(threads=th, **_transformer(name, a))
+    return out
+
+def _named(name, threads): return name if threads == 1 else f'{name}, {threads} threads'
+
+def _transformer(name, a):
         make, (B, S, D), H, causal = TRANSFORMERS[name]
         g = torch.Generator().manual_seed(0)
         x, t = torch.randn(B, S, D, generator=g), torch.randn(B, S, D, generator=g)
@@ -168,10 +223,10 @@ def transformers_bench(a):
         def attention(): F.scaled_dot_product_attention(*q, is_causal=causal).sum().backward()
         blocks = sum(1 for m in dense.modules() if isinstance(m, (GPTBlock, nn.TransformerEncoderLayer)))
         r = dict(attention=median_ms(attention, reps=a.repeats, n=a.n) * blocks / median_ms(fd, reps=a.repeats, n=a.n))
-        out[name] = r = {**r, **_masked_and_sparse(dense, x, t, a, fd, sparse_f='erk')}
+        r = {**r, **_masked_and_sparse(dense, x, t, a, fd, sparse_f='erk')}
         print(f"  {name:>8}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
               f"dense step {r['dense_ms']:.0f} ms; the attention product {r['attention']:.2f} of it)")
-    return out
+        return r
 
 class Recurrent(nn.Module):
     "A recurrent layer's output sequence (time first), as the model of a step"
@@ -183,16 +238,17 @@ RECURRENT = {'lstm': lambda: nn.LSTM(128, 1024), 'gru': lambda: nn.GRU(128, 1024
 def recurrent_bench(a):
     """One training step (forward, backward, Adam) of `nn.LSTM(128, 1024)` and `nn.GRU(128, 1024)` on 50 steps of a batch of 32, at
     95% ERK, masked and sparse, / the dense step (torch's own recurrent kernels)"""
-    torch.set_num_threads(a.threads[0])
-    print(f"Recurrent layers at {a.shape_sparsity:.0%} ERK, {a.threads[0]} thread(s), 50 steps of a batch of 32: one step / the dense step, median of paired runs")
     out = {}
-    for name, make in RECURRENT.items():
-        g = torch.Generator().manual_seed(0)
-        x, t = torch.randn(50, 32, 128, generator=g), torch.randn(50, 32, 1024, generator=g)
-        torch.manual_seed(0); dense = Recurrent(make())
-        out[name] = r = _masked_and_sparse(dense, x, t, a, _seq_step(dense, x, t), sparse_f='erk')
-        print(f"  {name:>5}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
-              f"dense step {r['dense_ms']:.0f} ms)")
+    for th in a.threads:
+        torch.set_num_threads(th)
+        print(f"Recurrent layers at {a.shape_sparsity:.0%} ERK, {th} thread(s), 50 steps of a batch of 32: one step / the dense step, median of paired runs")
+        for name, make in RECURRENT.items():
+            g = torch.Generator().manual_seed(0)
+            x, t = torch.randn(50, 32, 128, generator=g), torch.randn(50, 32, 1024, generator=g)
+            torch.manual_seed(0); dense = Recurrent(make())
+            out[_named(name, th)] = r = dict(threads=th, **_masked_and_sparse(dense, x, t, a, _seq_step(dense, x, t), sparse_f='erk'))
+            print(f"  {name:>5}: masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x  ({r['sparse weights']} masked weights compute sparse; "
+                  f"dense step {r['dense_ms']:.0f} ms)")
     return out
 
 def embedding_bench(a):
@@ -425,7 +481,7 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'transformers', 'recurrent', 'embedding', 'mlp', 'update', 'memory', 'conv', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'fusion', 'transformers', 'recurrent', 'embedding', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--shape-sparsity', type=float, default=0.95)
@@ -444,7 +500,7 @@ if __name__ == '__main__':
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'shapes': shapes, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'embedding': embedding_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
+    runs = {'layer': layer, 'shapes': shapes, 'fusion': fusion, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'embedding': embedding_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:

@@ -38,7 +38,9 @@ def test_compute_smoke():
     out = bench('compute.py', '--size', '256', '--bs', '16', '--repeats', '2', '--n', '1', '--sparsities', '0.9')
     assert 'fastsparse sparse' in out and 'torch CSR' in out and 'masked' in out
     out = bench('compute.py', 'shapes', '--shapes', '64x70', '32x3', '--repeats', '1', '--n', '1')   # rows over one panel, and a few
-    assert 'nn.Linear(64, 64)' in out and 'nn.Linear(32, 32)' in out
+    assert 'nn.Linear(64, 64)' in out and 'nn.Linear(32, 32)' in out and 'products' in out and 'GFLOP/s' in out
+    out = bench('compute.py', 'fusion', '--shapes', '64x70', '32x3', '--repeats', '1')
+    assert 'fused / unfused' in out and 'nn.Linear(64, 64)' in out
 
 def test_compute_model_smoke():
     "The MLP sections of the compute benchmark: one epoch, one update, memory (short settings)"

@@ -700,9 +700,10 @@ torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 go = torch.randn_like(y, generator=g); y.backward(go); ref.backward(go)
 torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-4, atol=1e-4)
 torch.testing.assert_close(vals.grad, ref_w.grad[mask], rtol=1e-4, atol=1e-4)
-# whole panels to each thread (4 panels), panels one after another with their rows spread (3 panels), and a result
-# too large to stay in L2 beside its panel, written 16 features at a time: each with a bias, against F.linear
-for (rows, cols, density), batch in [((1100, 1100, 0.5), 200), ((1100, 1100, 0.5), 150), ((3000, 1200, 0.05), 200), ((1200, 3000, 0.05), 130)]:
+# whole panels to each thread (4 panels); each thread its share of the rows of every panel (3 panels); and results too
+# large to stay in L2 beside their panel, written 16 features at a time, in both: each with a bias, against F.linear
+for (rows, cols, density), batch in [((1100, 1100, 0.5), 200), ((1100, 1100, 0.5), 150), ((3000, 1200, 0.05), 200),
+                                     ((1200, 3000, 0.05), 130), ((8000, 1100, 0.05), 150), ((1100, 8000, 0.05), 150)]:
     w = torch.randn(rows, cols, generator=g); mask = torch.rand(rows, cols, generator=g) < density; w = w * mask
     b = torch.randn(rows, generator=g, requires_grad=True); x = torch.randn(batch, cols, generator=g, requires_grad=True)
     vals = w[mask].requires_grad_()

@@ -146,8 +146,10 @@ static inline void pack16(const float* __restrict src, int64_t C, int64_t m, flo
     for (int64_t c = c0; c < C; ++c) dst[c * n + j] = src[j * C + c];
 }
 
-// the reverse of `pack16`: lanes j0 .. j0 + m of a panel of n lanes (src, column c at src[c * n]) -> dst (m x C, row stride C), plus bias[c]
-static inline void unpack16(const float* __restrict src, int64_t n, int64_t C, int64_t m, float* __restrict dst, const float* __restrict b) {
+// the reverse of `pack16`: lanes j0 .. j0 + m of a panel of n lanes (src, column c at src[c * n]) -> dst (m x C, row stride
+// ldd: C for a whole row, more for C columns of a wider one), plus bias[c]
+static inline void unpack16(const float* __restrict src, int64_t n, int64_t C, int64_t m, float* __restrict dst, const float* __restrict b,
+                            int64_t ldd) {
   int64_t c0 = 0;
   if (m == 16)
     for (; c0 + 16 <= C; c0 += 16) {
@@ -155,18 +157,18 @@ static inline void unpack16(const float* __restrict src, int64_t n, int64_t C, i
       for (int u = 0; u < 16; ++u) r[u] = ld(src + (c0 + u) * n);
       transpose16(r);
       const v16 bv = b ? ld(b + c0) : v16{0};
-      for (int u = 0; u < 16; ++u) st(dst + u * C + c0, r[u] + bv);
+      for (int u = 0; u < 16; ++u) st(dst + u * ldd + c0, r[u] + bv);
     }
   for (int64_t j = 0; j < m; ++j)
-    for (int64_t c = c0; c < C; ++c) dst[j * C + c] = src[c * n + j] + (b ? b[c] : 0.f);
+    for (int64_t c = c0; c < C; ++c) dst[j * ldd + c] = src[c * n + j] + (b ? b[c] : 0.f);
 }
 
 // a panel: n (<= PANEL) rows of a (row stride C) -> their (C x n) transpose, and back
 static inline void pack(const float* src, int64_t C, int64_t n, float* dst) {
   for (int64_t j0 = 0; j0 < n; j0 += 16) pack16(src + j0 * C, C, std::min<int64_t>(16, n - j0), dst + j0, n);
 }
-static inline void unpack(const float* src, int64_t n, int64_t C, float* dst, const float* b) {
-  for (int64_t j0 = 0; j0 < n; j0 += 16) unpack16(src + j0, n, C, std::min<int64_t>(16, n - j0), dst + j0 * C, b);
+static inline void unpack(const float* src, int64_t n, int64_t C, float* dst, const float* b, int64_t ldd) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) unpack16(src + j0, n, C, std::min<int64_t>(16, n - j0), dst + j0 * ldd, b, ldd);
 }
 
 // a (B x C, row-major) in panels: for each run of PANEL rows, its (C x lanes) transpose
@@ -191,7 +193,7 @@ torch::Tensor from_panels(torch::Tensor t, int64_t B, int64_t C, torch::Tensor b
   #pragma omp parallel for schedule(static) if (B * C >= PAR / 8)
   for (int64_t blk = 0; blk < np * (PANEL / 16); ++blk) {      // 16 rows of the output, in one panel
     const int64_t pn = blk / (PANEL / 16), j0 = (blk % (PANEL / 16)) * 16, n = std::min(PANEL, B - pn * PANEL);
-    if (j0 < n) unpack16(tp + pn * PANEL * C + j0, n, C, std::min<int64_t>(16, n - j0), o + (pn * PANEL + j0) * C, b);
+    if (j0 < n) unpack16(tp + pn * PANEL * C + j0, n, C, std::min<int64_t>(16, n - j0), o + (pn * PANEL + j0) * C, b, C);
   }
   return out;
 }
@@ -200,9 +202,10 @@ torch::Tensor from_panels(torch::Tensor t, int64_t B, int64_t C, torch::Tensor b
 // `linear_fwd` and `linear_bwd` take and give row-major activations. Each makes one panel at a time into a buffer of its
 // thread, where it stays in L2 while the product reads it, and writes the result's rows out: the activations cross memory
 // once, where `to_panels`, `spmm` and `from_panels` write and read whole batches again in panels, from DRAM when the
-// batch is large. With more panels than threads (or one thread), each thread takes whole panels (no barrier; its own share
-// of the values' and bias gradients, added at the end); otherwise the panels go one after another, their rows spread over
-// the threads.
+// batch is large. With more panels than threads (or one thread), each thread takes whole panels (its own share of the
+// values' and bias gradients, added at the end). With fewer, every thread makes each panel itself, in its own core's
+// cache, and computes its share of the weight's rows: no buffer is shared, no two threads write the same place, and the
+// threads meet once per call.
 
 // the bytes of L2 a panel's input and result may take together: beyond, the result goes out 16 features at a time from a block in L1
 constexpr int64_t PANEL_CACHE = 1 << 20;
@@ -237,24 +240,22 @@ static inline void rows_out(const int64_t* p, const int32_t* ci, const float* v,
     for (int64_t u = 0; u < m; ++u) out[j * R + r0 + u] = blk[u * n + j] + (b ? b[r0 + u] : 0.f);
 }
 
-// the product of A (R rows: ptr, idx, val) with one panel xb of n lanes, as n rows of out (row stride R), plus bias b:
-// on one thread, the whole result panel in tmp (R x n) then transposed out when it fits in L2 beside xb (cols: xb's
-// features), else 16 features at a time (tmp: 16 x n)
+// outputs r0 .. r1 of the product of A (R rows: ptr, idx, val) with one panel xb of n lanes, as columns r0 .. r1 of the n rows
+// of out (row stride R), plus bias b: the result panel made whole in tmp then transposed out when it fits in L2 beside xb
+// (cols: xb's features), else 16 outputs at a time (tmp: 16 x n)
 static void product_panel(const int64_t* p, const int32_t* ci, const float* v, const float* xb, int64_t n, int64_t cols, int64_t R,
-                          float* tmp, float* out, const float* b) {
-  if ((cols + R) * PANEL * 4 <= PANEL_CACHE) {
-    for (int64_t r = 0; r < R; ++r) mm_row(p, ci, v, xb, tmp + r * n, r, n);
-    unpack(tmp, n, R, out, b);
+                          int64_t r0, int64_t r1, float* tmp, float* out, const float* b) {
+  if ((cols + r1 - r0) * PANEL * 4 <= PANEL_CACHE) {
+    for (int64_t r = r0; r < r1; ++r) mm_row(p, ci, v, xb, tmp + (r - r0) * n, r, n);
+    unpack(tmp, n, r1 - r0, out + r0, b ? b + r0 : nullptr, R);
   } else
-    for (int64_t r0 = 0; r0 < R; r0 += 16) rows_out(p, ci, v, xb, n, r0, std::min<int64_t>(16, R - r0), tmp, out, R, b);
+    for (int64_t c = r0; c < r1; c += 16) rows_out(p, ci, v, xb, n, c, std::min<int64_t>(16, r1 - c), tmp, out, R, b);
 }
-// the same spread over the threads of an enclosing parallel region (tmp: the whole result panel, shared)
-static void product_panel_shared(const int64_t* p, const int32_t* ci, const float* v, const float* xb, int64_t n, int64_t R,
-                                 float* tmp, float* out, const float* b) {
-  #pragma omp for schedule(dynamic, 32)
-  for (int64_t r = 0; r < R; ++r) mm_row(p, ci, v, xb, tmp + r * n, r, n);
-  #pragma omp for schedule(static)
-  for (int64_t j0 = 0; j0 < n; j0 += 16) unpack16(tmp + j0, n, R, std::min<int64_t>(16, n - j0), out + j0 * R, b);
+
+// thread t's share of R rows split in runs of 16 over T threads
+static inline std::pair<int64_t, int64_t> share(int64_t R, int t, int T) {
+  const int64_t nb = (R + 15) / 16;
+  return {std::min(R, nb * t / T * 16), std::min(R, nb * (t + 1) / T * 16)};
 }
 
 // y = x W^T + bias: x (B x C) and y (B x R) row-major, W (R x C) in compressed rows (ptr, idx, val)
@@ -264,38 +265,40 @@ torch::Tensor linear_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val
   const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>(); const float* v = val.data_ptr<float>();
   const float* xq = x.data_ptr<float>(); float* yq = y.data_ptr<float>(); const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int T = threads_for(p[R] * B);
-  if (by_panel(np, T)) {
-    #pragma omp parallel num_threads(T) if (T > 1)
-    {
-      float* xb = buffer(0, PANEL * C); float* tmp = buffer(1, PANEL * R);
+  const bool panels_each = by_panel(np, T);
+  #pragma omp parallel num_threads(T) if (T > 1)
+  {
+    const int t = omp_get_thread_num();
+    float* xb = buffer(0, PANEL * C); float* tmp = buffer(1, PANEL * R);
+    if (panels_each) {           // each thread whole panels
       #pragma omp for schedule(dynamic, 1)
       for (int64_t pn = 0; pn < np; ++pn) {
         const int64_t n = std::min(PANEL, B - pn * PANEL);
         pack(xq + pn * PANEL * C, C, n, xb);
-        product_panel(p, ci, v, xb, n, C, R, tmp, yq + pn * PANEL * R, b);
+        product_panel(p, ci, v, xb, n, C, R, 0, R, tmp, yq + pn * PANEL * R, b);
       }
-    }
-  } else {
-    float* xb = buffer(0, PANEL * C); float* tmp = buffer(1, PANEL * R);
-    for (int64_t pn = 0; pn < np; ++pn) {
-      const int64_t n = std::min(PANEL, B - pn * PANEL);
-      pack(xq + pn * PANEL * C, C, n, xb);
-      #pragma omp parallel num_threads(T)
-      product_panel_shared(p, ci, v, xb, n, R, tmp, yq + pn * PANEL * R, b);
+    } else {                     // each thread its share of the rows of every panel, from its own copy of the panel (in its own L2)
+      const auto [r0, r1] = share(R, t, T);
+      for (int64_t pn = 0; pn < np; ++pn) {
+        const int64_t n = std::min(PANEL, B - pn * PANEL);
+        pack(xq + pn * PANEL * C, C, n, xb);
+        product_panel(p, ci, v, xb, n, C, R, r0, r1, tmp, yq + pn * PANEL * R, b);
+      }
     }
   }
   return y;
 }
 
-// gbias[r] += the sum of row r of a panel (R x n): the bias gradient's share of the panel's batch rows
-static inline void panel_sums(const float* gyb, int64_t n, int64_t R, float* gbias) {
-  for (int64_t r = 0; r < R; ++r) { float s = 0; for (int64_t j = 0; j < n; ++j) s += gyb[r * n + j]; gbias[r] += s; }
+// gbias[r] += the sum of row r of a panel (R x n), r0 <= r < r1: the bias gradient's share of the panel's batch rows
+static inline void panel_sums(const float* gyb, int64_t n, int64_t r0, int64_t r1, float* gbias) {
+  for (int64_t r = r0; r < r1; ++r) { float s = 0; for (int64_t j = 0; j < n; ++j) s += gyb[r * n + j]; gbias[r] += s; }
 }
 
 // the gradients of `linear_fwd`: {gx (B x C), gv (nnz), gbias (R)}, each an empty tensor where not asked for.
 // vt: the values in the order of the transposed structure (tptr, tidx), needed for gx only. For each panel: the output
 // gradient's panel (and its sums for the bias); the input gradient's rows from it (W^T over the transposed structure);
-// then the input's panel, and the values' gradient as the output gradient's rows stream past
+// then the input's panel, and the values' gradient as the output gradient's rows stream past. With few panels, each
+// thread makes both panels itself and takes its share of the rows of W (values' gradient, bias) and of W^T (input's gradient)
 std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor tptr, torch::Tensor tidx, torch::Tensor vt,
                                       torch::Tensor x, torch::Tensor gy, bool want_gx, bool want_gv, bool want_gb) {
   const int64_t B = x.size(0), C = x.size(1), R = ptr.size(0) - 1, np = (B + PANEL - 1) / PANEL, nnz = idx.size(0);
@@ -310,46 +313,44 @@ std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torc
   float* gxq = want_gx ? gx.data_ptr<float>() : nullptr; float* gvq = want_gv ? gv.data_ptr<float>() : nullptr;
   float* gbq = want_gb ? gb.data_ptr<float>() : nullptr;
   const int T = threads_for(nnz * B);
-  if (by_panel(np, T)) {
-    std::vector<float> gv_part(want_gv ? (T - 1) * nnz : 0, 0.f), gb_part(want_gb ? (T - 1) * R : 0, 0.f);
-    #pragma omp parallel num_threads(T) if (T > 1)
-    {
-      const int id = omp_get_thread_num();   // thread 0 adds to the results themselves, the others to their own shares
-      float* mv = gvq ? (id ? gv_part.data() + (id - 1) * nnz : gvq) : nullptr;
-      float* mb = gbq ? (id ? gb_part.data() + (id - 1) * R : gbq) : nullptr;
-      float* gyb = buffer(0, PANEL * R); float* tmp = buffer(1, PANEL * C); float* xb = buffer(2, PANEL * C);
+  const bool panels_each = by_panel(np, T);
+  std::vector<float> gv_part(panels_each && gvq ? (T - 1) * nnz : 0, 0.f), gb_part(panels_each && gbq ? (T - 1) * R : 0, 0.f);
+  #pragma omp parallel num_threads(T) if (T > 1)
+  {
+    const int t = omp_get_thread_num();
+    float* gyb = buffer(0, PANEL * R); float* tmp = buffer(1, PANEL * C); float* xb = buffer(2, PANEL * C);
+    if (panels_each) {    // whole panels: thread 0 adds to the results themselves, the others to their own shares
+      float* mv = gvq ? (t ? gv_part.data() + (t - 1) * nnz : gvq) : nullptr;
+      float* mb = gbq ? (t ? gb_part.data() + (t - 1) * R : gbq) : nullptr;
       #pragma omp for schedule(dynamic, 1)
       for (int64_t pn = 0; pn < np; ++pn) {
         const int64_t n = std::min(PANEL, B - pn * PANEL);
         pack(gyq + pn * PANEL * R, R, n, gyb);
-        if (mb) panel_sums(gyb, n, R, mb);
-        if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, tmp, gxq + pn * PANEL * C, nullptr);
+        if (mb) panel_sums(gyb, n, 0, R, mb);
+        if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, 0, C, tmp, gxq + pn * PANEL * C, nullptr);
         if (mv) {
           pack(xq + pn * PANEL * C, C, n, xb);
           for (int64_t r = 0; r < R; ++r) sddmm_row(p, ci, gyb, xb, mv, r, n);
         }
       }
-    }
-    for (int t = 1; t < T; ++t) {
-      if (gvq) { const float* s = gv_part.data() + (t - 1) * nnz; for (int64_t k = 0; k < nnz; ++k) gvq[k] += s[k]; }
-      if (gbq) { const float* s = gb_part.data() + (t - 1) * R; for (int64_t r = 0; r < R; ++r) gbq[r] += s[r]; }
-    }
-  } else {
-    float* gyb = buffer(0, PANEL * R); float* tmp = buffer(1, PANEL * C); float* xb = buffer(2, PANEL * C);
-    for (int64_t pn = 0; pn < np; ++pn) {
-      const int64_t n = std::min(PANEL, B - pn * PANEL);
-      pack(gyq + pn * PANEL * R, R, n, gyb);
-      if (gbq) panel_sums(gyb, n, R, gbq);
-      if (gvq) pack(xq + pn * PANEL * C, C, n, xb);
-      #pragma omp parallel num_threads(T)
-      {
-        if (gxq) product_panel_shared(tp, tc, vtp, gyb, n, C, tmp, gxq + pn * PANEL * C, nullptr);
+    } else {        // shares of rows: no two threads write the same entry
+      const auto [r0, r1] = share(R, t, T); const auto [c0, c1] = share(C, t, T);
+      for (int64_t pn = 0; pn < np; ++pn) {
+        const int64_t n = std::min(PANEL, B - pn * PANEL);
+        pack(gyq + pn * PANEL * R, R, n, gyb);
+        if (gbq) panel_sums(gyb, n, r0, r1, gbq);
+        if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, c0, c1, tmp, gxq + pn * PANEL * C, nullptr);
         if (gvq) {
-          #pragma omp for schedule(dynamic, 32)
-          for (int64_t r = 0; r < R; ++r) sddmm_row(p, ci, gyb, xb, gvq, r, n);
+          pack(xq + pn * PANEL * C, C, n, xb);
+          for (int64_t r = r0; r < r1; ++r) sddmm_row(p, ci, gyb, xb, gvq, r, n);
         }
       }
     }
   }
+  if (panels_each)
+    for (int t = 1; t < T; ++t) {
+      if (gvq) { const float* s = gv_part.data() + (t - 1) * nnz; for (int64_t k = 0; k < nnz; ++k) gvq[k] += s[k]; }
+      if (gbq) { const float* s = gb_part.data() + (t - 1) * R; for (int64_t r = 0; r < R; ++r) gbq[r] += s[r]; }
+    }
   return {gx, gv, gb};
 }
