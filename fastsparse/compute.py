@@ -222,17 +222,17 @@ class _SparseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, layout, record, cache):
         x = x.contiguous()
-        ctx.save_for_backward(values, x); ctx.layout, ctx.record, ctx.cache, ctx.has_bias = layout, record, cache, bias is not None
+        ctx.save_for_backward(values, x); ctx.layout, ctx.record, ctx.cache = layout, record, cache
         return kernels().linear_fwd(layout.ptr, layout.idx, values, x, _NONE if bias is None else bias.contiguous())
 
     @staticmethod
     def backward(ctx, gy):
         values, x = ctx.saved_tensors
-        L, gy, (want_gx, want_gv, want_gb) = ctx.layout, gy.contiguous(), ctx.needs_input_grad[:3]
+        L, gy, want = ctx.layout, gy.contiguous(), ctx.needs_input_grad[:3]   # x, values, bias (False for no bias)
         if ctx.record is not None: ctx.record.append(_LinearPass(x, gy))   # for a dense gradient, should an update ask
-        vt = _transposed(values, L, ctx.cache) if want_gx else _NONE      # the input's gradient runs over the transposed structure
-        gx, gv, gb = kernels().linear_bwd(L.ptr, L.idx, L.tptr, L.tidx, vt, x, gy, want_gx, want_gv, want_gb and ctx.has_bias)
-        return (gx if want_gx else None), (gv if want_gv else None), (gb if want_gb and ctx.has_bias else None), None, None, None
+        vt = _transposed(values, L, ctx.cache) if want[0] else _NONE        # the input's gradient runs over the transposed structure
+        grads = kernels().linear_bwd(L.ptr, L.idx, L.tptr, L.tidx, vt, x, gy, *want)
+        return *(g if w else None for g, w in zip(grads, want)), None, None, None
 
 def _check_inputs(x, values, layout):
     if x.dtype != torch.float32 or values.dtype != torch.float32 or x.device.type != 'cpu':

@@ -222,34 +222,17 @@ static float* buffer(int i, int64_t n) {
 static int threads_for(int64_t work) { return work > PAR ? omp_get_max_threads() : 1; }
 static bool by_panel(int64_t np, int T) { return np >= T && (T == 1 || np % T == 0 || np >= 4 * T); }
 
-// outputs r0 .. r0 + m (m <= 16) of a panel of n lanes: A's rows (ptr, idx, val) times the panel xb, made in the block blk
-// (m x n), then written as columns r0 .. r0 + m of the n rows of out (row stride R), plus bias[r] when given
-static inline void rows_out(const int64_t* p, const int32_t* ci, const float* v, const float* xb, int64_t n, int64_t r0, int64_t m,
-                            float* __restrict blk, float* __restrict out, int64_t R, const float* b) {
-  for (int64_t u = 0; u < m; ++u) mm_row(p, ci, v, xb, blk + u * n, r0 + u, n);
-  int64_t j0 = 0;
-  if (m == 16)
-    for (; j0 + 16 <= n; j0 += 16) {
-      v16 r[16];
-      for (int u = 0; u < 16; ++u) r[u] = ld(blk + u * n + j0);
-      transpose16(r);
-      const v16 bv = b ? ld(b + r0) : v16{0};
-      for (int u = 0; u < 16; ++u) st(out + (j0 + u) * R + r0, r[u] + bv);
-    }
-  for (int64_t j = j0; j < n; ++j)
-    for (int64_t u = 0; u < m; ++u) out[j * R + r0 + u] = blk[u * n + j] + (b ? b[r0 + u] : 0.f);
-}
-
 // outputs r0 .. r1 of the product of A (R rows: ptr, idx, val) with one panel xb of n lanes, as columns r0 .. r1 of the n rows
-// of out (row stride R), plus bias b: the result panel made whole in tmp then transposed out when it fits in L2 beside xb
-// (cols: xb's features), else 16 outputs at a time (tmp: 16 x n)
+// of out (row stride R), plus bias b: made in tmp, then transposed out; all at once when they fit in L2 beside xb (cols: xb's
+// features), else 16 at a time from a block that stays in L1
 static void product_panel(const int64_t* p, const int32_t* ci, const float* v, const float* xb, int64_t n, int64_t cols, int64_t R,
                           int64_t r0, int64_t r1, float* tmp, float* out, const float* b) {
-  if ((cols + r1 - r0) * PANEL * 4 <= PANEL_CACHE) {
-    for (int64_t r = r0; r < r1; ++r) mm_row(p, ci, v, xb, tmp + (r - r0) * n, r, n);
-    unpack(tmp, n, r1 - r0, out + r0, b ? b + r0 : nullptr, R);
-  } else
-    for (int64_t c = r0; c < r1; c += 16) rows_out(p, ci, v, xb, n, c, std::min<int64_t>(16, r1 - c), tmp, out, R, b);
+  const int64_t step = (cols + r1 - r0) * PANEL * 4 <= PANEL_CACHE ? std::max<int64_t>(r1 - r0, 1) : 16;
+  for (int64_t a = r0; a < r1; a += step) {
+    const int64_t e = std::min(r1, a + step);
+    for (int64_t r = a; r < e; ++r) mm_row(p, ci, v, xb, tmp + (r - a) * n, r, n);
+    unpack(tmp, n, e - a, out + a, b ? b + a : nullptr, R);
+  }
 }
 
 // thread t's share of R rows split in runs of 16 over T threads
@@ -268,22 +251,14 @@ torch::Tensor linear_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val
   const bool panels_each = by_panel(np, T);
   #pragma omp parallel num_threads(T) if (T > 1)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     float* xb = buffer(0, PANEL * C); float* tmp = buffer(1, PANEL * R);
-    if (panels_each) {           // each thread whole panels
-      #pragma omp for schedule(dynamic, 1)
-      for (int64_t pn = 0; pn < np; ++pn) {
-        const int64_t n = std::min(PANEL, B - pn * PANEL);
-        pack(xq + pn * PANEL * C, C, n, xb);
-        product_panel(p, ci, v, xb, n, C, R, 0, R, tmp, yq + pn * PANEL * R, b);
-      }
-    } else {                     // each thread its share of the rows of every panel, from its own copy of the panel (in its own L2)
-      const auto [r0, r1] = share(R, t, T);
-      for (int64_t pn = 0; pn < np; ++pn) {
-        const int64_t n = std::min(PANEL, B - pn * PANEL);
-        pack(xq + pn * PANEL * C, C, n, xb);
-        product_panel(p, ci, v, xb, n, C, R, r0, r1, tmp, yq + pn * PANEL * R, b);
-      }
+    // whole panels, one in nt to each thread; or every panel, and the thread's share of its rows
+    const auto [r0, r1] = panels_each ? std::pair<int64_t, int64_t>{0, R} : share(R, t, nt);
+    for (int64_t pn = panels_each ? t : 0; pn < np; pn += panels_each ? nt : 1) {
+      const int64_t n = std::min(PANEL, B - pn * PANEL);
+      pack(xq + pn * PANEL * C, C, n, xb);
+      product_panel(p, ci, v, xb, n, C, R, r0, r1, tmp, yq + pn * PANEL * R, b);
     }
   }
   return y;
@@ -314,43 +289,31 @@ std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torc
   float* gbq = want_gb ? gb.data_ptr<float>() : nullptr;
   const int T = threads_for(nnz * B);
   const bool panels_each = by_panel(np, T);
+  // with whole panels per thread, thread 0 adds to the results themselves, the others to their own shares, summed at the end
   std::vector<float> gv_part(panels_each && gvq ? (T - 1) * nnz : 0, 0.f), gb_part(panels_each && gbq ? (T - 1) * R : 0, 0.f);
   #pragma omp parallel num_threads(T) if (T > 1)
   {
-    const int t = omp_get_thread_num();
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     float* gyb = buffer(0, PANEL * R); float* tmp = buffer(1, PANEL * C); float* xb = buffer(2, PANEL * C);
-    if (panels_each) {    // whole panels: thread 0 adds to the results themselves, the others to their own shares
-      float* mv = gvq ? (t ? gv_part.data() + (t - 1) * nnz : gvq) : nullptr;
-      float* mb = gbq ? (t ? gb_part.data() + (t - 1) * R : gbq) : nullptr;
-      #pragma omp for schedule(dynamic, 1)
-      for (int64_t pn = 0; pn < np; ++pn) {
-        const int64_t n = std::min(PANEL, B - pn * PANEL);
-        pack(gyq + pn * PANEL * R, R, n, gyb);
-        if (mb) panel_sums(gyb, n, 0, R, mb);
-        if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, 0, C, tmp, gxq + pn * PANEL * C, nullptr);
-        if (mv) {
-          pack(xq + pn * PANEL * C, C, n, xb);
-          for (int64_t r = 0; r < R; ++r) sddmm_row(p, ci, gyb, xb, mv, r, n);
-        }
-      }
-    } else {        // shares of rows: no two threads write the same entry
-      const auto [r0, r1] = share(R, t, T); const auto [c0, c1] = share(C, t, T);
-      for (int64_t pn = 0; pn < np; ++pn) {
-        const int64_t n = std::min(PANEL, B - pn * PANEL);
-        pack(gyq + pn * PANEL * R, R, n, gyb);
-        if (gbq) panel_sums(gyb, n, r0, r1, gbq);
-        if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, c0, c1, tmp, gxq + pn * PANEL * C, nullptr);
-        if (gvq) {
-          pack(xq + pn * PANEL * C, C, n, xb);
-          for (int64_t r = r0; r < r1; ++r) sddmm_row(p, ci, gyb, xb, gvq, r, n);
-        }
+    float* mv = gvq ? (panels_each && t ? gv_part.data() + (t - 1) * nnz : gvq) : nullptr;
+    float* mb = gbq ? (panels_each && t ? gb_part.data() + (t - 1) * R : gbq) : nullptr;
+    // whole panels, one in nt to each thread; or every panel, and the thread's share of the rows of W and of W^T
+    const auto [r0, r1] = panels_each ? std::pair<int64_t, int64_t>{0, R} : share(R, t, nt);
+    const auto [c0, c1] = panels_each ? std::pair<int64_t, int64_t>{0, C} : share(C, t, nt);
+    for (int64_t pn = panels_each ? t : 0; pn < np; pn += panels_each ? nt : 1) {
+      const int64_t n = std::min(PANEL, B - pn * PANEL);
+      pack(gyq + pn * PANEL * R, R, n, gyb);
+      if (mb) panel_sums(gyb, n, r0, r1, mb);
+      if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, c0, c1, tmp, gxq + pn * PANEL * C, nullptr);
+      if (mv) {
+        pack(xq + pn * PANEL * C, C, n, xb);
+        for (int64_t r = r0; r < r1; ++r) sddmm_row(p, ci, gyb, xb, mv, r, n);
       }
     }
   }
-  if (panels_each)
-    for (int t = 1; t < T; ++t) {
-      if (gvq) { const float* s = gv_part.data() + (t - 1) * nnz; for (int64_t k = 0; k < nnz; ++k) gvq[k] += s[k]; }
-      if (gbq) { const float* s = gb_part.data() + (t - 1) * R; for (int64_t r = 0; r < R; ++r) gbq[r] += s[r]; }
-    }
+  for (int t = 1; panels_each && t < T; ++t) {
+    if (gvq) { const float* s = gv_part.data() + (t - 1) * nnz; for (int64_t k = 0; k < nnz; ++k) gvq[k] += s[k]; }
+    if (gbq) { const float* s = gb_part.data() + (t - 1) * R; for (int64_t r = 0; r < R; ++r) gbq[r] += s[r]; }
+  }
   return {gx, gv, gb};
 }
