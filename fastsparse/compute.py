@@ -70,6 +70,8 @@ class _TorchKernels:
     @staticmethod
     def above(scores, mask, tau): return ((scores >= tau) & ~mask).nonzero().squeeze(1)
     @staticmethod
+    def transpose_values(perm, val): return val.index_select(0, perm)
+    @staticmethod
     def move(v, where, n):
         keep = (where >= 0).nonzero().squeeze(1)
         return v.new_zeros(n).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
@@ -105,7 +107,7 @@ class _TorchKernels:
         return gx, gv, gy.sum(0) if want_gb else _NONE
 
 _KERNELS = None
-_KERNEL_NAMES = ('linear_fwd', 'linear_bwd', 'spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'move', 'densify',
+_KERNEL_NAMES = ('linear_fwd', 'linear_bwd', 'spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'move', 'transpose_values', 'densify',
                  'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values', 'zero_inactive', 'split_inactive')
 _CSRC = Path(str(importlib.resources.files('fastsparse')/'csrc'))   # installed with the package (its package data)
 # the kernels' C++: the shared header, then the files to compile, the slowest first (the build runs them in parallel)
@@ -206,9 +208,9 @@ def _scratch(key, shape):
 
 def _transposed(values, L, cache):
     "`values` in the order of `L`'s transposed structure: gathered once per `cache` (a dict shared by the products of one forward pass)"
-    if cache is None: return values.index_select(0, L.perm)
+    if cache is None: return kernels().transpose_values(L.perm, values)
     vt = cache.get('transposed')
-    if vt is None: vt = cache['transposed'] = values.detach().index_select(0, L.perm)
+    if vt is None: vt = cache['transposed'] = kernels().transpose_values(L.perm, values.detach())
     return vt
 
 class _LinearPass(NamedTuple):

@@ -35,6 +35,8 @@ def _kernels_for(which):
 @example(33, 65, 64, 0.3, True, 'cpp', 0).via('one whole panel')
 @example(70, 17, 65, 0.3, True, 'cpp', 1).via('a panel and a one-row one')
 @example(5, 70, 200, 0.1, False, 'cpp', 2).via('three panels and a narrow one')
+@example(300, 200, 1, 0.2, True, 'cpp', 6).via('a batch of one: gathered inputs')
+@example(300, 200, 37, 0.2, True, 'cpp', 7).via('five lanes past two vectors: masked loads')
 @example(5, 7, 0, 0.5, True, 'cpp', 5).via('an empty batch')
 @example(5, 7, 0, 0.5, True, 'torch', 5).via('an empty batch, torch fallback')
 @example(9, 4100, 70, 0.05, True, 'cpp', 3).via('wide: three column blocks in the product and the values gradient')
@@ -701,9 +703,11 @@ go = torch.randn_like(y, generator=g); y.backward(go); ref.backward(go)
 torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-4, atol=1e-4)
 torch.testing.assert_close(vals.grad, ref_w.grad[mask], rtol=1e-4, atol=1e-4)
 # whole panels to each thread (4 panels); each thread its share of the rows of every panel (3 panels); and results too
-# large to stay in L2 beside their panel, written 16 features at a time, in both: each with a bias, against F.linear
+# large to stay in L2 beside their panel, written 16 features at a time, in both; a batch of one (gathers), of 7, and
+# lanes left over past 32 (masked vectors): each with a bias, against F.linear
 for (rows, cols, density), batch in [((1100, 1100, 0.5), 200), ((1100, 1100, 0.5), 150), ((3000, 1200, 0.05), 200),
-                                     ((1200, 3000, 0.05), 130), ((8000, 1100, 0.05), 150), ((1100, 8000, 0.05), 150)]:
+                                     ((1200, 3000, 0.05), 130), ((8000, 1100, 0.05), 150), ((1100, 8000, 0.05), 150),
+                                     ((8000, 1100, 0.05), 1), ((3000, 1200, 0.05), 7), ((1100, 1100, 0.5), 37)]:
     w = torch.randn(rows, cols, generator=g); mask = torch.rand(rows, cols, generator=g) < density; w = w * mask
     b = torch.randn(rows, generator=g, requires_grad=True); x = torch.randn(batch, cols, generator=g, requires_grad=True)
     vals = w[mask].requires_grad_()

@@ -40,6 +40,7 @@ std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, i
 std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown);
 torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau);
 torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n);
+torch::Tensor transpose_values(torch::Tensor perm, torch::Tensor val);
 torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, int64_t cols);
 
 // conv.cpp

@@ -77,6 +77,19 @@ torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
   return res;
 }
 
+// `val[perm]`, the values of compressed rows in the order of their transposed structure: a gather that asks for each value
+// some entries ahead, since they come in random order from memory
+torch::Tensor transpose_values(torch::Tensor perm, torch::Tensor val) {
+  const int64_t n = perm.size(0);
+  auto out = torch::empty_like(val);
+  const int64_t* pm = perm.data_ptr<int64_t>(); const float* v = val.data_ptr<float>(); float* o = out.data_ptr<float>();
+  constexpr int64_t D = 32;
+  int64_t k = 0;
+  for (; k + D < n; ++k) { __builtin_prefetch(v + pm[k + D]); o[k] = v[pm[k]]; }
+  for (; k < n; ++k) o[k] = v[pm[k]];
+  return out;
+}
+
 // a tensor of n entries holding v[j] at where[j] for each j with where[j] >= 0, zeros elsewhere (values moved to a new layout)
 torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n) {
   auto out = torch::zeros({n}, v.options());

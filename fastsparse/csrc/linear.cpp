@@ -9,6 +9,9 @@
 // 256 KB for 1,024 features) stays in cache while every row of the weight reads it, however large the batch.
 // A batch of at most PANEL rows is one panel: the plain transpose. `to_panels` and `from_panels` move between layouts.
 #include "fastsparse.h"
+#ifdef __AVX512F__
+#include <immintrin.h>   // vector gathers: the lanes of a panel narrower than a vector
+#endif
 
 // One round of a 16 x 16 transpose in registers, for the bit S of the row and column index: from rows a (bit S clear) and
 // b (set), lo keeps the columns with bit S clear (a's, then b's, in each run of 2S) and hi those with it set
@@ -29,6 +32,43 @@ static inline void transpose16(v16* r) { swap_bit<8>(r); swap_bit<4>(r); swap_bi
 // makes, so that 16 horizontal sums cost 15 pairs of shuffles; r is overwritten
 template <int S> static inline void fold(v16* r) { for (int i = 0; i < S; ++i) r[i] = lo<S>(r[i], r[i + S]) + hi<S>(r[i], r[i + S]); }
 static inline v16 reduce16(v16* r) { fold<8>(r); fold<4>(r); fold<2>(r); fold<1>(r); return r[0]; }
+
+// Lanes b0 .. n of a panel, fewer than 16 (a batch under 16, a panel's last lanes): one vector of lanes, its loads and
+// stores masked; a single lane (a batch of one) takes a vector of 16 of the row's entries instead, their inputs gathered.
+#ifdef __AVX512F__
+static inline __mmask16 first(int64_t m) { return m >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << m) - 1); }
+static inline v16 ld(const float* p, __mmask16 m) { return (v16)_mm512_maskz_loadu_ps(m, p); }
+// the positions in a panel of n lanes of the input rows of entries k .. k + 16 (those in mask km)
+static inline __m512i rows_of(const int32_t* idx, int64_t k, __mmask16 km, int64_t n) {
+  return _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(km, idx + k), _mm512_set1_epi32((int)n));
+}
+#endif
+
+// lanes b0 .. n (fewer than 16) of o: the row's entries s .. e of A (idx, val) times a panel xp of n lanes
+static inline void mm_lanes(const int32_t* __restrict idx, const float* __restrict val, const float* __restrict xp, float* __restrict o,
+                            int64_t s, int64_t e, int64_t b0, int64_t n) {
+#ifdef __AVX512F__
+  if (n - b0 == 1) {
+    v16 acc = {0};
+    for (int64_t k = s; k < e; k += 16) {
+      const __mmask16 km = first(e - k);
+      acc += ld(val + k, km) * (v16)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, rows_of(idx, k, km, n), xp + b0, 4);
+    }
+    o[b0] = hsum(acc);
+    return;
+  }
+  const __mmask16 lm = first(n - b0);
+  v16 a0 = {0};
+  for (int64_t k = s; k < e; ++k) a0 += val[k] * ld(xp + (int64_t)idx[k] * n + b0, lm);
+  _mm512_mask_storeu_ps(o + b0, lm, (__m512)a0);
+#else
+  for (int64_t j = b0; j < n; ++j) {
+    float a = 0;
+    for (int64_t k = s; k < e; ++k) a += val[k] * xp[(int64_t)idx[k] * n + j];
+    o[j] = a;
+  }
+#endif
+}
 
 // how many entries ahead the product asks for the input row an entry will read: a panel lives in L2, the rows come in any order
 constexpr int64_t AHEAD = 8;
@@ -53,11 +93,7 @@ static inline void mm_row(const int64_t* __restrict ptr, const int32_t* __restri
     for (int64_t k = s; k < e; ++k) a0 += val[k] * ld(xp + (int64_t)idx[k] * n + b0);
     st(o + b0, a0);
   }
-  for (; b0 < n; ++b0) {
-    float a = 0;
-    for (int64_t k = s; k < e; ++k) a += val[k] * xp[(int64_t)idx[k] * n + b0];
-    o[b0] = a;
-  }
+  if (b0 < n) mm_lanes(idx, val, xp, o, s, e, b0, n);
 }
 
 // out = A (rows x cols, compressed rows: ptr, idx, val) @ x, both in panels of B lanes
@@ -111,10 +147,32 @@ static inline void sddmm_row(const int64_t* __restrict p, const int32_t* __restr
     }
     for (; k < p[r + 1]; ++k) gp[k] += hsum(g0 * ld(xp + (int64_t)ci[k] * n + b0));
   }
+  if (b0 == n) return;
+#ifdef __AVX512F__
+  if (n - b0 == 1) {                     // one lane: 16 entries at a time, their inputs gathered
+    const float gv = gq[r * n + b0];
+    for (int64_t k = p[r]; k < p[r + 1]; k += 16) {
+      const __mmask16 km = first(p[r + 1] - k);
+      const v16 x16 = (v16)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, rows_of(ci, k, km, n), xp + b0, 4);
+      _mm512_mask_storeu_ps(gp + k, km, (__m512)(ld(gp + k, km) + gv * x16));
+    }
+    return;
+  }
+  const __mmask16 lm = first(n - b0);   // the last lanes, fewer than 16: masked loads
+  const v16 g0 = ld(gq + r * n + b0, lm);
+  int64_t k = p[r];
+  for (; k + 16 <= p[r + 1]; k += 16) {
+    v16 acc[16];
+    for (int u = 0; u < 16; ++u) acc[u] = g0 * ld(xp + (int64_t)ci[k + u] * n + b0, lm);
+    st(gp + k, ld(gp + k) + reduce16(acc));
+  }
+  for (; k < p[r + 1]; ++k) gp[k] += hsum(g0 * ld(xp + (int64_t)ci[k] * n + b0, lm));
+#else
   for (; b0 < n; ++b0) {
     const float gv = gq[r * n + b0];
     for (int64_t k = p[r]; k < p[r + 1]; ++k) gp[k] += gv * xp[(int64_t)ci[k] * n + b0];
   }
+#endif
 }
 
 // grad of the values: g[k] = dot(gy[row_k, :], x[col_k, :]) over the batch, for each stored entry of a CSR matrix (gy, x in panels)
