@@ -107,7 +107,7 @@ class _TorchKernels:
         return gx, gv, gy.sum(0) if want_gb else _NONE
 
 _KERNELS = None
-_KERNEL_NAMES = ('linear_fwd', 'linear_bwd', 'spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'move', 'transpose_values', 'densify',
+_KERNEL_NAMES = ('linear_fwd', 'linear_bwd', 'spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'grad_above', 'move', 'transpose_values', 'densify',
                  'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values', 'zero_inactive', 'split_inactive')
 _CSRC = Path(str(importlib.resources.files('fastsparse')/'csrc'))   # installed with the package (its package data)
 # the kernels' C++: the shared header, then the files to compile, the slowest first (the build runs them in parallel)
@@ -445,6 +445,23 @@ class SparseWeight:
     def weight_grad(self)->torch.Tensor|None:
         "The dense weight gradient of the backward passes since `clear_record` (None if none was recorded)"
         return dense_grad(self.record).view(self.mask.shape) if self.record else None
+
+    def streams_grad(self)->bool:
+        "Whether `grad_at` and `grad_above` can read the recorded passes: products with the whole weight, by the compiled kernels"
+        return bool(self.record) and all(type(p) is _LinearPass for p in self.record) and kernels() is not _TorchKernels
+
+    def grad_at(self, flat:torch.Tensor)->torch.Tensor:
+        "The dense weight gradient at the flat indices `flat` alone, from the recorded passes (`streams_grad`)"
+        cols = self.weight_layout.cols; r, c = flat // cols, flat % cols
+        return sum((p.gy.index_select(1, r) * p.x.index_select(1, c)).sum(0) for p in self.record)
+
+    def grad_above(self, tau:float, kept:torch.Tensor)->tuple|None:
+        """Where the dense weight gradient's magnitude reaches `tau`, among the inactive weights and the active ones not `kept`
+        (a bool per value): ascending flat indices and magnitudes, made from the recorded passes a block of rows at a time,
+        with no dense gradient (`streams_grad`). None if an entry of the gradient is NaN or inf"""
+        L = self.weight_layout
+        flat, score, finite = kernels().grad_above(L.ptr, L.idx, kept, [p.gy for p in self.record], [p.x for p in self.record], tau)
+        return (flat, score) if int(finite) else None
 
     def clear_record(self):
         "Forget the recorded backward passes (the driver calls it after each optimizer step)"

@@ -45,6 +45,17 @@ def _allowed(mask, extra):
     a = ~mask; a[extra] = True
     return a
 
+def _sample_positions(n:int, generator=None, device=None):
+    "Random flat positions among `n`, from which `_threshold` estimates a threshold"
+    return torch.randint(0, n, (1 << 14,), generator=generator, device=device)
+
+def _threshold(sample, k:int, n_allowed:int)->float:
+    "A threshold that a little more than `k` of `n_allowed` scores reach, estimated from the scores of a random `sample` of them"
+    if not sample.numel(): return -math.inf
+    f = k / n_allowed
+    n_above = min(sample.numel(), max(1, math.ceil((1.5 * f + 6 * math.sqrt(f / sample.numel())) * sample.numel())))
+    return float(torch.topk(sample, n_above, sorted=False).values.min())
+
 def _top_where(scores,           # flat scores
                mask,             # flat bool: True where a position may not be chosen...
                extra,            # ...except at these flat indices (positions where `mask` is True)
@@ -55,12 +66,8 @@ def _top_where(scores,           # flat scores
     "Flat indices of the `k` largest `scores` where `mask` is False or at `extra`; exact, reads most scores once and adds one bool tensor"
     if n_allowed < 1 << 16 or 4 * k > n_allowed:
         return _topk_at(scores, _allowed(mask, extra).nonzero().squeeze(1), k)
-    # a threshold that a little more than `k` allowed scores exceed, estimated from a random sample
-    pos = torch.randint(0, scores.numel(), (1 << 14,), generator=generator, device=scores.device)
-    sample = scores.index_select(0, pos)[~mask.index_select(0, pos)]
-    f = k / n_allowed
-    n_above = min(sample.numel(), max(1, math.ceil((1.5 * f + 6 * math.sqrt(f / max(sample.numel(), 1))) * sample.numel())))
-    tau = torch.topk(sample, n_above, sorted=False).values.min()
+    pos = _sample_positions(scores.numel(), generator, scores.device)
+    tau = _threshold(scores.index_select(0, pos)[~mask.index_select(0, pos)], k, n_allowed)
     if fast: above = kernels().above(scores, mask, float(tau))            # one pass: fastsparse's kernel
     else: above = (scores >= tau).nonzero().squeeze(1); above = above[~mask.index_select(0, above)]
     idx = torch.cat([above, extra[scores.index_select(0, extra) >= tau]])  # `extra`: masked positions
@@ -389,8 +396,10 @@ class SparseEngine:
         r = Round(drop_fraction, step, n_update, [t.trainable.requires_grad for t in ts], active, n_prune, finals)
         sel = PruneSelection(self) if n_prune and finals is None and isinstance(self.selection, LayerSelection) else self.selection
         held = self.threshold, self.last_threshold
+        self.scorer.stream = type(sel) is LayerSelection and type(self.placement) is Placement   # `Scorer.streams`
         try: plans, changes = sel(r)
         except NonFiniteError: self.threshold, self.last_threshold = held; raise   # a score read NaN or inf: DSR's threshold stays too
+        finally: self.scorer.stream = False
         if (dist := _dist()) is not None: changes = [_agree(t.mask, ch, dist) for t, ch in zip(ts, changes)]
         # every score succeeded and every change is checked: commit
         extra = dict(threshold=self.last_threshold) if self.drop_by == 'threshold' else {}
@@ -410,6 +419,7 @@ class SparseEngine:
             local = torch.topk(self.scorer.keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
             drop_idx = active_idx.index_select(0, local)
         if plan.grow == 0: return Change(drop_idx, _none(t.mask), local)
+        if type(self.placement) is Placement and self.scorer.streams(t): return Change(drop_idx, _grow_streamed(t, ctx, plan, local), local)
         # inactive weights, and the ones just dropped, may be grown
         return self.placement(t, ctx, plan, active_idx, local, drop_idx, self.scorer.grow(t, ctx, drop_idx, local))
 
@@ -491,6 +501,7 @@ class Scorer:
         self.grow_score_f = None if grow_score_f is None else get_score(grow_score_f)
         self.redistribution_f = None if redistribution_f is None else get_score(redistribution_f, 'redistribution')
         self.seed, self.opt, self.uses_init, self.uses_prev = seed, None, False, False
+        self.stream = False   # set by `SparseEngine.update` while it selects layer by layer, each layer's growth by `Placement`
         self._wants_state = any('state' in score_kwargs(f) for f in self.scores)
         self._elementwise = all(getattr(f, 'elementwise', False) for f in self.scores)   # sparse compute: no dense view needed
 
@@ -498,6 +509,12 @@ class Scorer:
     def scores(self)->list:
         "The keep, grow and redistribution scores in use"
         return [f for f in (self.keep_score_f, self.grow_score_f, self.redistribution_f) if f is not None]
+
+    def streams(self, t)->bool:
+        "Whether the growth of `t` is selected from its recorded passes (`_grow_streamed`): in an update that selects layer by layer (`stream`), sparse compute, unstructured, growth by `gradient_magnitude` alone, no other score reading the gradient, one process"
+        return (self.stream and t.sparse and self.grow_score_f is get_score('gradient_magnitude') and t.structure.kind == 'element'
+                and not self.reads('grad', [self.keep_score_f, self.redistribution_f]) and _dist() is None
+                and weight_compute(t).streams_grad())
 
     def reads(self, what:str, fs=None)->bool:
         "Whether any of the scores `fs` (default: all) reads `what` (a context name such as 'grad', or 'momentum'; see `score_needs`)"
@@ -507,7 +524,7 @@ class Scorer:
         "What the scores `fs` (default: all) of layer `i` see; `weight` is the tensor they get as `param` (in sparse compute, a dense view)"
         w = t.param if not (t.sparse and self._elementwise) else _zeros_like_weight(t)
         g = torch.Generator(device=w.device).manual_seed((self.seed + 7919 * n_update + 104729 * i) % 2**63)
-        rec = weight_compute(t) if self.reads('grad', fs) else None
+        rec = weight_compute(t) if self.reads('grad', fs) and not (t.sparse and self.streams(t)) else None
         grad = rec.weight_grad() if rec is not None else None if t.sparse else w.grad   # sparse: made only if read
         if grad is None and not t.sparse:
             grad = w.grad     # exact at the active weights, all that a keep score reads; a grow score reads the others too:
@@ -559,6 +576,21 @@ def _grow_at(t, ctx, grow, drop_idx, n_active, n_grow):
     mask = t.mask.view(-1)
     fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
     return _top_where(grow, mask, drop_idx, mask.numel() - n_active + len(drop_idx), n_grow, ctx['generator'], fast)
+
+def _grow_streamed(t, ctx, plan, local):
+    """`_grow_at` for growth by `gradient_magnitude` in sparse compute: the `plan.grow` highest |dense gradient| among the
+    inactive and just dropped (`local`: their places among the values) weights of `t`, made from its recorded backward passes
+    a block of rows at a time (`SparseWeight.grad_above`): no dense gradient, score or mask is made"""
+    c, mask, k = weight_compute(t), t.mask.view(-1), plan.grow
+    kept = torch.ones(plan.active, dtype=torch.bool); kept[local] = False
+    n_allowed, tau = mask.numel() - plan.active + len(local), -math.inf
+    if not (n_allowed < 1 << 16 or 4 * k > n_allowed):
+        pos = _sample_positions(mask.numel(), ctx['generator'])
+        tau = _threshold(c.grad_at(pos).abs_()[~mask.index_select(0, pos)], k, n_allowed)
+    got = c.grad_above(tau, kept)
+    if got is not None and len(got[0]) < k: got = c.grad_above(-math.inf, kept)   # unlucky sample: every allowed position
+    if got is None: raise NonFiniteError(f"score `gradient_magnitude` reads NaN or inf in the gradient of '{t.name}'")
+    return got[0].index_select(0, torch.topk(got[1], k, sorted=False).indices)
 
 def layer_stats(targets, active, removed=None)->list:
     "Per layer, what a score sees as `stats`: counts of this layer (`numel`, `active`, `inactive`, `removed` by this update) and of the model"

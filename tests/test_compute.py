@@ -799,3 +799,29 @@ def test_save_model_callback_loads_other_counts_with_snfs(tmp_path):
     for t in masked_params(learn.model): assert not compute.weight_compute(t).inactive_momentum[t.mask].any()
     with learn.no_logging(): learn.fit(1, 1e-2, cbs=cb())
     check_invariants(learn.model, learn.opt)
+
+def test_rigl_growth_streams_without_a_dense_gradient(monkeypatch):
+    "In sparse compute RigL grows from the recorded passes a block of rows at a time (layers past the sampled threshold's cut-off): the highest |dense gradient| among the free places, and no dense gradient is made"
+    from fastsparse.compute import SparseWeight, weight_compute
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 500), nn.Tanh(), nn.Linear(500, 400))
+    sparsify_model(model, 0.95, 'uniform', compute='sparse')
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dst = DynamicSparseTraining(model, opt, **RigL_presets)
+    ts = masked_params(model)
+    for accumulate in (1, 2):                  # one recorded pass, and two summed
+        dst.engine.expect_update()
+        for _ in range(accumulate): model(torch.randn(37, 300)).pow(2).mean().backward()
+        ref = {t.name: weight_compute(t).weight_grad().abs() for t in ts}
+        old = {t.name: t.mask.clone() for t in ts}
+        with monkeypatch.context() as m:
+            m.setattr(SparseWeight, 'weight_grad', lambda self: pytest.fail('a dense gradient was made'))
+            recs = dst.engine.update(0.3)
+        for t, r in zip(ts, recs):
+            g, grown, o = ref[t.name].view(-1), r['grown_idx'], old[t.name].view(-1)
+            assert len(grown) == r['grown'] == r['dropped'] > 0 and int(t.mask.sum()) == int(o.sum())
+            free = ~o & ~t.mask.view(-1)        # free before and after: not chosen
+            assert g[grown].min() >= g[free].max(), t.name
+        check_invariants(model, opt)
+        opt.zero_grad()
+        for t in ts: weight_compute(t).clear_record()

@@ -9,6 +9,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("relayout", torch::wrap_pybind_function(relayout), "relayout");
   m.def("above", torch::wrap_pybind_function(above), "above");
   m.def("move", torch::wrap_pybind_function(move), "move");
+  m.def("grad_above", torch::wrap_pybind_function(grad_above), "grad_above");
   m.def("transpose_values", torch::wrap_pybind_function(transpose_values), "transpose_values");
   m.def("densify", torch::wrap_pybind_function(densify), "densify");
   m.def("linear_fwd", torch::wrap_pybind_function(linear_fwd), "linear_fwd");

@@ -17,6 +17,10 @@ typedef float v16 __attribute__((vector_size(64)));   // 16 floats: one AVX-512 
 static inline v16 ld(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
 static inline void st(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
+// |v|, lane by lane: the sign bit cleared
+typedef int32_t i16 __attribute__((vector_size(64)));
+static inline v16 vabs(v16 v) { return (v16)((i16)v & 0x7fffffff); }
+
 // the sum of a vector's 16 lanes, in halves
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
@@ -41,6 +45,8 @@ std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torc
 torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau);
 torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n);
 torch::Tensor transpose_values(torch::Tensor perm, torch::Tensor val);
+std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torch::Tensor kept, std::vector<torch::Tensor> gys,
+                                      std::vector<torch::Tensor> xs, double tau);
 torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, int64_t cols);
 
 // conv.cpp

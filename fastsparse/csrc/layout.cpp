@@ -77,6 +77,51 @@ torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
   return res;
 }
 
+// RigL's growth candidates without the dense gradient: for a weight in compressed rows (ptr, idx) whose backward passes saw
+// inputs xs[i] (B_i x C) and output gradients gys[i] (B_i x R), the positions where |sum_i gys[i]^T xs[i]| >= tau, among the
+// inactive ones and the active ones not `kept` (dropped by this update): ascending flat indices, their scores, and a flag
+// (1 if every entry of the gradient is finite, else 0). The gradient is made a block of rows at a time (torch's matrix
+// product, into a buffer that stays in L2) and read there: no dense gradient, no dense score, no dense mask.
+std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torch::Tensor kept, std::vector<torch::Tensor> gys,
+                                      std::vector<torch::Tensor> xs, double tau) {
+  const int64_t R = ptr.size(0) - 1, C = xs[0].size(1);
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(R, (1 << 18) / std::max<int64_t>(C, 1)));   // 1 MB of gradient
+  auto G = torch::empty({RB, C}, xs[0].options());
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>(); const bool* kp = kept.data_ptr<bool>();
+  const float t = (float)tau;
+  std::vector<int64_t> flat; std::vector<float> score;
+  bool finite = true;
+  for (int64_t r0 = 0; r0 < R; r0 += RB) {
+    const int64_t nb = std::min(RB, R - r0);
+    auto g = G.narrow(0, 0, nb);
+    for (size_t i = 0; i < gys.size(); ++i) {   // in the order of the passes, as autograd sums a dense weight's gradient
+      if (i == 0) at::mm_out(g, gys[i].narrow(1, r0, nb).t(), xs[i]);
+      else g.addmm_(gys[i].narrow(1, r0, nb).t(), xs[i]);
+    }
+    float* gp = g.data_ptr<float>();
+    for (int64_t r = r0; r < r0 + nb; ++r) {
+      float* row = gp + (r - r0) * C;
+      v16 sums = {0};                   // the scores, |g|, in place; their sum says whether all are finite
+      int64_t c = 0;
+      for (; c + 16 <= C; c += 16) { const v16 a = vabs(ld(row + c)); st(row + c, a); sums += a; }
+      float sum = hsum(sums);
+      for (; c < C; ++c) { row[c] = std::fabs(row[c]); sum += row[c]; }
+      if (!std::isfinite(sum)) for (c = 0; c < C; ++c) finite &= std::isfinite(row[c]);   // or only too large to sum
+      for (int64_t k = p[r]; k < p[r + 1]; ++k) if (kp[k]) row[ci[k]] = -INFINITY;   // below any threshold: not a candidate
+      for (c = 0; c + 16 <= C; c += 16) {   // most runs of 16 hold no candidate: one vectorised test skips them
+        int any = 0;
+        for (int u = 0; u < 16; ++u) any |= row[c + u] >= t;
+        if (any) for (int u = 0; u < 16; ++u) if (row[c + u] >= t) { flat.push_back(r * C + c + u); score.push_back(row[c + u]); }
+      }
+      for (; c < C; ++c) if (row[c] >= t) { flat.push_back(r * C + c); score.push_back(row[c]); }
+    }
+  }
+  const int64_t n = flat.size();
+  auto out_flat = torch::empty({n}, ptr.options()); auto out_score = torch::empty({n}, xs[0].options());
+  std::copy(flat.begin(), flat.end(), out_flat.data_ptr<int64_t>()); std::copy(score.begin(), score.end(), out_score.data_ptr<float>());
+  return {out_flat, out_score, torch::full({}, finite ? 1 : 0, ptr.options())};
+}
+
 // `val[perm]`, the values of compressed rows in the order of their transposed structure: a gather that asks for each value
 // some entries ahead, since they come in random order from memory
 torch::Tensor transpose_values(torch::Tensor perm, torch::Tensor val) {
