@@ -1,6 +1,10 @@
 // Compressed rows: the transposed structure (for the backward pass), the new layout after a topology update and the
 // values moved into it, the candidates for growth above a threshold, and the dense matrix.
 #include "fastsparse.h"
+#ifdef __AVX512F__
+#include <immintrin.h>
+static const __m512i LANE = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#endif
 
 // the transposed structure of compressed rows, by counting (no sort): column pointers, row of each entry, its index in `values`
 std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols) {
@@ -90,6 +94,7 @@ std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torc
   const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>(); const bool* kp = kept.data_ptr<bool>();
   const float t = (float)tau;
   std::vector<int64_t> flat; std::vector<float> score;
+  std::vector<int32_t> cols(C + 16);   // a row's columns at or above t
   bool finite = true;
   for (int64_t r0 = 0; r0 < R; r0 += RB) {
     const int64_t nb = std::min(RB, R - r0);
@@ -98,22 +103,33 @@ std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torc
       if (i == 0) at::mm_out(g, gys[i].narrow(1, r0, nb).t(), xs[i]);
       else g.addmm_(gys[i].narrow(1, r0, nb).t(), xs[i]);
     }
-    float* gp = g.data_ptr<float>();
+    const float* gp = g.data_ptr<float>();
     for (int64_t r = r0; r < r0 + nb; ++r) {
-      float* row = gp + (r - r0) * C;
-      v16 sums = {0};                   // the scores, |g|, in place; their sum says whether all are finite
-      int64_t c = 0;
-      for (; c + 16 <= C; c += 16) { const v16 a = vabs(ld(row + c)); st(row + c, a); sums += a; }
-      float sum = hsum(sums);
-      for (; c < C; ++c) { row[c] = std::fabs(row[c]); sum += row[c]; }
-      if (!std::isfinite(sum)) for (c = 0; c < C; ++c) finite &= std::isfinite(row[c]);   // or only too large to sum
-      for (int64_t k = p[r]; k < p[r + 1]; ++k) if (kp[k]) row[ci[k]] = -INFINITY;   // below any threshold: not a candidate
-      for (c = 0; c + 16 <= C; c += 16) {   // most runs of 16 hold no candidate: one vectorised test skips them
-        int any = 0;
-        for (int u = 0; u < 16; ++u) any |= row[c + u] >= t;
-        if (any) for (int u = 0; u < 16; ++u) if (row[c + u] >= t) { flat.push_back(r * C + c + u); score.push_back(row[c + u]); }
+      const float* row = gp + (r - r0) * C;
+      int64_t nc = 0, c = 0;            // one pass: the columns whose |g| reaches t, and the sum of |g| (is all of it finite?)
+      v16 sums = {0};
+      for (; c + 16 <= C; c += 16) {
+        const v16 a = vabs(ld(row + c)); sums += a;
+#ifdef __AVX512F__
+        const __mmask16 m = _mm512_cmp_ps_mask((__m512)a, _mm512_set1_ps(t), _CMP_GE_OQ);
+        if (m) {
+          _mm512_mask_compressstoreu_epi32(cols.data() + nc, m, _mm512_add_epi32(_mm512_set1_epi32((int)c), LANE));
+          nc += __builtin_popcount(m);
+        }
+#else
+        for (int u = 0; u < 16; ++u) if (a[u] >= t) cols[nc++] = (int32_t)(c + u);
+#endif
       }
-      for (; c < C; ++c) if (row[c] >= t) { flat.push_back(r * C + c); score.push_back(row[c]); }
+      float sum = hsum(sums);
+      for (; c < C; ++c) { const float a = std::fabs(row[c]); sum += a; if (a >= t) cols[nc++] = (int32_t)c; }
+      if (!std::isfinite(sum)) for (c = 0; c < C; ++c) finite &= std::isfinite(row[c]);   // or only too large to sum
+      int64_t k = p[r];                 // the row's kept active weights are no candidates: both lists ascending
+      for (int64_t j = 0; j < nc; ++j) {
+        const int32_t col = cols[j];
+        while (k < p[r + 1] && ci[k] < col) ++k;
+        if (k < p[r + 1] && ci[k] == col && kp[k]) continue;
+        flat.push_back(r * C + col); score.push_back(std::fabs(row[col]));
+      }
     }
   }
   const int64_t n = flat.size();
