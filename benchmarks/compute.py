@@ -6,6 +6,8 @@
     python benchmarks/compute.py transformers [--threads 1 2]  # a GPT-style stack and nn.TransformerEncoder at 95% ERK: one step
     python benchmarks/compute.py recurrent [--threads 1 2]     # nn.LSTM(128, 1024) and nn.GRU(128, 1024), 50 steps, batch 32, 95% ERK
     python benchmarks/compute.py embedding               # nn.Embedding(50000, 512), 32 x 128 tokens, 95%
+    python benchmarks/compute.py conv1d                  # the MNIST-1D reference CNN (1-d convolutions), batch 100, 95% ERK
+    python benchmarks/compute.py batch                   # nn.Linear(4096, 4096) and a Conv2d at batches 1-16 / batch 16, 95%
     python benchmarks/compute.py mlp                     # fastai MLP 784-4096-4096-10, RigL at 95% ERK: one epoch; accuracy
     python benchmarks/compute.py update                  # one RigL update over all layers of that MLP / one dense step
     python benchmarks/compute.py memory                  # its training state at 95%: weights, gradients, Adam state, masks
@@ -152,7 +154,7 @@ def fusion(a):
                 gx = k.from_panels(k.spmm(L.tptr, L.tidx, vt, gyt, L.cols, bs, _NONE), bs, L.cols, _NONE)
                 return gx, k.sddmm(L.ptr, L.idx, gyt, k.to_panels(x, _NONE), bs), gy.sum(0)
             def fused_fwd(): return k.linear_fwd(L.ptr, L.idx, v, x, b)
-            def fused_bwd(): return k.linear_bwd(L.ptr, L.idx, L.tptr, L.tidx, vt, x, gy, True, True, True)
+            def fused_bwd(): return k.linear_bwd(L.ptr, L.idx, v, L.tptr, L.tidx, vt, x, gy, True, True, True)
             torch.testing.assert_close(fused_fwd(), unfused_fwd(), rtol=1e-4, atol=1e-4)          # the same products
             for f, u in zip(fused_bwd(), unfused_bwd()): torch.testing.assert_close(f, u, rtol=1e-4, atol=1e-3)
             fwd, ms = _paired(unfused_fwd, fused_fwd, max(15, a.repeats))
@@ -263,6 +265,48 @@ def embedding_bench(a):
     print(f"  masked {r['masked']:.3f}x  sparse {r['sparse']:.3f}x the dense step ({r['dense_ms']:.0f} ms); training state: masked "
           f"{r['masked state']:.3f}x, sparse {r['sparse state']:.3f}x (parameters, gradients and Adam's moments; masks not counted)")
     return r
+
+def conv1d_bench(a):
+    """One training step (forward, backward, Adam) of the MNIST-1D reference CNN (`fastsparse.data.mnist1d_cnn`: three 1-d
+    convolutions of 32 channels and a linear head) on a batch of 100 sequences of 40, at 95% ERK, masked and sparse, / the dense step"""
+    from fastsparse.data import mnist1d_cnn
+    torch.set_num_threads(a.threads[0])
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(100, 1, 40, generator=g), torch.randn(100, 10, generator=g)
+    torch.manual_seed(0); dense = mnist1d_cnn()
+    r = _masked_and_sparse(dense, x, t, a, _seq_step(dense, x, t), sparse_f='erk')
+    print(f"MNIST-1D CNN at {a.shape_sparsity:.0%} ERK, batch 100, {a.threads[0]} thread(s): masked {r['masked']:.3f}x, sparse "
+          f"{r['sparse']:.3f}x the dense step ({r['dense_ms']:.2f} ms; {r['sparse weights']} masked weights compute sparse)")
+    return r
+
+BATCHES = (1, 2, 4, 8, 16)
+
+def batch_bench(a):
+    """`nn.Linear(4096, 4096)` and `nn.Conv2d(64, 64, 3)` on 16 x 16 images at 95%, sparse compute, at batches of 1 to 16: the
+    layer's products (forward and backward, the input's gradient too) and one step (with Adam on the active weights), each
+    / the same at batch 16, median of paired runs. In proportion to the batch, batch 1 would cost 1/16 of batch 16"""
+    torch.set_num_threads(a.threads[0])
+    out = {}
+    for name, make, shape in (('Linear(4096, 4096)', lambda: nn.Linear(4096, 4096), (4096,)),
+                              ('Conv2d(64, 64, 3), 16 x 16', lambda: nn.Conv2d(64, 64, 3, padding=1), (64, 16, 16))):
+        torch.manual_seed(0); m = make(); sparsify_model(m, 0.95, seed=0, compute='sparse')
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        def fns(bs):
+            x = torch.randn(bs, *shape, requires_grad=True); gy = torch.randn_like(m(x))
+            def prod(): m(x).backward(gy)
+            def step(): m(x).backward(gy); opt.step(); opt.zero_grad(set_to_none=False)
+            return prod, step
+        ref = fns(16)
+        rows = out[name] = {}
+        for bs in BATCHES:
+            f = fns(bs)
+            for g in (*ref, *f): g()
+            pr, ms16 = _paired(ref[0], f[0], max(15, a.repeats))
+            st, _ = _paired(ref[1], f[1], max(15, a.repeats))
+            rows[bs] = dict(products=pr, step=st, batch16_products_ms=ms16)
+        print(f"{name} at 95%, sparse compute, {a.threads[0]} thread(s), / batch 16 (products: forward and backward; step: with Adam): "
+              + '; '.join(f"batch {bs}: {r['products']:.3f} / {r['step']:.3f}" for bs, r in rows.items()))
+    return out
 
 # ---------------------------------------------------------------- the MLP, in fastai
 def digits784(bs=64, seed=42):
@@ -481,7 +525,7 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'fusion', 'transformers', 'recurrent', 'embedding', 'mlp', 'update', 'memory', 'conv', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'fusion', 'transformers', 'recurrent', 'embedding', 'conv1d', 'batch', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--shape-sparsity', type=float, default=0.95)
@@ -500,7 +544,7 @@ if __name__ == '__main__':
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'shapes': shapes, 'fusion': fusion, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'embedding': embedding_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
+    runs = {'layer': layer, 'shapes': shapes, 'fusion': fusion, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'embedding': embedding_bench, 'conv1d': conv1d_bench, 'batch': batch_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:

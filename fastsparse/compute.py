@@ -17,10 +17,10 @@ from .masks import (masked_params, mask_hooks, has_mask_hooks, select_targets, r
 from .criteria import state_view, opt_state, MOMENTUM_KEYS
 
 # %% auto #0
-__all__ = ['KERNEL_SOURCES', 'SPARSE_FORWARDS', 'SparseTrainLinear', 'SparseTrainConv2d', 'CALLED_BY_READERS',
-           'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout', 'sparse_linear', 'dense_grad', 'sparse_conv2d',
-           'sparse_embedding', 'SparseWeight', 'GradRecord', 'weight_compute', 'SparseTrain', 'sparse_class',
-           'set_compute']
+__all__ = ['KERNEL_SOURCES', 'SPARSE_FORWARDS', 'SparseTrainLinear', 'SparseTrainConv2d', 'SparseTrainConv1d',
+           'CALLED_BY_READERS', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout', 'sparse_linear', 'dense_grad',
+           'sparse_conv2d', 'sparse_embedding', 'SparseWeight', 'GradRecord', 'weight_compute', 'SparseTrain',
+           'sparse_class', 'set_compute']
 
 # %% ../nbs/07_compute.ipynb #3b9661a2
 import importlib.resources
@@ -100,9 +100,10 @@ class _TorchKernels:
         y = _TorchKernels.spmm(ptr, idx, val, _TorchKernels.to_panels(x, _NONE), rows, n, _NONE)
         return _TorchKernels.from_panels(y, n, rows, bias)
     @staticmethod
-    def linear_bwd(ptr, idx, tptr, tidx, vt, x, gy, want_gx, want_gv, want_gb):
+    def linear_bwd(ptr, idx, val, tptr, tidx, vt, x, gy, want_gx, want_gv, want_gb):
         (n, cols), rows, gyt = x.shape, ptr.numel() - 1, _TorchKernels.to_panels(gy, _NONE)
-        gx = _TorchKernels.from_panels(_TorchKernels.spmm(tptr, tidx, vt, gyt, cols, n, _NONE), n, cols, _NONE) if want_gx else _NONE
+        if want_gx and vt.numel() != idx.numel(): gx = gy @ _TorchKernels.densify(ptr, idx, val, cols)   # no transposed values: W's rows
+        else: gx = _TorchKernels.from_panels(_TorchKernels.spmm(tptr, tidx, vt, gyt, cols, n, _NONE), n, cols, _NONE) if want_gx else _NONE
         gv = _TorchKernels.sddmm(ptr, idx, gyt, _TorchKernels.to_panels(x, _NONE), n) if want_gv else _NONE
         return gx, gv, gy.sum(0) if want_gb else _NONE
 
@@ -213,6 +214,8 @@ def _transposed(values, L, cache):
     if vt is None: vt = cache['transposed'] = kernels().transpose_values(L.perm, values.detach())
     return vt
 
+_SCATTER_BELOW = 2   # batches of fewer rows (one) take the input's gradient from W's rows (`linear_bwd` without transposed values)
+
 class _LinearPass(NamedTuple):
     "What one backward pass of `sparse_linear` keeps (references, no copy), should an update ask for the dense weight gradient"
     x:torch.Tensor; gy:torch.Tensor
@@ -232,8 +235,9 @@ class _SparseLinear(torch.autograd.Function):
         values, x = ctx.saved_tensors
         L, gy, want = ctx.layout, gy.contiguous(), ctx.needs_input_grad[:3]   # x, values, bias (False for no bias)
         if ctx.record is not None: ctx.record.append(_LinearPass(x, gy))   # for a dense gradient, should an update ask
-        vt = _transposed(values, L, ctx.cache) if want[0] else _NONE        # the input's gradient runs over the transposed structure
-        grads = kernels().linear_bwd(L.ptr, L.idx, L.tptr, L.tidx, vt, x, gy, *want)
+        # the input's gradient runs over the transposed structure; a batch of one scatters W's rows instead (no gather of the values)
+        vt = _transposed(values, L, ctx.cache) if want[0] and len(x) >= _SCATTER_BELOW else _NONE
+        grads = kernels().linear_bwd(L.ptr, L.idx, values, L.tptr, L.tidx, vt, x, gy, *want)
         return *(g if w else None for g, w in zip(grads, want)), None, None, None
 
 def _check_inputs(x, values, layout):
@@ -571,6 +575,13 @@ def _conv2d_forward(self, x):
     return sparse_conv2d(_float32(x), w.values, w.weight_layout, w.mask.shape, self.bias, self.stride, self.padding, self.dilation,
                          w._forward_record())
 
+def _conv1d_forward(self, x):
+    "`nn.Conv1d`'s forward as a convolution of height 1: the same kernels, the layout of its `(out, in * k)` view"
+    w = self.sparse_weight(_W); O, C, K = w.mask.shape
+    y = sparse_conv2d(_float32(x).unsqueeze(-2), w.values, w.weight_layout, (O, C, 1, K), self.bias, (1, self.stride[0]),
+                      (0, self.padding[0]), (1, self.dilation[0]), w._forward_record())
+    return y.squeeze(-2)
+
 def _embedding_forward(self, input):
     w = self.sparse_weight(_W)
     return sparse_embedding(input, w.values, w.weight_layout, self.padding_idx, w._forward_record())
@@ -695,7 +706,7 @@ def _rnn_forward(self, input, hx=None):
     return out, ((h_n, c_n) if lstm else h_n)
 
 # the layer types that compute sparse, each with the forward its sparse class runs: a layer's own type, or the first of its bases here
-SPARSE_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv2d_forward, nn.MultiheadAttention: _mha_forward,
+SPARSE_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv2d_forward, nn.Conv1d: _conv1d_forward, nn.MultiheadAttention: _mha_forward,
                    nn.LSTM: _rnn_forward, nn.GRU: _rnn_forward, nn.RNN: _rnn_forward, nn.Embedding: _embedding_forward}
 
 def _sparse_base(cls)->type|None: return next((b for b in cls.__mro__ if b in SPARSE_FORWARDS), None)
@@ -776,6 +787,7 @@ def _sparse_layer(base): return object.__new__(sparse_class(base))
 
 SparseTrainLinear = sparse_class(nn.Linear)   # what an `nn.Linear` becomes
 SparseTrainConv2d = sparse_class(nn.Conv2d)   # what an `nn.Conv2d` becomes
+SparseTrainConv1d = sparse_class(nn.Conv1d)   # what an `nn.Conv1d` becomes
 
 # %% ../nbs/07_compute.ipynb #e7db0d43
 def _load_values(module, sd, prefix, *args):
@@ -822,7 +834,7 @@ def _read_directly(model, sparse:set)->set:
     return out
 
 COMPUTE_MIN_SPARSITY = {'linear': 0.,   # nn.Linear, attention, recurrent layers: sparse compute pays at any sparsity fastsparse trains at
-                        'conv': 0.4,    # nn.Conv2d: resnet18's convolutions below 40% sparse (density above 0.6) ran slower sparse
+                        'conv': 0.4,    # nn.Conv2d, nn.Conv1d: resnet18's convolutions below 40% sparse (density above 0.6) ran slower sparse
                         'embedding': 0.} # nn.Embedding: its gradient and optimizer step cost in proportion to the active weights
 _MHA_WEIGHTS = ('in_proj_weight', 'q_proj_weight', 'k_proj_weight', 'v_proj_weight')
 
@@ -840,7 +852,7 @@ def _cannot(m, attr)->str|None:
         if m.max_norm is not None: return 'max_norm renormalizes the looked-up rows in place: only max_norm=None computes sparse'
         if m.scale_grad_by_freq or m.sparse: return 'scale_grad_by_freq or sparse=True: only the plain embedding computes sparse'
     if attr != _W: return f'only the weight of {base.__name__} computes sparse'
-    if base is nn.Conv2d:
+    if base in (nn.Conv1d, nn.Conv2d):
         if m.groups != 1: return f'a grouped convolution (groups={m.groups}): only groups=1 computes sparse'
         if m.padding_mode != 'zeros': return f"padding_mode={m.padding_mode!r}: only 'zeros' computes sparse"
         if isinstance(m.padding, str): return f'padding={m.padding!r}: give the padding as numbers to compute sparse'
@@ -850,7 +862,7 @@ def _can_compute(t, tied, read, min_sparsity)->str|None:
     "Why `t` cannot train in sparse compute (`tied`: modules holding each weight, by id; `read`: ids of modules read directly), or None"
     p = t.param
     if (why := _cannot(t.module, t.attr)) is not None: return why
-    kind = 'conv' if isinstance(t.module, nn.Conv2d) else 'embedding' if isinstance(t.module, nn.Embedding) else 'linear'
+    kind = 'conv' if isinstance(t.module, (nn.Conv1d, nn.Conv2d)) else 'embedding' if isinstance(t.module, nn.Embedding) else 'linear'
     sparsity = 1 - t.mask.sum().item() / max(t.mask.numel(), 1)
     if sparsity < min_sparsity[kind]:
         return (f'{sparsity:.1%} sparse, under the {min_sparsity[kind]:.0%} from which a sparse {kind} layer is faster than a dense one '

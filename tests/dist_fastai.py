@@ -21,11 +21,19 @@ class SeqNet(nn.Module):
         self.lstm, self.head = nn.LSTM(16, 16, batch_first=True), nn.Linear(16, 10)
     def forward(self, x): return self.head(self.lstm(self.enc(self.emb(x.view(-1, 8, 8))))[0][:, -1])
 
+class Conv1dNet(nn.Module):
+    "A digit's 8 x 8 pixels as 8 channels of 8 steps: two 1-d convolutions (the second strided), a linear head"
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv1d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(32 * 4, 10))
+    def forward(self, x): return self.body(x.view(-1, 8, 8))
+
 def main(preset, out, compute='masked', structure='element', net='mlp'):
     dist.init_process_group('gloo')
     rank = dist.get_rank()
     torch.manual_seed(rank)
-    model = digits_mlp() if net == 'mlp' else SeqNet()
+    model = digits_mlp() if net == 'mlp' else SeqNet() if net == 'seq' else Conv1dNet()
     if structure == 'element': sparsify_model(model, 0.9, erdos_renyi_sparsity, compute=compute)
     else: sparsify_model(model, 0.5 if ':' in structure else 0.9, compute=compute, structure=structure)   # N:M: 1 - N/M
     learn = Learner(digits_dls(seed=rank), DDP(model), loss_func=CrossEntropyLossFlat(), metrics=accuracy,

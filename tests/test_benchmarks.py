@@ -53,6 +53,10 @@ def test_compute_model_smoke():
     assert 'sparse' in out and 'accuracy after 1 epochs' in out
     out = bench('compute.py', 'embedding', '--repeats', '1')
     assert 'sparse' in out and 'training state' in out
+    out = bench('compute.py', 'conv1d', '--repeats', '1')
+    assert 'MNIST-1D CNN' in out and 'masked weights compute sparse' in out
+    out = bench('compute.py', 'batch', '--repeats', '1')
+    assert 'Linear(4096, 4096)' in out and 'Conv2d(64, 64, 3)' in out and 'batch 1:' in out
 
 def test_compute_conv_smoke():
     "The resnet18 section of the compute benchmark, on 32 x 32 images at batch 16 (the figures come from full runs)"

@@ -561,9 +561,10 @@ def test_pickle_copy_and_switching_back():
     unsparsify(a); assert type(a[0]) is nn.Linear and torch.allclose(a(x), y, atol=1e-6)
 
 def test_what_stays_masked_and_clear_errors():
-    m = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(8, 3))
+    m = nn.Sequential(nn.Conv3d(2, 4, 3), nn.Conv1d(4, 4, 3, groups=2), nn.Linear(8, 3))
     sparsify_model(m, 0.5, seed=0)
-    assert set(set_compute(m, 'sparse')) == {'0.weight'}                     # 1-d convolutions stay masked, and say why
+    why = set_compute(m, 'sparse')                                           # 3-d and grouped 1-d convolutions stay masked, and say why
+    assert set(why) == {'0.weight', '1.weight'} and 'groups=2' in why['1.weight']
     class Scaled(nn.Linear):
         def forward(self, x): return 2 * super().forward(x)
     convs = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, padding=1, padding_mode='reflect'),
@@ -606,6 +607,12 @@ def test_redistribution_changes_counts_and_remaps_state():
     assert sorted(t.trainable.numel() for t in masked_params(m)) != sorted(n0)          # the counts moved...
     _check_opt(opt, masked_params(m))                                                   # ...and the optimizer trains the new values
 
+def _conv1d_net(seed):
+    "Two 1-d convolutions (the second strided and dilated) on 2 channels of 12 steps, a linear head to 3 outputs"
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.Tanh(), nn.Conv1d(8, 8, 3, stride=2, padding=2, dilation=2), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(8 * 6, 3))
+
 class _SeqNet(nn.Module):
     "Tokens embedded, a Transformer encoder layer, an LSTM, a linear head on the last step"
     def __init__(self, seed):
@@ -615,7 +622,8 @@ class _SeqNet(nn.Module):
     def forward(self, x): return self.head(self.lstm(self.enc(self.emb(x)))[0][:, -1])
 
 _RESUMED = {'mlp': (lambda seed: _mlp([10, 16, 3], seed), lambda g: torch.randn(8, 10, generator=g), {}),
-            'seq': (_SeqNet, lambda g: torch.randint(0, 12, (8, 5), generator=g), dict(embeddings=True))}
+            'seq': (_SeqNet, lambda g: torch.randint(0, 12, (8, 5), generator=g), dict(embeddings=True)),
+            'conv1d': (lambda seed: _conv1d_net(seed), lambda g: torch.randn(8, 2, 12, generator=g), {})}
 
 @pytest.mark.parametrize('compute_mode', ['masked', 'sparse'])
 @pytest.mark.parametrize('net', list(_RESUMED))
@@ -825,3 +833,54 @@ def test_rigl_growth_streams_without_a_dense_gradient(monkeypatch):
         check_invariants(model, opt)
         opt.zero_grad()
         for t in ts: weight_compute(t).clear_record()
+
+@settings(max_examples=40, **SETTINGS)
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 9), st.integers(1, 30), st.integers(1, 5), st.integers(1, 3), st.integers(0, 3),
+       st.integers(1, 2), st.floats(0.05, 0.9), st.booleans(), st.booleans(), st.integers(0, 2**31))
+@example(17, 3, 4, 9, 3, 1, 1, 1, 0.5, True, True, 0).via('a batch past 16 lanes')
+def test_conv1d_matches_masked_dense(n, c, o, length, k, stride, padding, dilation, density, bias, batched, seed):
+    "`nn.Conv1d` in sparse compute (a convolution of height 1 through the 2-d kernels) gives `F.conv1d`'s output and gradients on the masked weight, and the dense weight gradient an update reads"
+    from fastsparse.compute import weight_compute
+    if length + 2 * padding < dilation * (k - 1) + 1: return
+    torch.manual_seed(seed)
+    layer = nn.Conv1d(c, o, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    w = layer.weight.detach().clone()
+    try: sparsify_model(layer, 1 - density, seed=seed, compute='sparse')
+    except ValueError as e: assert 'keep no weight' in str(e); event('the layer would keep no weight'); return
+    t = masked_params(layer)[0]; assert t.sparse and type(layer).__name__ == 'SparseTrainConv1d'
+    m = t.mask.clone(); weight_compute(t).record_grad()
+    x = torch.randn(*((n,) if batched else ()), c, length)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    wd = (w * m).requires_grad_(); b = None if layer.bias is None else layer.bias.detach().clone().requires_grad_()
+    ref = F.conv1d(xa, wd, b, stride, padding, dilation); y = layer(xb)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    gy = torch.randn_like(ref); ref.backward(gy); y.backward(gy)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer.weight_values.grad, wd.grad[m], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(weight_compute(t).weight_grad(), wd.grad, rtol=1e-4, atol=1e-3)
+    if bias: torch.testing.assert_close(layer.bias.grad, b.grad, rtol=1e-4, atol=1e-3)
+
+def test_conv1d_trains_sparse_as_masked():
+    "A 1-d CNN trains with RigL the same in both modes; its checkpoints move between them and it goes back to `nn.Conv1d`"
+    a = _conv1d_net(0); b = copy.deepcopy(a)
+    sparsify_model(a, 0.7, 'erk', seed=0); sparsify_model(b, 0.7, 'erk', seed=0, compute='sparse')
+    assert [t.sparse for t in masked_params(b)] == [True, True, True]
+    _pair_train(a, b, lambda g: ((torch.randn(8, 2, 12, generator=g),), torch.randn(8, 3, generator=g)), steps=6)
+    c = _conv1d_net(1); sparsify_model(c, 0.5, seed=3, compute='sparse'); c.load_state_dict(a.state_dict()); check_invariants(c)
+    x = torch.randn(4, 2, 12)
+    for m in (c, copy.deepcopy(c), pickle.loads(pickle.dumps(c))): torch.testing.assert_close(m(x), a(x), rtol=1e-5, atol=1e-6)
+    set_compute(c, 'masked'); assert type(c[0]) is nn.Conv1d
+    torch.testing.assert_close(c(x), a(x), rtol=1e-5, atol=1e-6)
+
+@pytest.mark.parametrize('which', ['cpp', 'torch'])
+def test_input_gradient_from_the_rows(which):
+    "`linear_bwd` without the transposed values (what a batch of one takes) scatters W's rows: the input's gradient of `F.linear`, for any batch of one panel"
+    g = torch.Generator().manual_seed(0)
+    w, m = torch.randn(70, 90, generator=g), torch.rand(70, 90, generator=g) < 0.2
+    L, v = CSRLayout.from_mask(m), w[m]
+    with _kernels_for(which):
+        k = compute.kernels()
+        for b in (1, 5, 17, 64):
+            x, gy = torch.randn(b, 90, generator=g), torch.randn(b, 70, generator=g)
+            gx = k.linear_bwd(L.ptr, L.idx, v, L.tptr, L.tidx, compute._NONE, x, gy, True, False, False)[0]
+            torch.testing.assert_close(gx, gy @ (w * m), rtol=1e-4, atol=1e-4)

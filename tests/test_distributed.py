@@ -59,6 +59,12 @@ def test_attention_and_recurrent_ddp(tmp_path):
     a = check_identical(tmp_path)
     assert a['compute'] == [True] * 8, a['compute']   # emb, in_proj, out_proj, linear1, linear2, weight_ih, weight_hh, head
 
+def test_conv1d_ddp(tmp_path):
+    "A 1-d CNN, its convolutions in sparse compute, under DDP with RigL: identical masks and weights on every rank"
+    launch(ROOT/'tests'/'dist_fastai.py', 'RigL', str(tmp_path), 'sparse', 'element', 'conv1d')
+    a = check_identical(tmp_path)
+    assert a['compute'] == [True, True, True], a['compute']
+
 @pytest.mark.parametrize('preset,compute,structure', [('RigL', 'masked', 'fan_in'), ('RigL', 'sparse', '2:4'), ('SET', 'masked', 'row')])
 def test_structured_ddp(tmp_path, preset, compute, structure):
     "Structured masks under DDP: identical on every rank, and every mask keeps its pattern"

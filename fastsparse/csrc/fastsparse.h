@@ -36,8 +36,8 @@ torch::Tensor sddmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor gy, torc
 torch::Tensor to_panels(torch::Tensor a, torch::Tensor out);
 torch::Tensor from_panels(torch::Tensor t, int64_t B, int64_t C, torch::Tensor bias);
 torch::Tensor linear_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor x, torch::Tensor bias);
-std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor tptr, torch::Tensor tidx, torch::Tensor vt,
-                                      torch::Tensor x, torch::Tensor gy, bool want_gx, bool want_gv, bool want_gb);
+std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor tptr, torch::Tensor tidx,
+                                      torch::Tensor vt, torch::Tensor x, torch::Tensor gy, bool want_gx, bool want_gv, bool want_gb);
 
 // layout.cpp
 std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols);

@@ -322,6 +322,39 @@ torch::Tensor linear_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val
   return y;
 }
 
+// out (a panel of n lanes over the C inputs) += rows r0 .. r1 of W^T gq: each active weight adds its row's n lanes of the output
+// gradient's panel gq, times its value, to its column's: the input's gradient from W's own rows, for a batch too small to pay
+// for gathering the values in the transposed order
+static void scatter_rows(const int64_t* __restrict p, const int32_t* __restrict ci, const float* __restrict v, const float* __restrict gq,
+                         int64_t n, int64_t r0, int64_t r1, float* __restrict out) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* g = gq + r * n;
+#ifdef __AVX512F__
+    if (n == 1) {                       // 16 of the row's entries at a time: their columns gathered, added to, scattered back
+      const v16 gv = v16{} + g[0];
+      for (int64_t k = p[r]; k < p[r + 1]; k += 16) {
+        const __mmask16 km = first(p[r + 1] - k);
+        const __m512i vi = rows_of(ci, k, km, 1);
+        const v16 cur = (v16)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, vi, out, 4);
+        _mm512_mask_i32scatter_ps(out, km, vi, (__m512)(cur + ld(v + k, km) * gv), 4);   // a row's columns are distinct
+      }
+      continue;
+    }
+    for (int64_t b0 = 0; b0 < n; b0 += 16) {
+      const __mmask16 lm = first(n - b0);
+      const v16 gv = ld(g + b0, lm);
+      for (int64_t k = p[r]; k < p[r + 1]; ++k) {
+        float* o = out + (int64_t)ci[k] * n + b0;
+        _mm512_mask_storeu_ps(o, lm, (__m512)(ld(o, lm) + v[k] * gv));
+      }
+    }
+#else
+    for (int64_t k = p[r]; k < p[r + 1]; ++k)
+      for (int64_t j = 0; j < n; ++j) out[(int64_t)ci[k] * n + j] += v[k] * g[j];
+#endif
+  }
+}
+
 // gbias[r] += the sum of row r of a panel (R x n), r0 <= r < r1: the bias gradient's share of the panel's batch rows
 static inline void panel_sums(const float* gyb, int64_t n, int64_t r0, int64_t r1, float* gbias) {
   for (int64_t r = r0; r < r1; ++r) { float s = 0; for (int64_t j = 0; j < n; ++j) s += gyb[r * n + j]; gbias[r] += s; }
@@ -332,8 +365,8 @@ static inline void panel_sums(const float* gyb, int64_t n, int64_t r0, int64_t r
 // gradient's panel (and its sums for the bias); the input gradient's rows from it (W^T over the transposed structure);
 // then the input's panel, and the values' gradient as the output gradient's rows stream past. With few panels, each
 // thread makes both panels itself and takes its share of the rows of W (values' gradient, bias) and of W^T (input's gradient)
-std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor tptr, torch::Tensor tidx, torch::Tensor vt,
-                                      torch::Tensor x, torch::Tensor gy, bool want_gx, bool want_gv, bool want_gb) {
+std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torch::Tensor tptr, torch::Tensor tidx,
+                                      torch::Tensor vt, torch::Tensor x, torch::Tensor gy, bool want_gx, bool want_gv, bool want_gb) {
   const int64_t B = x.size(0), C = x.size(1), R = ptr.size(0) - 1, np = (B + PANEL - 1) / PANEL, nnz = idx.size(0);
   auto none = torch::empty({0}, x.options());
   auto gx = want_gx ? torch::empty({B, C}, x.options()) : none;
@@ -341,7 +374,11 @@ std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torc
   auto gb = want_gb ? torch::zeros({R}, x.options()) : none;
   const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>();
   const int64_t* tp = want_gx ? tptr.data_ptr<int64_t>() : nullptr; const int32_t* tc = want_gx ? tidx.data_ptr<int32_t>() : nullptr;
-  const float* vtp = want_gx ? vt.data_ptr<float>() : nullptr;
+  // without the transposed values (vt empty, of a weight with some), the input's gradient comes from W's rows, scattered (`scatter_rows`): one panel,
+  // each thread its share of the rows into a panel of its own, summed at the end
+  const bool scatter = want_gx && vt.numel() != nnz;
+  TORCH_CHECK(!scatter || np <= 1, "linear_bwd: the input's gradient without the transposed values takes a batch of at most ", PANEL, " rows");
+  const float* vtp = want_gx && !scatter ? vt.data_ptr<float>() : nullptr; const float* vp = scatter ? val.data_ptr<float>() : nullptr;
   const float* xq = x.data_ptr<float>(); const float* gyq = gy.data_ptr<float>();
   float* gxq = want_gx ? gx.data_ptr<float>() : nullptr; float* gvq = want_gv ? gv.data_ptr<float>() : nullptr;
   float* gbq = want_gb ? gb.data_ptr<float>() : nullptr;
@@ -349,6 +386,7 @@ std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torc
   const bool panels_each = by_panel(np, T);
   // with whole panels per thread, thread 0 adds to the results themselves, the others to their own shares, summed at the end
   std::vector<float> gv_part(panels_each && gvq ? (T - 1) * nnz : 0, 0.f), gb_part(panels_each && gbq ? (T - 1) * R : 0, 0.f);
+  std::vector<float> gx_part(scatter ? T * C * B : 0, 0.f);
   #pragma omp parallel num_threads(T) if (T > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -362,12 +400,17 @@ std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torc
       const int64_t n = std::min(PANEL, B - pn * PANEL);
       pack(gyq + pn * PANEL * R, R, n, gyb);
       if (mb) panel_sums(gyb, n, r0, r1, mb);
-      if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, c0, c1, tmp, gxq + pn * PANEL * C, nullptr);
+      if (scatter) scatter_rows(p, ci, vp, gyb, n, r0, r1, gx_part.data() + t * C * n);
+      else if (gxq) product_panel(tp, tc, vtp, gyb, n, R, C, c0, c1, tmp, gxq + pn * PANEL * C, nullptr);
       if (mv) {
         pack(xq + pn * PANEL * C, C, n, xb);
         for (int64_t r = r0; r < r1; ++r) sddmm_row(p, ci, gyb, xb, mv, r, n);
       }
     }
+  }
+  if (scatter && B) {                   // the threads' panels summed, back to rows
+    for (int t = 1; t < T; ++t) { const float* s = gx_part.data() + t * C * B; for (int64_t i = 0; i < C * B; ++i) gx_part[i] += s[i]; }
+    unpack(gx_part.data(), B, C, gxq, nullptr, C);
   }
   for (int t = 1; panels_each && t < T; ++t) {
     if (gvq) { const float* s = gv_part.data() + (t - 1) * nnz; for (int64_t k = 0; k < nnz; ++k) gvq[k] += s[k]; }
