@@ -301,8 +301,8 @@ def batch_bench(a):
         for bs in BATCHES:
             f = fns(bs)
             for g in (*ref, *f): g()
-            pr, ms16 = _paired(ref[0], f[0], max(15, a.repeats))
-            st, _ = _paired(ref[1], f[1], max(15, a.repeats))
+            pr, ms16 = _paired(ref[0], f[0], 2 * a.repeats + 1)   # 15 pairs by default: a batch of one takes well under a ms
+            st, _ = _paired(ref[1], f[1], 2 * a.repeats + 1)
             rows[bs] = dict(products=pr, step=st, batch16_products_ms=ms16)
         print(f"{name} at 95%, sparse compute, {a.threads[0]} thread(s), / batch 16 (products: forward and backward; step: with Adam): "
               + '; '.join(f"batch {bs}: {r['products']:.3f} / {r['step']:.3f}" for bs, r in rows.items()))
