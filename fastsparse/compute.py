@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib, logging, math, os, threading, warnings, weakref
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import NamedTuple
 import torch
 from torch import nn
 from torch.nn import functional as F
 from .adapters import as_model, params_replaced
 from .masks import (masked_params, mask_hooks, has_mask_hooks, select_targets, register_compute, DIRECT_READERS,
-                    COMPUTE_MODES, buffer_name, buffer_weight, MASK_KERNELS, GRAD_RECORDS, zero_inactive, split_inactive)
+                    COMPUTE_MODES, buffer_name, buffer_weight, MASK_KERNELS, GRAD_RECORDS, zero_inactive, split_inactive,
+                    get_buffer, ensure_buffer, drop_buffers)
 from .criteria import state_view, opt_state, MOMENTUM_KEYS
 
 # %% auto #0
@@ -371,6 +373,20 @@ def sparse_embedding(input:torch.Tensor,     # token indices, any shape
 _WEIGHTS = '_fastsparse_weights'
 _W = 'weight'   # the weight of nn.Linear and nn.Conv2d
 
+def _track_momentum(module, attr, mask, on):
+    "Keep (`on`) the `momentum` buffer of weight `attr`: a new one of zeros, or the one `module` holds (a checkpoint's); `on=False` removes it"
+    if on: ensure_buffer(module, attr, 'momentum', lambda: torch.zeros(mask.shape, device=mask.device))
+    else: drop_buffers(module, attr, ['momentum'])
+
+class _LazyState(Mapping):
+    "Optimizer state `st` as `make(key, value)` makes each entry, on first read: a score reading the momentum alone densifies nothing else"
+    def __init__(self, st, make): self._st, self._make, self._made = st, make, {}
+    def __getitem__(self, k):
+        if k not in self._made: self._made[k] = self._make(k, self._st[k])
+        return self._made[k]
+    def __iter__(self): return iter(self._st)
+    def __len__(self): return len(self._st)
+
 def _with_momentum(st:dict, m)->dict:
     "Optimizer state `st` (a dense weight's) with momentum `m` of its inactive weights added to its momentum entries"
     if m is not None:
@@ -396,7 +412,7 @@ class SparseWeight:
     weights (`track_momentum`). The engine reaches a weight's compute through these methods only (`weight_compute`)"""
     def __init__(self, module:nn.Module, attr:str):
         self._module, self.attr = weakref.ref(module), attr
-        self._layout, self._blocks, self.record, self.momentum = None, {}, None, None
+        self._layout, self._blocks, self.record = None, {}, None
         self.due = True   # whether an update may follow the next backward pass (`SparseEngine.expect_update`)
 
     module = property(lambda self: self._module(), doc="The layer that owns the weight")
@@ -436,11 +452,22 @@ class SparseWeight:
         w = self.weight_layout.to_dense(v if grad else v.detach()).view(self.mask.shape)
         return state_view(w, self.dense_state)   # `opt_state` of this view: the state of the values, scattered
 
-    def dense_state(self, opt)->dict:
-        "The optimizer state of the dense weight: each state tensor of the values scattered to the weight's shape, plus the momentum of inactive weights where `track_momentum` keeps it"
-        v, L, shape = self.values, self.weight_layout, self.mask.shape
-        st = {k: L.to_dense(s).view(shape) if isinstance(s, torch.Tensor) and s.shape == v.shape else s for k, s in opt_state(opt, v).items()}
-        return _with_momentum(st, self.momentum)
+    def dense_state(self, opt)->Mapping:
+        "The optimizer state of the dense weight: each state tensor of the values scattered to the weight's shape (when first read), plus the momentum of inactive weights where `track_momentum` keeps it"
+        v, L, shape, m = self.values, self.weight_layout, self.mask.shape, self.momentum
+        def make(k, s):
+            if not (isinstance(s, torch.Tensor) and s.shape == v.shape): return s
+            d = L.to_dense(s).view(shape)
+            return d.add_(m) if m is not None and k in MOMENTUM_KEYS else d
+        return _LazyState(opt_state(opt, v), make)
+
+    def inactive_state(self, opt)->dict:
+        "The optimizer state of the dense weight at its inactive weights: each state tensor 0 (one zero viewed at the weight's shape), but the momentum where `track_momentum` keeps it"
+        v, m, shape = self.values, self.momentum, self.mask.shape
+        def at_inactive(k, s):
+            if not (isinstance(s, torch.Tensor) and s.shape == v.shape): return s
+            return m if m is not None and k in MOMENTUM_KEYS else s.new_zeros(()).expand(*shape)
+        return {k: at_inactive(k, s) for k, s in opt_state(opt, v).items()}
 
     def record_grad(self, on:bool=True):
         "Keep (`on`) or stop keeping what each backward pass saw, so that `weight_grad` can give the dense weight gradient"
@@ -477,8 +504,9 @@ class SparseWeight:
 
     def track_momentum(self, on:bool=True):
         """Keep (`on`) a dense running average of the gradient at the inactive weights, as masked compute's optimizer state
-        has it: SNFS grows by it. It costs a dense weight gradient at every step, and a dense buffer"""
-        self.momentum = torch.zeros(self.mask.shape, device=self.values.device) if on else None
+        has it: SNFS grows by it. It costs a dense weight gradient at every step, and a dense buffer, the layer's `momentum`
+        buffer (checkpoints hold it; one already there, a checkpoint's, is kept)"""
+        _track_momentum(self.module, self.attr, self.mask, on)
         if on and self.record is None: self.record_grad()
 
     def update_momentum(self, beta:float, scale:float):
@@ -486,6 +514,7 @@ class SparseWeight:
         m, g = self.momentum, self.weight_grad()
         if m is not None and g is not None and (torch.isfinite(g.sum()) or torch.isfinite(g).all()): m.mul_(beta).add_(g, alpha=scale).masked_fill_(self.mask, 0.)
 
+    momentum = property(lambda self: get_buffer(self.module, self.attr, 'momentum'))
     inactive_momentum = property(lambda self: self.momentum, doc="The running average of the gradient at the inactive weights that `track_momentum` keeps (None when it keeps none)")
 
     def reset_inactive_momentum(self, idx:torch.Tensor):
@@ -506,7 +535,7 @@ class GradRecord:
     gradient only (the mask hooks zero the rest after each backward), and this keeps the dense gradient apart while a
     score reads it: for RigL's growth, and for the momentum of inactive weights that SNFS grows by"""
     def __init__(self, t):
-        self.t, self.grad_on, self.dense, self.n, self.momentum = t, False, None, 0, None
+        self.t, self.grad_on, self.dense, self.n = t, False, None, 0
         self.due = True   # an update may follow the next backward pass (`SparseEngine.expect_update`): keep its dense gradient
 
     @classmethod
@@ -540,8 +569,8 @@ class GradRecord:
         self.n = 0
 
     def track_momentum(self, on:bool=True):
-        "Keep (`on`) a running average of the gradient at the inactive weights, as `SparseWeight.track_momentum` does"
-        self.momentum = torch.zeros_like(self.t.param, memory_format=torch.contiguous_format) if on else None
+        "Keep (`on`) a running average of the gradient at the inactive weights, as `SparseWeight.track_momentum` does, in the same buffer"
+        _track_momentum(self.t.module, self.t.attr, self.t.mask, on)
         if not on and not self.grad_on: self.dense, self.n = None, 0
 
     def update_momentum(self, beta:float, scale:float):
@@ -550,6 +579,7 @@ class GradRecord:
         if self.momentum is not None and self.n and (torch.isfinite(g.sum()) or torch.isfinite(g).all()):
             self.momentum.mul_(beta).add_(g, alpha=scale).masked_fill_(self.t.mask, 0.)
 
+    momentum = property(lambda self: get_buffer(self.t.module, self.t.attr, 'momentum'))
     inactive_momentum = property(lambda self: self.momentum, doc="The running average `track_momentum` keeps (None when it keeps none)")
 
     def reset_inactive_momentum(self, idx:torch.Tensor):

@@ -15,10 +15,10 @@ __all__ = ['CONTEXT', 'NEEDS', 'MOMENTUM_KEYS', 'SECOND_MOMENT_KEYS', 'SCORES', 
            'updating_large_init_large_final', 'small_init_small_final', 'updating_small_init_small_final',
            'magnitude_increase', 'updating_magnitude_increase', 'updating_movement', 'movmag', 'updating_movmag',
            'score_kwargs', 'needs', 'score_needs', 'state_view', 'opt_state', 'momentum', 'second_moment',
-           'register_score', 'comparable', 'elementwise', 'register_redistribution', 'get_score', 'weight_magnitude',
-           'random_score', 'movement', 'taylor_score', 'magnitude_variance', 'gradient_magnitude', 'gradient_momentum',
-           'momentum_redistribution', 'variance_redistribution', 'survivors', 'NonFiniteError', 'check_score',
-           'normalized', 'compare_with', 'negated', 'squared_final']
+           'register_score', 'comparable', 'over_active', 'elementwise', 'register_redistribution', 'get_score',
+           'weight_magnitude', 'random_score', 'movement', 'taylor_score', 'magnitude_variance', 'gradient_magnitude',
+           'gradient_momentum', 'momentum_redistribution', 'variance_redistribution', 'survivors', 'NonFiniteError',
+           'check_score', 'normalized', 'compare_with', 'negated', 'squared_final']
 
 # %% ../nbs/04_criteria.ipynb #cb8ef033
 CONTEXT = ('mask', 'grad', 'state', 'init', 'prev', 'name', 'module', 'step', 'generator', 'stats')   # what a score can ask for
@@ -112,6 +112,12 @@ def comparable(f:Callable)->Callable:
     layers' scores is meaningful (`scope='global'`, DSR's threshold). Weight magnitudes are, gradients are not"""
     f.comparable = True; return f
 
+def over_active(f:Callable)->Callable:
+    """Mark redistribution score `f` as reducing the entries of the active weights only (where `mask` is True): for a layer
+    in sparse compute the engine calls it on the active values, their own optimizer state and an all-True mask, with no
+    dense view of the weight or of its optimizer state"""
+    f.over_active = True; return f
+
 def elementwise(f:Callable)->Callable:
     """Mark score `f` as elementwise: it reads `param`, `grad`, `state` and `init` entry by entry, so a weight's score
     depends on its own entries only (a redistribution score reduces such entries). Such a score can be computed on any
@@ -193,6 +199,7 @@ def gradient_momentum(param, opt):
 # %% ../nbs/04_criteria.ipynb #42a4d0a6
 @register_redistribution
 @elementwise
+@over_active
 @needs('momentum')
 def momentum_redistribution(param, opt, mask, eps:float=1e-8):
     "Mean momentum magnitude of the layer's active weights (SNFS), each divided by the root of its second moment where the optimizer keeps one (Adam)"
@@ -202,6 +209,7 @@ def momentum_redistribution(param, opt, mask, eps:float=1e-8):
 
 @register_redistribution
 @elementwise
+@over_active
 @needs('second_moment')
 def variance_redistribution(param, opt, mask):
     "Mean $\\sqrt{v}$ (root of Adam's second moment) over the layer's active weights"
@@ -316,7 +324,7 @@ def _like(g, f, name):
     "`g` with the signature, name and marks of `f` (so the engine gives it exactly what `f` asks for)"
     g.__signature__ = inspect.signature(f)
     g.__name__ = g.__qualname__ = name
-    for mark in ('elementwise', 'comparable', 'needs'):
+    for mark in ('elementwise', 'comparable', 'over_active', 'needs'):
         if getattr(f, mark, False): setattr(g, mark, getattr(f, mark))
     return g
 

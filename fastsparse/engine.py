@@ -261,6 +261,8 @@ def _setup_compute(self, opt):
             raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
                              "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
                              "DDP, or with `scope='layer'` and no redistribution")
+    if opt is not None and self.scorer.reads('momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
+    _check_hidden_state(opt)   # both before anything changes: the model and optimizer stay as they were
     if opt is not None and self.sparse: _check_opt(opt, self.sparse); _drop_stale_state(opt, self.sparse)
     if self.sparse or self.momentum_layers: _follow_loads(self)
     # the optimizer sees active gradients only, in either compute: what the scores read of the rest is kept apart
@@ -268,9 +270,7 @@ def _setup_compute(self, opt):
     for t in self.targets:   # turned on, never off: another engine of the same model may read them
         r = weight_compute(t)
         if reads_grad: r.record_grad()       # sparse: the dense gradient is made on update steps only
-        if self.momentum_layers and r.inactive_momentum is None: r.track_momentum()
-    if opt is not None and self.scorer.reads('momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
-    _check_hidden_state(opt)
+        if self.momentum_layers: r.track_momentum()   # the one a checkpoint brought is kept
 
 
 # %% ../nbs/10_engine.ipynb #97e6bfa8
@@ -475,6 +475,10 @@ def _zeros_like_weight(t):
     "A stand-in for the dense view of a weight in sparse compute, for elementwise scores: zeros (no memory), with the values' state"
     return state_view(t.trainable.new_zeros(()).expand(*t.mask.shape), weight_compute(t).dense_state)
 
+def _inactive_like_weight(t):
+    "The stand-in for the grow scores (elementwise) of a layer in sparse compute: the weight and its optimizer state at the inactive weights, zeros (no memory) but for the momentum kept of them"
+    return state_view(t.trainable.new_zeros(()).expand(*t.mask.shape), weight_compute(t).inactive_state)
+
 def _at(ctx, idx, values, f):
     "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
     wants = score_kwargs(f)                 # gather only what the score reads
@@ -550,9 +554,15 @@ class Scorer:
         return check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
 
     def grow(self, t, ctx, idx, local):
-        "Flat grow scores of `t`; in sparse compute with a zero stand-in for the weight, the active weights at flat `idx` (`local`: their place among the values) score with their values"
+        """Flat grow scores of `t`; in sparse compute with a zero stand-in for the weight, the inactive weights score with their
+        optimizer state alone (0, or the momentum kept of them), and the active ones at flat `idx` (`local`: their place among
+        the values) with their values: none of the values' state is made dense"""
+        stand_in = t.sparse and all(s == 0 for s in ctx['weight'].stride())
+        if stand_in:
+            w = _inactive_like_weight(t)
+            ctx = dict(ctx, weight=w, state=None if ctx['state'] is None else opt_state(self.opt, w))
         grow = check_score(self.grow_score_f, ctx['weight'], self.opt, **ctx).view(-1)
-        if t.sparse and len(idx) and all(s == 0 for s in ctx['weight'].stride()):
+        if stand_in and len(idx):
             sub = state_view(t.trainable.detach().index_select(0, local), partial(_state_at, t.trainable, local))
             grow.index_copy_(0, idx, check_score(self.grow_score_f, sub, self.opt, **_at(ctx, idx, sub, self.grow_score_f)))
         return grow
@@ -566,10 +576,17 @@ class Scorer:
         "Per layer, the `kind` copies ('init' or 'prev') that scores see, or None if none is kept"
         return {t.name: _buffer(t, kind) for t in targets} if getattr(self, f'uses_{kind}') else None
 
-    def shares(self, ctxs, stats, live)->list:
-        "Each layer's share of the regrowth, from the redistribution score (0 for layers that do not train)"
-        return [check_score(self.redistribution_f, c['weight'], self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.
-                for c, s, l in zip(ctxs, stats, live)]
+    def shares(self, targets, ctxs, stats, live)->list:
+        "Each layer's share of the regrowth, from the redistribution score (0 for layers that do not train); in sparse compute, one marked `over_active` reads the active values alone"
+        f, out = self.redistribution_f, []
+        for t, c, s, l in zip(targets, ctxs, stats, live):
+            w = c['weight']
+            if l and t.sparse and getattr(f, 'over_active', False):
+                w = t.trainable
+                idx = weight_compute(t).weight_layout.flat() if {'grad', 'init', 'prev'} & set(score_kwargs(f)) else None
+                c = _at(c, idx, w, f)
+            out.append(check_score(f, w, self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.)
+        return out
 
 def _grow_at(t, ctx, grow, drop_idx, n_active, n_grow):
     "The flat indices of the `n_grow` highest `grow` scores of `t` where it is inactive or just dropped (`drop_idx`)"
@@ -634,7 +651,7 @@ class Redistribution(Regrowth):
     "SNFS and DSR: the redistribution score shares the regrowth between layers (in layer scope with SNFS's rules: nearly dense layers, a fill cap, a floor)"
     needs_contexts = True
     def layer_counts(self, e, r, n_drop, prune, rest, ctxs):
-        shares = e.scorer.shares(ctxs, layer_stats(e.targets, r.active, [p + d for p, d in zip(prune, n_drop)]), r.live)
+        shares = e.scorer.shares(e.targets, ctxs, layer_stats(e.targets, r.active, [p + d for p, d in zip(prune, n_drop)]), r.live)
         numel = [t.mask.numel() for t in e.targets]
         n_drop = _dense_layer_drops(n_drop, shares, rest, numel, r.live)
         free = [n - a + d if l else 0 for n, a, d, l in zip(numel, rest, n_drop, r.live)]
@@ -645,7 +662,7 @@ class Redistribution(Regrowth):
         return n_drop, [m + g for m, g in zip(least, more)]
     def ranked_counts(self, e, r, exchanged, drop_idx, ctxs):
         removed = [len(d) for d in drop_idx]
-        shares = e.scorer.shares(ctxs, layer_stats(e.targets, r.active, removed), r.live)
+        shares = e.scorer.shares(e.targets, ctxs, layer_stats(e.targets, r.active, removed), r.live)
         caps = [t.mask.numel() - a + n if l else 0 for t, a, n, l in zip(e.targets, r.active, removed, r.live)]
         return allocate(sum(exchanged), shares, caps)
 

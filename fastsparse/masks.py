@@ -243,6 +243,8 @@ WEIGHT_BUFFERS = {          # every tensor fastsparse keeps next to a masked wei
                              "(e.g. `updating_movement`)"),
     'grown':    WeightBuffer('grown', 'int64', False, True, False, "the flat indices of the weights grown at the latest update (their "
                              "survival is counted at the next)"),
+    'momentum': WeightBuffer('momentum', 'weight', True, True, False, "the running average of the gradient at the inactive weights, "
+                             "for grow scores that read it (SNFS); 0 at active weights, whose momentum is the optimizer's"),
 }
 STATE_KEY, HISTORY_KEY = 'dst_state', 'dst_history'   # root-model buffers: training counters, update statistics
 

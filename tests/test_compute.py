@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from hypothesis import given, example, settings, strategies as st, HealthCheck, event
-from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets, SNFS_presets,
+from fastsparse import (sparsify_model, masked_params, set_compute, DynamicSparseTraining, RigL_presets, SET_presets, SNFS_presets, PRESETS,
                         snapshot, check_invariants, unsparsify, load_sparse, opt_state, remove_mask_hooks)
 from fastsparse.compute import CSRLayout, sparse_linear, sparse_conv2d, dense_grad, _TorchKernels
 import fastsparse.compute as compute
@@ -626,10 +626,11 @@ _RESUMED = {'mlp': (lambda seed: _mlp([10, 16, 3], seed), lambda g: torch.randn(
             'conv1d': (lambda seed: _conv1d_net(seed), lambda g: torch.randn(8, 2, 12, generator=g), {})}
 
 @pytest.mark.parametrize('compute_mode', ['masked', 'sparse'])
-@pytest.mark.parametrize('net', list(_RESUMED))
-def test_resume_from_a_checkpoint_continues_exactly(compute_mode, net):
-    "A run saved half-way (model and optimizer) and resumed in a fresh model matches the run that went on, statistics included (an MLP; embedding, attention and LSTM)"
+@pytest.mark.parametrize('net, preset', [(n, 'RigL') for n in _RESUMED] + [('mlp', 'SNFS')])
+def test_resume_from_a_checkpoint_continues_exactly(compute_mode, net, preset):
+    "A run saved half-way (model and optimizer) and resumed in a fresh model matches the run that went on, statistics included (an MLP; embedding, attention and LSTM; SNFS's momentum of inactive weights)"
     make, inputs, kw = _RESUMED[net]
+    presets = PRESETS[preset]
     def loop(model, opt, dst, steps, g):
         out = []
         for i in steps:
@@ -639,7 +640,7 @@ def test_resume_from_a_checkpoint_continues_exactly(compute_mode, net):
     a = make(0); sparsify_model(a, 0.7, seed=0, compute=compute_mode, **kw)
     assert all(t.sparse == (compute_mode == 'sparse') for t in masked_params(a))
     oa = torch.optim.Adam(a.parameters(), lr=1e-2)
-    da = DynamicSparseTraining(a, oa, batches_per_update=3, seed=0, **RigL_presets)
+    da = DynamicSparseTraining(a, oa, batches_per_update=3, seed=0, **presets)
     g = torch.Generator().manual_seed(0)
     first = loop(a, oa, da, range(8), g)
     buf = io.BytesIO(); torch.save({'model': a.state_dict(), 'opt': oa.state_dict()}, buf)
@@ -649,12 +650,42 @@ def test_resume_from_a_checkpoint_continues_exactly(compute_mode, net):
     b = make(3); sparsify_model(b, 0.7, seed=3, compute=compute_mode, **kw)    # other masks until loaded
     b.load_state_dict(ck['model'])
     ob = torch.optim.Adam(b.parameters(), lr=1e-2); ob.load_state_dict(ck['opt'])
-    db = DynamicSparseTraining(b, ob, batches_per_update=3, resume=True, **RigL_presets)
+    db = DynamicSparseTraining(b, ob, batches_per_update=3, resume=True, **presets)
     assert (db.n_steps, db.n_updates) == (8, 2)
     g2 = torch.Generator(); g2.set_state(state)
     torch.testing.assert_close(loop(b, ob, db, range(8, 16), g2), rest, rtol=1e-5, atol=1e-6)
     for x, y in zip(masked_params(a), masked_params(b)): assert torch.equal(x.mask, y.mask)
     assert da.n_updates == db.n_updates and db.history == da.history     # survival of the weights grown before the checkpoint too
+
+def test_snfs_update_in_sparse_compute_makes_no_state_dense(monkeypatch):
+    """SNFS in sparse compute: the redistribution reads the active values' state, the growth the momentum kept of inactive
+    weights; no state tensor of the values is made dense. The momentum is the layer's `weight_momentum` buffer, 0 where
+    active, and it stays with the weight in masked compute and back"""
+    g = torch.Generator().manual_seed(0)
+    m = _mlp([10, 32, 3], 0); sparsify_model(m, 0.8, seed=0, compute='sparse')
+    o = torch.optim.Adam(m.parameters(), lr=1e-2)
+    d = DynamicSparseTraining(m, o, seed=0, batches_per_update=1000, **SNFS_presets)
+    def step(update=False):
+        F.mse_loss(m(torch.randn(8, 10, generator=g)), torch.randn(8, 3, generator=g)).backward(); o.step()
+        d.engine.expect_update(); d.step(0.1, update=update); o.zero_grad()
+    for _ in range(3): step()
+    made = []
+    to_dense = CSRLayout.to_dense
+    monkeypatch.setattr(CSRLayout, 'to_dense', lambda self, v: made.append(v.shape) or to_dense(self, v))
+    before = [t.mask.clone() for t in masked_params(m)]
+    step(update=True)
+    assert d.n_updates == 1 and not made
+    assert any(not torch.equal(b, t.mask) for b, t in zip(before, masked_params(m)))
+    monkeypatch.undo()
+    check_invariants(m, o)
+    for t in masked_params(m):
+        mom = t.module.weight_momentum
+        assert mom.shape == t.mask.shape and not mom[t.mask].any() and mom[~t.mask].abs().sum() > 0
+    saved = {k: v.clone() for k, v in m.state_dict().items() if k.endswith('_momentum')}
+    assert len(saved) == 2
+    for mode in ('masked', 'sparse'):   # the momentum stays with the weight across modes
+        set_compute(m, mode)
+        assert all(torch.equal(saved[f'{t.name}_momentum'], t.module.weight_momentum) for t in masked_params(m))
 
 def test_fastai_learner_in_sparse_compute(tmp_path):
     "learn.sparsify(compute='sparse') with the callback: same losses and masks as masked compute, with gradient accumulation too; save, load, FLOPs, export"
