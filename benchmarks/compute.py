@@ -279,6 +279,20 @@ def conv1d_bench(a):
           f"{r['sparse']:.3f}x the dense step ({r['dense_ms']:.2f} ms; {r['sparse weights']} masked weights compute sparse)")
     return r
 
+def mobilenet_bench(a):
+    """One training step (forward, backward, Adam) of torchvision's MobileNetV2 (10 classes, no pretrained weights) on a batch
+    of 32 images of 64 x 64, at 95% ERK, masked and sparse (its depthwise and 1 x 1 convolutions included), / the dense step"""
+    import torchvision
+    torch.set_num_threads(a.threads[0])
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(32, 3, 64, 64, generator=g), torch.randn(32, 10, generator=g)
+    torch.manual_seed(0); dense = torchvision.models.mobilenet_v2(weights=None, num_classes=10)
+    r = _masked_and_sparse(dense, x, t, a, _seq_step(dense, x, t), sparse_f='erk')
+    print(f"MobileNetV2 at {a.shape_sparsity:.0%} ERK, batch 32, 64 x 64, {a.threads[0]} thread(s): masked {r['masked']:.3f}x, sparse "
+          f"{r['sparse']:.3f}x the dense step ({r['dense_ms']:.0f} ms; {r['sparse weights']} masked weights compute sparse, "
+          "the depthwise ones included)")
+    return r
+
 BATCHES = (1, 2, 4, 8, 16)
 
 def batch_bench(a):
@@ -528,7 +542,7 @@ def memory_bench(a):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'fusion', 'transformers', 'recurrent', 'embedding', 'conv1d', 'batch', 'mlp', 'update', 'memory', 'conv', 'all'])
+    p.add_argument('what', nargs='?', default='layer', choices=['layer', 'shapes', 'fusion', 'transformers', 'recurrent', 'embedding', 'conv1d', 'mobilenet', 'batch', 'mlp', 'update', 'memory', 'conv', 'all'])
     p.add_argument('--size', type=int, default=4096); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--sparsities', type=float, nargs='+', default=[0.9, 0.95, 0.98])
     p.add_argument('--shape-sparsity', type=float, default=0.95)
@@ -547,7 +561,7 @@ if __name__ == '__main__':
     HIDDEN = a.hidden
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if 'rows' in saved: saved = {'layer': saved}      # the file's earlier layout: the layer section only
-    runs = {'layer': layer, 'shapes': shapes, 'fusion': fusion, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'embedding': embedding_bench, 'conv1d': conv1d_bench, 'batch': batch_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
+    runs = {'layer': layer, 'shapes': shapes, 'fusion': fusion, 'transformers': transformers_bench, 'recurrent': recurrent_bench, 'embedding': embedding_bench, 'conv1d': conv1d_bench, 'mobilenet': mobilenet_bench, 'batch': batch_bench, 'mlp': mlp_bench, 'update': update_bench, 'memory': memory_bench, 'conv': conv_bench}
     for k in (runs if a.what == 'all' else [a.what]):
         saved[k] = runs[k](a)
     if a.save:

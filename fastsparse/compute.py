@@ -8,6 +8,7 @@ import hashlib, logging, math, os, threading, warnings, weakref
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from functools import partial
 from typing import NamedTuple
 import torch
 from torch import nn
@@ -270,10 +271,10 @@ def dense_grad(record:list)->torch.Tensor|None:
 # %% ../nbs/07_compute.ipynb #e01ed3a8
 class _ConvPass(NamedTuple):
     "What one backward pass of `sparse_conv2d` keeps, should an update ask for the dense weight gradient"
-    xp:torch.Tensor; gy:torch.Tensor; shape:tuple; stride:tuple; dilation:tuple; n:int
+    xp:torch.Tensor; gy:torch.Tensor; shape:tuple; stride:tuple; dilation:tuple; n:int; groups:int=1
     def grad(self):
         x = kernels().from_chwn(self.xp, self.n, _NONE)   # padded, (N, C, Hp, Wp)
-        return torch.nn.grad.conv2d_weight(x, self.shape, self.gy, self.stride, 0, self.dilation)
+        return torch.nn.grad.conv2d_weight(x, self.shape, self.gy, self.stride, 0, self.dilation, self.groups)
 
 class _DensePass(NamedTuple):
     "The dense weight's gradient of one backward pass, where the convolution ran dense (no compiled kernels)"
@@ -282,15 +283,35 @@ class _DensePass(NamedTuple):
 
 def _lanes(n): return -(-n // 16) * 16
 
+_GROUPED = {}   # id of a layout's `idx` -> (a weak reference to it, {groups: the layout of its block-diagonal weight})
+
+def _forget(r, k):
+    if _GROUPED.get(k, (None,))[0] is r: del _GROUPED[k]
+
+def _grouped(L:CSRLayout, groups:int)->CSRLayout:
+    """The layout of a grouped convolution's `(out, in / groups * kh * kw)` weight as the block-diagonal `(out, in * kh * kw)`
+    weight it stands for: each row's columns moved to its group's input channels, the values in the same order. The
+    kernels then run a grouped convolution as a plain one; made once per layout"""
+    if groups == 1: return L
+    k = id(L.idx); hit = _GROUPED.get(k)
+    if hit is None or hit[0]() is not L.idx: hit = _GROUPED[k] = (weakref.ref(L.idx, partial(_forget, k=k)), {})
+    per = hit[1]
+    if groups not in per:
+        group = _entry_rows(L.ptr, L.nnz) // (L.rows // groups)
+        idx = (L.idx.long() + group * L.cols).int()
+        per[groups] = CSRLayout(L.rows, L.cols * groups, L.ptr, idx, *kernels().csr_transpose(L.ptr, idx, L.cols * groups))
+    return per[groups]
+
 class _SparseConv2d(torch.autograd.Function):
     "`F.conv2d(x, W, bias, stride, padding, dilation)` for a weight held as `values` in `layout`, by fastsparse's kernels"
     @staticmethod
-    def forward(ctx, x, values, bias, layout, geom, record):
-        (O, C, KH, KW), (sh, sw), (ph, pw), (dh, dw) = geom
+    def forward(ctx, x, values, bias, layout, geom, record, groups):
+        (O, C, KH, KW), (sh, sw), (ph, pw), (dh, dw) = geom   # C: all input channels (`layout`: of the block-diagonal weight)
         k, (N, _, H, W) = kernels(), x.shape
         Ho, Wo = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1, (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
         xp = k.to_chwn(x.contiguous(), ph, pw, _lanes(N), _NONE)   # (C, Hp, Wp, lanes), zero padded; kept for the backward
         ctx.save_for_backward(values, xp); ctx.layout, ctx.geom, ctx.record, ctx.has_bias = layout, geom, record, bias is not None
+        ctx.groups = groups
         ctx.size = (N, H, W)
         yt = k.conv_fwd(layout.ptr, layout.idx, values, xp, KH, KW, sh, sw, dh, dw, Ho, Wo, _scratch('y', (O, Ho, Wo, xp.shape[3])))
         return k.from_chwn(yt, N, _NONE if bias is None else bias.contiguous())
@@ -300,7 +321,7 @@ class _SparseConv2d(torch.autograd.Function):
         values, xp = ctx.saved_tensors
         (O, C, KH, KW), (sh, sw), (ph, pw), (dh, dw) = ctx.geom
         L, k, (N, H, W), gy = ctx.layout, kernels(), ctx.size, gy.contiguous()
-        if ctx.record is not None: ctx.record.append(_ConvPass(xp, gy, ctx.geom[0], (sh, sw), (dh, dw), N))
+        if ctx.record is not None: ctx.record.append(_ConvPass(xp, gy, (O, C // ctx.groups, KH, KW), (sh, sw), (dh, dw), N, ctx.groups))
         gyt = k.to_chwn(gy, 0, 0, xp.shape[3], _scratch('gy', (O, *gy.shape[2:], xp.shape[3])))
         gx = None
         if ctx.needs_input_grad[0]:
@@ -309,33 +330,37 @@ class _SparseConv2d(torch.autograd.Function):
             gx = k.from_chwn(gxt, N, _NONE)
         gv = k.conv_bwd_values(L.ptr, L.idx, gyt, xp, KH, KW, sh, sw, dh, dw) if ctx.needs_input_grad[1] else None
         gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gv, gb, None, None, None
+        return gx, gv, gb, None, None, None, None
 
 def sparse_conv2d(x:torch.Tensor,         # input, `(N, in, H, W)` or `(in, H, W)`
                   values:torch.Tensor,    # the active weights, in `layout`'s order
                   layout:CSRLayout,       # where they are, in the `(out, in * kh * kw)` view of the weight
                   shape:tuple,            # the weight's shape, `(out, in, kh, kw)`
                   bias:torch.Tensor=None, # `(out,)`, or None
-                  stride=1, padding=0, dilation=1, # ints or pairs, as for `F.conv2d` (zero padding, one group)
+                  stride=1, padding=0, dilation=1, # ints or pairs, as for `F.conv2d` (zero padding)
                   record:list=None,       # if given, each backward appends what `dense_grad` needs to it
+                  groups:int=1,           # as for `F.conv2d`: `shape` is then `(out, in / groups, kh, kw)`
                  )->torch.Tensor:         # `(N, out, H_out, W_out)`
-    "`F.conv2d(x, W, bias, stride, padding, dilation)` for the sparse weight `W` that `values` and `layout` describe, on its active weights only"
+    "`F.conv2d(x, W, bias, stride, padding, dilation, groups)` for the sparse weight `W` that `values` and `layout` describe, on its active weights only"
     _check_inputs(x, values, layout)
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
-    geom = (tuple(shape), pair(stride), pair(padding), pair(dilation))
     if layout.rows != shape[0] or layout.cols != math.prod(shape[1:]):
         raise ValueError(f"A layout of ({layout.rows}, {layout.cols}) for a weight of shape {tuple(shape)}")
-    if x.dim() == 3: return sparse_conv2d(x[None], values, layout, shape, bias, stride, padding, dilation, record)[0]
-    if x.dim() != 4 or x.shape[1] != shape[1]:
-        raise ValueError(f"Expected an input of shape (N, {shape[1]}, H, W) for a weight of shape {tuple(shape)}, got {tuple(x.shape)}")
+    if not isinstance(groups, int) or groups < 1 or shape[0] % groups:
+        raise ValueError(f"groups={groups!r} must be a positive int dividing the {shape[0]} output channels")
+    if x.dim() == 3: return sparse_conv2d(x[None], values, layout, shape, bias, stride, padding, dilation, record, groups)[0]
+    C = shape[1] * groups
+    if x.dim() != 4 or x.shape[1] != C:
+        raise ValueError(f"Expected an input of shape (N, {C}, H, W) for a weight of shape {tuple(shape)} in {groups} group(s), got {tuple(x.shape)}")
+    geom = ((shape[0], C, *shape[2:]), pair(stride), pair(padding), pair(dilation))
     (_, _, KH, KW), _, (ph, pw), (dh, dw) = geom
     if x.shape[2] + 2 * ph < dh * (KH - 1) + 1 or x.shape[3] + 2 * pw < dw * (KW - 1) + 1:
         raise ValueError(f"The input ({tuple(x.shape[2:])}, padded by {(ph, pw)}) is smaller than the kernel {(KH, KW)}")
     if kernels() is _TorchKernels:   # no compiled kernels: dense, on the densified weight (same results, no saving)
         w = layout.to_dense(values).view(shape)
         if record is not None and w.requires_grad: w.register_hook(lambda g: record.append(_DensePass(g)))
-        return F.conv2d(x, w, bias, geom[1], geom[2], geom[3])
-    return _SparseConv2d.apply(x, values, bias, layout, geom, record)
+        return F.conv2d(x, w, bias, geom[1], geom[2], geom[3], groups)
+    return _SparseConv2d.apply(x, values, bias, _grouped(layout, groups), geom, record, groups)
 
 # %% ../nbs/07_compute.ipynb #d19a7b41
 class _EmbeddingPass(NamedTuple):
@@ -603,13 +628,13 @@ def _linear_forward(self, x):
 def _conv2d_forward(self, x):
     w = self.sparse_weight(_W)
     return sparse_conv2d(_float32(x), w.values, w.weight_layout, w.mask.shape, self.bias, self.stride, self.padding, self.dilation,
-                         w._forward_record())
+                         w._forward_record(), self.groups)
 
 def _conv1d_forward(self, x):
     "`nn.Conv1d`'s forward as a convolution of height 1: the same kernels, the layout of its `(out, in * k)` view"
     w = self.sparse_weight(_W); O, C, K = w.mask.shape
     y = sparse_conv2d(_float32(x).unsqueeze(-2), w.values, w.weight_layout, (O, C, 1, K), self.bias, (1, self.stride[0]),
-                      (0, self.padding[0]), (1, self.dilation[0]), w._forward_record())
+                      (0, self.padding[0]), (1, self.dilation[0]), w._forward_record(), self.groups)
     return y.squeeze(-2)
 
 def _embedding_forward(self, input):
@@ -883,7 +908,6 @@ def _cannot(m, attr)->str|None:
         if m.scale_grad_by_freq or m.sparse: return 'scale_grad_by_freq or sparse=True: only the plain embedding computes sparse'
     if attr != _W: return f'only the weight of {base.__name__} computes sparse'
     if base in (nn.Conv1d, nn.Conv2d):
-        if m.groups != 1: return f'a grouped convolution (groups={m.groups}): only groups=1 computes sparse'
         if m.padding_mode != 'zeros': return f"padding_mode={m.padding_mode!r}: only 'zeros' computes sparse"
         if isinstance(m.padding, str): return f'padding={m.padding!r}: give the padding as numbers to compute sparse'
     return None

@@ -22,10 +22,10 @@ class SeqNet(nn.Module):
     def forward(self, x): return self.head(self.lstm(self.enc(self.emb(x.view(-1, 8, 8))))[0][:, -1])
 
 class Conv1dNet(nn.Module):
-    "A digit's 8 x 8 pixels as 8 channels of 8 steps: two 1-d convolutions (the second strided), a linear head"
+    "A digit's 8 x 8 pixels as 8 channels of 8 steps: two 1-d convolutions (the second strided, in 4 groups), a linear head"
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv1d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+        self.body = nn.Sequential(nn.Conv1d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 32, 3, stride=2, padding=1, groups=4), nn.ReLU(),
                                   nn.Flatten(), nn.Linear(32 * 4, 10))
     def forward(self, x): return self.body(x.view(-1, 8, 8))
 

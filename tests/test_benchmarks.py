@@ -55,6 +55,8 @@ def test_compute_model_smoke():
     assert 'sparse' in out and 'training state' in out
     out = bench('compute.py', 'conv1d', '--repeats', '1')
     assert 'MNIST-1D CNN' in out and 'masked weights compute sparse' in out
+    out = bench('compute.py', 'mobilenet', '--repeats', '1')
+    assert 'MobileNetV2' in out and '53 of 53 masked weights compute sparse' in out
     out = bench('compute.py', 'batch', '--repeats', '1')
     assert 'Linear(4096, 4096)' in out and 'Conv2d(64, 64, 3)' in out and 'batch 1:' in out
 

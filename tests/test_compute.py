@@ -80,17 +80,20 @@ def test_panels_round_trip_the_same_in_both_kernels(n, c, bias, seed):
 @settings(max_examples=60, **SETTINGS)
 @given(st.integers(1, 20), st.integers(1, 9), st.integers(1, 9), st.integers(1, 13), st.integers(1, 13), st.integers(1, 4),
        st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(0, 3), st.integers(0, 3), st.integers(1, 2),
-       st.floats(0., 1.), st.booleans(), st.sampled_from(['cpp', 'torch']), st.integers(0, 2**31))
-def test_sparse_conv2d_matches_masked_dense(n, c, o, h, w_, kh, kw, sh, sw, ph, pw, dil, density, bias, which, seed):
+       st.floats(0., 1.), st.booleans(), st.sampled_from(['cpp', 'torch']), st.sampled_from([1, 1, 2, 3]), st.integers(0, 2**31))
+@example(5, 1, 1, 7, 7, 3, 3, 1, 1, 1, 1, 1, 0.6, True, 'cpp', 3, 0).via('depthwise')
+def test_sparse_conv2d_matches_masked_dense(n, c, o, h, w_, kh, kw, sh, sw, ph, pw, dil, density, bias, which, groups, seed):
+    "`sparse_conv2d` gives `F.conv2d`'s output and gradients on the masked weight, and the dense weight gradient; `c` and `o` are per group"
     if h + 2 * ph < dil * (kh - 1) + 1 or w_ + 2 * pw < dil * (kw - 1) + 1: return    # no output position
     g = torch.Generator().manual_seed(seed)
+    o = o * groups
     w, m = torch.randn(o, c, kh, kw, generator=g), torch.rand(o, c, kh, kw, generator=g) < density
     b = torch.randn(o, generator=g) if bias else None
-    x = torch.randn(n, c, h, w_, generator=g, requires_grad=True)
+    x = torch.randn(n, c * groups, h, w_, generator=g, requires_grad=True)
     L, v, rec = CSRLayout.from_mask(m), w[m].requires_grad_(), []
-    with _kernels_for(which): y = sparse_conv2d(x, v, L, w.shape, b, (sh, sw), (ph, pw), dil, rec)
+    with _kernels_for(which): y = sparse_conv2d(x, v, L, w.shape, b, (sh, sw), (ph, pw), dil, rec, groups)
     wd = (w * m).requires_grad_()
-    ref = F.conv2d(x, wd, b, (sh, sw), (ph, pw), dil)
+    ref = F.conv2d(x, wd, b, (sh, sw), (ph, pw), dil, groups)
     assert y.shape == ref.shape
     gy = torch.randn(ref.shape, generator=g)
     with _kernels_for(which): y.backward(gy)
@@ -561,19 +564,19 @@ def test_pickle_copy_and_switching_back():
     unsparsify(a); assert type(a[0]) is nn.Linear and torch.allclose(a(x), y, atol=1e-6)
 
 def test_what_stays_masked_and_clear_errors():
-    m = nn.Sequential(nn.Conv3d(2, 4, 3), nn.Conv1d(4, 4, 3, groups=2), nn.Linear(8, 3))
+    m = nn.Sequential(nn.Conv3d(2, 4, 3), nn.Conv1d(4, 4, 3, padding='same'), nn.Conv1d(4, 4, 3, groups=2), nn.Linear(8, 3))
     sparsify_model(m, 0.5, seed=0)
-    why = set_compute(m, 'sparse')                                           # 3-d and grouped 1-d convolutions stay masked, and say why
-    assert set(why) == {'0.weight', '1.weight'} and 'groups=2' in why['1.weight']
+    why = set_compute(m, 'sparse')                                           # 3-d convolutions and string padding stay masked, and say why
+    assert set(why) == {'0.weight', '1.weight'} and 'same' in why['1.weight'] and type(m[2]).__name__ == 'SparseTrainConv1d'   # grouped: sparse
     class Scaled(nn.Linear):
         def forward(self, x): return 2 * super().forward(x)
     convs = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, padding=1, padding_mode='reflect'),
                           nn.Conv2d(4, 4, 3, padding='same'), nn.Conv2d(4, 4, 3), Scaled(4, 4))
     sparsify_model(convs, 0.5, seed=0)
     why = set_compute(convs, 'sparse')
-    assert list(why) == ['0.weight', '1.weight', '2.weight', '4.weight'] and 'groups=2' in why['0.weight']
+    assert list(why) == ['1.weight', '2.weight', '4.weight']
     assert 'reflect' in why['1.weight'] and 'same' in why['2.weight'] and 'own forward' in why['4.weight']
-    assert type(convs[3]).__name__ == 'SparseTrainConv2d' and type(convs[4]) is Scaled
+    assert type(convs[0]).__name__ == type(convs[3]).__name__ == 'SparseTrainConv2d' and type(convs[4]) is Scaled
     dense_conv = nn.Sequential(nn.Conv2d(4, 4, 3)); sparsify_model(dense_conv, 0.25, seed=0)
     why = set_compute(dense_conv, 'sparse', min_sparsity=_MIN)               # not sparse enough to be faster: stays masked, says so
     assert list(why) == ['0.weight'] and 'COMPUTE_MIN_SPARSITY' in why['0.weight'] and not masked_params(dense_conv)[0].sparse
@@ -608,10 +611,16 @@ def test_redistribution_changes_counts_and_remaps_state():
     _check_opt(opt, masked_params(m))                                                   # ...and the optimizer trains the new values
 
 def _conv1d_net(seed):
-    "Two 1-d convolutions (the second strided and dilated) on 2 channels of 12 steps, a linear head to 3 outputs"
+    "Two 1-d convolutions (the second strided, dilated and in 2 groups) on 2 channels of 12 steps, a linear head to 3 outputs"
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.Tanh(), nn.Conv1d(8, 8, 3, stride=2, padding=2, dilation=2), nn.Tanh(),
+    return nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.Tanh(), nn.Conv1d(8, 8, 3, stride=2, padding=2, dilation=2, groups=2), nn.Tanh(),
                          nn.Flatten(), nn.Linear(8 * 6, 3))
+
+def _grouped_net(seed):
+    "On 2 channels of 6 x 6: a convolution, a depthwise one (strided), a 1 x 1 one in 4 groups, a linear head to 3 outputs"
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.Tanh(),
+                         nn.Conv2d(8, 8, 1, groups=4), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 9, 3))
 
 class _SeqNet(nn.Module):
     "Tokens embedded, a Transformer encoder layer, an LSTM, a linear head on the last step"
@@ -623,7 +632,8 @@ class _SeqNet(nn.Module):
 
 _RESUMED = {'mlp': (lambda seed: _mlp([10, 16, 3], seed), lambda g: torch.randn(8, 10, generator=g), {}),
             'seq': (_SeqNet, lambda g: torch.randint(0, 12, (8, 5), generator=g), dict(embeddings=True)),
-            'conv1d': (lambda seed: _conv1d_net(seed), lambda g: torch.randn(8, 2, 12, generator=g), {})}
+            'conv1d': (lambda seed: _conv1d_net(seed), lambda g: torch.randn(8, 2, 12, generator=g), {}),
+            'grouped': (lambda seed: _grouped_net(seed), lambda g: torch.randn(8, 2, 6, 6, generator=g), {})}
 
 @pytest.mark.parametrize('compute_mode', ['masked', 'sparse'])
 @pytest.mark.parametrize('net, preset', [(n, 'RigL') for n in _RESUMED] + [('mlp', 'SNFS')])
@@ -867,14 +877,16 @@ def test_rigl_growth_streams_without_a_dense_gradient(monkeypatch):
 
 @settings(max_examples=40, **SETTINGS)
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 9), st.integers(1, 30), st.integers(1, 5), st.integers(1, 3), st.integers(0, 3),
-       st.integers(1, 2), st.floats(0.05, 0.9), st.booleans(), st.booleans(), st.integers(0, 2**31))
-@example(17, 3, 4, 9, 3, 1, 1, 1, 0.5, True, True, 0).via('a batch past 16 lanes')
-def test_conv1d_matches_masked_dense(n, c, o, length, k, stride, padding, dilation, density, bias, batched, seed):
+       st.integers(1, 2), st.floats(0.05, 0.9), st.booleans(), st.booleans(), st.sampled_from([1, 1, 2]), st.integers(0, 2**31))
+@example(17, 3, 4, 9, 3, 1, 1, 1, 0.5, True, True, 1, 0).via('a batch past 16 lanes')
+@example(3, 1, 1, 9, 3, 1, 1, 1, 0.5, True, True, 2, 0).via('depthwise')
+def test_conv1d_matches_masked_dense(n, c, o, length, k, stride, padding, dilation, density, bias, batched, groups, seed):
     "`nn.Conv1d` in sparse compute (a convolution of height 1 through the 2-d kernels) gives `F.conv1d`'s output and gradients on the masked weight, and the dense weight gradient an update reads"
     from fastsparse.compute import weight_compute
     if length + 2 * padding < dilation * (k - 1) + 1: return
     torch.manual_seed(seed)
-    layer = nn.Conv1d(c, o, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    c, o = c * groups, o * groups   # per group
+    layer = nn.Conv1d(c, o, k, stride=stride, padding=padding, dilation=dilation, bias=bias, groups=groups)
     w = layer.weight.detach().clone()
     try: sparsify_model(layer, 1 - density, seed=seed, compute='sparse')
     except ValueError as e: assert 'keep no weight' in str(e); event('the layer would keep no weight'); return
@@ -883,7 +895,7 @@ def test_conv1d_matches_masked_dense(n, c, o, length, k, stride, padding, dilati
     x = torch.randn(*((n,) if batched else ()), c, length)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     wd = (w * m).requires_grad_(); b = None if layer.bias is None else layer.bias.detach().clone().requires_grad_()
-    ref = F.conv1d(xa, wd, b, stride, padding, dilation); y = layer(xb)
+    ref = F.conv1d(xa, wd, b, stride, padding, dilation, groups); y = layer(xb)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     gy = torch.randn_like(ref); ref.backward(gy); y.backward(gy)
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-4)
@@ -891,16 +903,18 @@ def test_conv1d_matches_masked_dense(n, c, o, length, k, stride, padding, dilati
     torch.testing.assert_close(weight_compute(t).weight_grad(), wd.grad, rtol=1e-4, atol=1e-3)
     if bias: torch.testing.assert_close(layer.bias.grad, b.grad, rtol=1e-4, atol=1e-3)
 
-def test_conv1d_trains_sparse_as_masked():
-    "A 1-d CNN trains with RigL the same in both modes; its checkpoints move between them and it goes back to `nn.Conv1d`"
-    a = _conv1d_net(0); b = copy.deepcopy(a)
+@pytest.mark.parametrize('net', ['conv1d', 'grouped'])
+def test_conv1d_and_grouped_train_sparse_as_masked(net):
+    "A 1-d CNN, and a 2-d one with depthwise and grouped convolutions, train with RigL the same in both modes; their checkpoints move between modes and they go back to torch's classes"
+    make, inputs, _ = _RESUMED[net]
+    a = make(0); b = copy.deepcopy(a)
     sparsify_model(a, 0.7, 'erk', seed=0); sparsify_model(b, 0.7, 'erk', seed=0, compute='sparse')
-    assert [t.sparse for t in masked_params(b)] == [True, True, True]
-    _pair_train(a, b, lambda g: ((torch.randn(8, 2, 12, generator=g),), torch.randn(8, 3, generator=g)), steps=6)
-    c = _conv1d_net(1); sparsify_model(c, 0.5, seed=3, compute='sparse'); c.load_state_dict(a.state_dict()); check_invariants(c)
-    x = torch.randn(4, 2, 12)
+    assert all(t.sparse for t in masked_params(b)) and len(masked_params(b)) == len(masked_params(a))
+    _pair_train(a, b, lambda g: ((inputs(g),), torch.randn(8, 3, generator=g)), steps=6)
+    c = make(1); sparsify_model(c, 0.5, seed=3, compute='sparse'); c.load_state_dict(a.state_dict()); check_invariants(c)
+    x = inputs(torch.Generator().manual_seed(1))
     for m in (c, copy.deepcopy(c), pickle.loads(pickle.dumps(c))): torch.testing.assert_close(m(x), a(x), rtol=1e-5, atol=1e-6)
-    set_compute(c, 'masked'); assert type(c[0]) is nn.Conv1d
+    set_compute(c, 'masked'); assert type(c[0]) is type(a[0]) and type(c[2]) is type(a[2])
     torch.testing.assert_close(c(x), a(x), rtol=1e-5, atol=1e-6)
 
 @pytest.mark.parametrize('which', ['cpp', 'torch'])
