@@ -479,6 +479,14 @@ def _inactive_like_weight(t):
     "The stand-in for the grow scores (elementwise) of a layer in sparse compute: the weight and its optimizer state at the inactive weights, zeros (no memory) but for the momentum kept of them"
     return state_view(t.trainable.new_zeros(()).expand(*t.mask.shape), weight_compute(t).inactive_state)
 
+def _active_entries(ctx, t, opt, active_idx=None)->tuple:
+    "Masked compute: the active entries of the weight a score sees in `ctx`, with theirs of its optimizer state, and their flat indices"
+    dense = ctx['weight'].detach()
+    idx = active_idx(t) if active_idx is not None else t.mask.reshape(-1).nonzero().squeeze(1)
+    st = ctx['state'] if ctx['state'] is not None else opt_state(opt, ctx['weight'])
+    at = lambda v: v.reshape(-1).index_select(0, idx) if isinstance(v, torch.Tensor) and v.shape == dense.shape else v
+    return state_view(at(dense), lambda o: {k: at(v) for k, v in st.items()}), idx
+
 def _at(ctx, idx, values, f):
     "The context `ctx` of a layer in sparse compute restricted to the flat indices `idx` (in `values`' order), for score `f`"
     wants = score_kwargs(f)                 # gather only what the score reads
@@ -576,14 +584,16 @@ class Scorer:
         "Per layer, the `kind` copies ('init' or 'prev') that scores see, or None if none is kept"
         return {t.name: _buffer(t, kind) for t in targets} if getattr(self, f'uses_{kind}') else None
 
-    def shares(self, targets, ctxs, stats, live)->list:
-        "Each layer's share of the regrowth, from the redistribution score (0 for layers that do not train); in sparse compute, one marked `over_active` reads the active values alone"
+    def shares(self, targets, ctxs, stats, live, active_idx=None)->list:
+        "Each layer's share of the regrowth, from the redistribution score (0 for layers that do not train); one marked `over_active` reads the active weights alone, and their state (`active_idx(t)`: their flat indices, if the caller keeps them)"
         f, out = self.redistribution_f, []
         for t, c, s, l in zip(targets, ctxs, stats, live):
             w = c['weight']
-            if l and t.sparse and getattr(f, 'over_active', False):
-                w = t.trainable
-                idx = weight_compute(t).weight_layout.flat() if {'grad', 'init', 'prev'} & set(score_kwargs(f)) else None
+            if l and getattr(f, 'over_active', False):
+                if t.sparse:   # the values and their own state
+                    w = t.trainable
+                    idx = weight_compute(t).weight_layout.flat() if {'grad', 'init', 'prev'} & set(score_kwargs(f)) else None
+                else: w, idx = _active_entries(c, t, self.opt, active_idx)
                 c = _at(c, idx, w, f)
             out.append(check_score(f, w, self.opt, 'redistribution', **dict(c, stats=s)) if l else 0.)
         return out
@@ -651,7 +661,7 @@ class Redistribution(Regrowth):
     "SNFS and DSR: the redistribution score shares the regrowth between layers (in layer scope with SNFS's rules: nearly dense layers, a fill cap, a floor)"
     needs_contexts = True
     def layer_counts(self, e, r, n_drop, prune, rest, ctxs):
-        shares = e.scorer.shares(e.targets, ctxs, layer_stats(e.targets, r.active, [p + d for p, d in zip(prune, n_drop)]), r.live)
+        shares = e.scorer.shares(e.targets, ctxs, layer_stats(e.targets, r.active, [p + d for p, d in zip(prune, n_drop)]), r.live, e.active_idx)
         numel = [t.mask.numel() for t in e.targets]
         n_drop = _dense_layer_drops(n_drop, shares, rest, numel, r.live)
         free = [n - a + d if l else 0 for n, a, d, l in zip(numel, rest, n_drop, r.live)]

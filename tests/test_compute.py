@@ -697,6 +697,26 @@ def test_snfs_update_in_sparse_compute_makes_no_state_dense(monkeypatch):
         set_compute(m, mode)
         assert all(torch.equal(saved[f'{t.name}_momentum'], t.module.weight_momentum) for t in masked_params(m))
 
+@pytest.mark.parametrize('compute_mode', ['masked', 'sparse'])
+def test_over_active_redistribution_reads_the_active_entries_alone(compute_mode):
+    "A redistribution marked `over_active` gives, from the active entries and their state alone, exactly what it gives on the whole weight"
+    from fastsparse.criteria import momentum_redistribution
+    from fastsparse.engine import layer_stats
+    g = torch.Generator().manual_seed(0)
+    m = _mlp([10, 32, 3], 0); sparsify_model(m, 0.8, seed=0, compute=compute_mode)
+    o = torch.optim.Adam(m.parameters(), lr=1e-2)
+    d = DynamicSparseTraining(m, o, seed=0, batches_per_update=1000, **SNFS_presets)
+    for _ in range(3):
+        F.mse_loss(m(torch.randn(8, 10, generator=g)), torch.randn(8, 3, generator=g)).backward(); o.step(); d.step(0.1); o.zero_grad()
+    e = d.engine; ts = e.targets
+    assert momentum_redistribution.over_active and e.redistribution_f is momentum_redistribution
+    ctxs = [e.scorer.ctx(i, t, 0, 0) for i, t in enumerate(ts)]
+    got = e.scorer.shares(ts, ctxs, layer_stats(ts, [int(t.mask.sum()) for t in ts]), [True] * len(ts), e.active_idx)
+    want = [momentum_redistribution(t.module.sparse_weight(t.attr).dense_weight() if t.sparse else c['weight'], o, t.mask)
+            for c, t in zip(ctxs, ts)]
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert all(w > 0 for w in want)
+
 def test_fastai_learner_in_sparse_compute(tmp_path):
     "learn.sparsify(compute='sparse') with the callback: same losses and masks as masked compute, with gradient accumulation too; save, load, FLOPs, export"
     from fastai.basics import Learner, DataLoaders, CrossEntropyLossFlat, accuracy
