@@ -8,7 +8,6 @@ import hashlib, logging, math, os, threading, warnings, weakref
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from functools import partial
 from typing import NamedTuple
 import torch
 from torch import nn
@@ -283,24 +282,13 @@ class _DensePass(NamedTuple):
 
 def _lanes(n): return -(-n // 16) * 16
 
-_GROUPED = {}   # id of a layout's `idx` -> (a weak reference to it, {groups: the layout of its block-diagonal weight})
-
-def _forget(r, k):
-    if _GROUPED.get(k, (None,))[0] is r: del _GROUPED[k]
-
 def _grouped(L:CSRLayout, groups:int)->CSRLayout:
     """The layout of a grouped convolution's `(out, in / groups * kh * kw)` weight as the block-diagonal `(out, in * kh * kw)`
     weight it stands for: each row's columns moved to its group's input channels, the values in the same order. The
-    kernels then run a grouped convolution as a plain one; made once per layout"""
+    kernels then run a grouped convolution as a plain one (a layer keeps it until its mask changes: `SparseWeight.grouped`)"""
     if groups == 1: return L
-    k = id(L.idx); hit = _GROUPED.get(k)
-    if hit is None or hit[0]() is not L.idx: hit = _GROUPED[k] = (weakref.ref(L.idx, partial(_forget, k=k)), {})
-    per = hit[1]
-    if groups not in per:
-        group = _entry_rows(L.ptr, L.nnz) // (L.rows // groups)
-        idx = (L.idx.long() + group * L.cols).int()
-        per[groups] = CSRLayout(L.rows, L.cols * groups, L.ptr, idx, *kernels().csr_transpose(L.ptr, idx, L.cols * groups))
-    return per[groups]
+    idx = (L.idx.long() + _entry_rows(L.ptr, L.nnz) // (L.rows // groups) * L.cols).int()
+    return CSRLayout(L.rows, L.cols * groups, L.ptr, idx, *kernels().csr_transpose(L.ptr, idx, L.cols * groups))
 
 class _SparseConv2d(torch.autograd.Function):
     "`F.conv2d(x, W, bias, stride, padding, dilation)` for a weight held as `values` in `layout`, by fastsparse's kernels"
@@ -340,6 +328,7 @@ def sparse_conv2d(x:torch.Tensor,         # input, `(N, in, H, W)` or `(in, H, W
                   stride=1, padding=0, dilation=1, # ints or pairs, as for `F.conv2d` (zero padding)
                   record:list=None,       # if given, each backward appends what `dense_grad` needs to it
                   groups:int=1,           # as for `F.conv2d`: `shape` is then `(out, in / groups, kh, kw)`
+                  grouped:CSRLayout=None, # with groups > 1: `layout` as the block-diagonal weight's, if the caller keeps it (made here otherwise)
                  )->torch.Tensor:         # `(N, out, H_out, W_out)`
     "`F.conv2d(x, W, bias, stride, padding, dilation, groups)` for the sparse weight `W` that `values` and `layout` describe, on its active weights only"
     _check_inputs(x, values, layout)
@@ -348,7 +337,7 @@ def sparse_conv2d(x:torch.Tensor,         # input, `(N, in, H, W)` or `(in, H, W
         raise ValueError(f"A layout of ({layout.rows}, {layout.cols}) for a weight of shape {tuple(shape)}")
     if not isinstance(groups, int) or groups < 1 or shape[0] % groups:
         raise ValueError(f"groups={groups!r} must be a positive int dividing the {shape[0]} output channels")
-    if x.dim() == 3: return sparse_conv2d(x[None], values, layout, shape, bias, stride, padding, dilation, record, groups)[0]
+    if x.dim() == 3: return sparse_conv2d(x[None], values, layout, shape, bias, stride, padding, dilation, record, groups, grouped)[0]
     C = shape[1] * groups
     if x.dim() != 4 or x.shape[1] != C:
         raise ValueError(f"Expected an input of shape (N, {C}, H, W) for a weight of shape {tuple(shape)} in {groups} group(s), got {tuple(x.shape)}")
@@ -360,7 +349,7 @@ def sparse_conv2d(x:torch.Tensor,         # input, `(N, in, H, W)` or `(in, H, W
         w = layout.to_dense(values).view(shape)
         if record is not None and w.requires_grad: w.register_hook(lambda g: record.append(_DensePass(g)))
         return F.conv2d(x, w, bias, geom[1], geom[2], geom[3], groups)
-    return _SparseConv2d.apply(x, values, bias, _grouped(layout, groups), geom, record, groups)
+    return _SparseConv2d.apply(x, values, bias, grouped if grouped is not None else _grouped(layout, groups), geom, record, groups)
 
 # %% ../nbs/07_compute.ipynb #d19a7b41
 class _EmbeddingPass(NamedTuple):
@@ -463,6 +452,13 @@ class SparseWeight:
         b = self._blocks.get((start, stop))
         if b is None: b = self._blocks[(start, stop)] = (L.row_block(start, stop), int(L.ptr[start]), int(L.ptr[stop]))
         return b[0], self.values[b[1]:b[2]]
+
+    def grouped(self, groups:int)->CSRLayout:
+        "The block-diagonal layout a grouped convolution's kernels read, made once and kept until the mask changes"
+        L = self.weight_layout   # first: a changed mask drops the blocks
+        if groups == 1: return L
+        if ('groups', groups) not in self._blocks: self._blocks[('groups', groups)] = _grouped(L, groups)
+        return self._blocks[('groups', groups)]
 
     def linear(self, x:torch.Tensor, bias:torch.Tensor=None, rows:slice=None, cache:dict=None)->torch.Tensor:
         "`F.linear(x, weight[rows], bias)` on the active weights (all rows if `rows` is None), recording its backward pass while one is read (`cache`: see `sparse_linear`)"
@@ -628,13 +624,13 @@ def _linear_forward(self, x):
 def _conv2d_forward(self, x):
     w = self.sparse_weight(_W)
     return sparse_conv2d(_float32(x), w.values, w.weight_layout, w.mask.shape, self.bias, self.stride, self.padding, self.dilation,
-                         w._forward_record(), self.groups)
+                         w._forward_record(), self.groups, w.grouped(self.groups))
 
 def _conv1d_forward(self, x):
     "`nn.Conv1d`'s forward as a convolution of height 1: the same kernels, the layout of its `(out, in * k)` view"
     w = self.sparse_weight(_W); O, C, K = w.mask.shape
     y = sparse_conv2d(_float32(x).unsqueeze(-2), w.values, w.weight_layout, (O, C, 1, K), self.bias, (1, self.stride[0]),
-                      (0, self.padding[0]), (1, self.dilation[0]), w._forward_record(), self.groups)
+                      (0, self.padding[0]), (1, self.dilation[0]), w._forward_record(), self.groups, w.grouped(self.groups))
     return y.squeeze(-2)
 
 def _embedding_forward(self, input):

@@ -113,9 +113,9 @@ def comparable(f:Callable)->Callable:
     f.comparable = True; return f
 
 def over_active(f:Callable)->Callable:
-    """Mark redistribution score `f` as reducing the entries of the active weights only (where `mask` is True): for a layer
-    in sparse compute the engine calls it on the active values, their own optimizer state and an all-True mask, with no
-    dense view of the weight or of its optimizer state"""
+    """Mark redistribution score `f` as reducing the entries of the active weights only (where `mask` is True): the engine
+    calls it on those entries alone (in sparse compute, the values), with theirs of the optimizer state and an all-True
+    mask, so no dense view of the weight or of its optimizer state is made"""
     f.over_active = True; return f
 
 def elementwise(f:Callable)->Callable:

@@ -483,7 +483,7 @@ def _active_entries(ctx, t, opt, active_idx=None)->tuple:
     "Masked compute: the active entries of the weight a score sees in `ctx`, with theirs of its optimizer state, and their flat indices"
     dense = ctx['weight'].detach()
     idx = active_idx(t) if active_idx is not None else t.mask.reshape(-1).nonzero().squeeze(1)
-    st = ctx['state'] if ctx['state'] is not None else opt_state(opt, ctx['weight'])
+    st = ctx['state']   # masked compute: the weight's, with the momentum kept of its inactive weights
     at = lambda v: v.reshape(-1).index_select(0, idx) if isinstance(v, torch.Tensor) and v.shape == dense.shape else v
     return state_view(at(dense), lambda o: {k: at(v) for k, v in st.items()}), idx
 
@@ -672,7 +672,7 @@ class Redistribution(Regrowth):
         return n_drop, [m + g for m, g in zip(least, more)]
     def ranked_counts(self, e, r, exchanged, drop_idx, ctxs):
         removed = [len(d) for d in drop_idx]
-        shares = e.scorer.shares(e.targets, ctxs, layer_stats(e.targets, r.active, removed), r.live)
+        shares = e.scorer.shares(e.targets, ctxs, layer_stats(e.targets, r.active, removed), r.live, e.active_idx)
         caps = [t.mask.numel() - a + n if l else 0 for t, a, n, l in zip(e.targets, r.active, removed, r.live)]
         return allocate(sum(exchanged), shares, caps)
 

@@ -714,7 +714,7 @@ def test_over_active_redistribution_reads_the_active_entries_alone(compute_mode)
     got = e.scorer.shares(ts, ctxs, layer_stats(ts, [int(t.mask.sum()) for t in ts]), [True] * len(ts), e.active_idx)
     want = [momentum_redistribution(t.module.sparse_weight(t.attr).dense_weight() if t.sparse else c['weight'], o, t.mask)
             for c, t in zip(ctxs, ts)]
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert got == want                                   # the same entries, reduced in the same order
     assert all(w > 0 for w in want)
 
 def test_fastai_learner_in_sparse_compute(tmp_path):
