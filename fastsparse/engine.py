@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from .adapters import as_model, inner_optimizer, param_lists, momentum_rule, lacks_momentum, extra_state
 from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer, grad_masked
-from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view, NonFiniteError
+from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view, NonFiniteError, MOMENTUM_KEYS, SECOND_MOMENT_KEYS
 from torch import nn
 from .compute import CSRLayout, kernels, weight_compute
 from .schedules import UpdateSchedule, check_fraction
@@ -24,12 +24,12 @@ from fastcore.meta import delegates
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['SCOPES', 'DROP_BY', 'REDISTRIBUTION_FILL', 'REDISTRIBUTION_FLOOR', 'SET_presets', 'SNFS_presets', 'RigL_presets',
-           'SRigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan', 'Change', 'Round',
-           'check_selection', 'SparseEngine', 'Scorer', 'layer_stats', 'Regrowth', 'Redistribution', 'Placement',
-           'NeuronAblation', 'LayerSelection', 'RankedSelection', 'GlobalSelection', 'PruneSelection',
-           'ThresholdSelection', 'reset_opt_state', 'snapshot', 'check_invariants', 'GradualPruning',
-           'DynamicSparseTraining', 'DynamicSparseTrainingOptimizerWrapper']
+__all__ = ['SCOPES', 'DROP_BY', 'GROWN_STATES', 'REDISTRIBUTION_FILL', 'REDISTRIBUTION_FLOOR', 'SET_presets', 'SNFS_presets',
+           'RigL_presets', 'SRigL_presets', 'DSR_presets', 'GMP_presets', 'GraNet_presets', 'PRESETS', 'LayerPlan',
+           'Change', 'Round', 'check_selection', 'SparseEngine', 'Scorer', 'layer_stats', 'Regrowth', 'Redistribution',
+           'Placement', 'NeuronAblation', 'LayerSelection', 'RankedSelection', 'GlobalSelection', 'PruneSelection',
+           'ThresholdSelection', 'reset_opt_state', 'snapshot', 'saved_grown_state', 'check_invariants',
+           'GradualPruning', 'DynamicSparseTraining', 'DynamicSparseTrainingOptimizerWrapper']
 
 # %% ../nbs/10_engine.ipynb #bbfbf0c7
 def _dist():
@@ -123,6 +123,26 @@ def _check_ablation(gamma, structured=None):
                          "`sparsify_model(model, ..., structure='fan_in')` first")
     return float(gamma)
 
+GROWN_STATES = ('zero', 'momentum')   # what a grown weight starts with besides its value 0: zero optimizer state, or its momentum
+
+def _keeps_second_moment(opt)->bool:
+    "Whether `opt` keeps a running average of the squared gradient (Adam, RMSProp), by its hyper-parameters or its state"
+    o = inner_optimizer(opt)
+    groups = list(getattr(o, 'param_groups', None) or []) + list(getattr(o, 'hypers', None) or [])
+    if any(isinstance(g, dict) and ('betas' in g or 'sqr_mom' in g or 'alpha' in g) for g in groups): return True
+    return any(k in SECOND_MOMENT_KEYS for st in getattr(o, 'state', {}).values() if isinstance(st, dict) for k in st)
+
+def _check_grown_state(grown_state, opt=None)->str:
+    "`grown_state` checked: one of `GROWN_STATES`, and 'momentum' (given `opt`) only with an optimizer whose per-weight state is its momentum"
+    if grown_state not in GROWN_STATES:
+        raise ValueError("grown_state is what a grown weight starts with: 'zero' (zero optimizer state) or 'momentum' (the momentum "
+                         f"it gathered while inactive, as SNFS's authors' code does); got {grown_state!r}")
+    if grown_state == 'momentum' and opt is not None and _keeps_second_moment(opt):
+        raise ValueError("grown_state='momentum' gives a grown weight the momentum it gathered while inactive, but this optimizer also "
+                         "keeps a running average of the squared gradient (Adam, RMSProp), which no inactive weight has: the grown "
+                         "weight's first step would divide that momentum by almost 0. Use grown_state='zero' with it, or SGD with momentum")
+    return grown_state
+
 def check_selection(scope='layer', layer_floor=0.01, drop_by='fraction', threshold=None, threshold_tolerance=0.1, group_reduce='mean'):
     "Raise a clear error unless the selection arguments of `SparseEngine` are valid"
     if scope not in SCOPES: raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
@@ -170,7 +190,8 @@ def _check_seed(seed)->int|None:
 def _no_momentum(e, name=None)->str:
     "What to do when the scores of engine `e` read momentum that its optimizer does not keep (for weight `name`)"
     f = next((f for f in e.scores if 'momentum' in score_needs(f)), None)
-    return (f"`{getattr(f, '__name__', 'a score')}` reads the gradient's momentum, which this optimizer ({type(e.opt).__name__}) does not keep"
+    who = "grown_state='momentum' carries" if f is None else f"`{getattr(f, '__name__', 'a score')}` reads"
+    return (f"{who} the gradient's momentum, which this optimizer ({type(e.opt).__name__}) does not keep"
             f"{f' for {name!r}' if name else ''}: use fastai's Adam or SGD(mom=0.9), or torch's SGD(momentum=0.9), Adam or AdamW "
             "(fastai's optimizers are known once `fastai.optimizer` is imported with fastsparse)")
 
@@ -255,13 +276,14 @@ def _setup_compute(self, opt):
     "What engine `self` needs of compute for its scores: the dense gradient on update steps, the momentum of inactive weights"
     self.sparse = [t for t in self.targets if t.sparse]       # weights in sparse compute
     # a grow score reading the momentum of inactive weights (SNFS) needs it kept densely, at every step
-    self.momentum_layers = self.targets if self.scorer.reads('momentum', [self.grow_score_f]) else []
+    # and so does grown_state='momentum', which hands it to the weights it grows
+    self.momentum_layers = self.targets if self.scorer.reads('momentum', [self.grow_score_f]) or self.grown_state == 'momentum' else []
     if self.sparse:
         if (self.redistribution_f is not None or self.scope == 'global' or self.neuron_ablation) and _dist() is not None:
             raise ValueError("Redistribution and global selection change how many weights a layer holds, which "
                              "DistributedDataParallel cannot follow in sparse compute: train with `compute='masked'` under "
                              "DDP, or with `scope='layer'` and no redistribution")
-    if opt is not None and self.scorer.reads('momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
+    if opt is not None and (self.scorer.reads('momentum') or self.grown_state == 'momentum') and lacks_momentum(opt): raise ValueError(_no_momentum(self))
     _check_hidden_state(opt)   # both before anything changes: the model and optimizer stay as they were
     if opt is not None and self.sparse: _check_opt(opt, self.sparse); _drop_stale_state(opt, self.sparse)
     if self.sparse or self.momentum_layers: _follow_loads(self)
@@ -291,6 +313,7 @@ class SparseEngine:
                  threshold_tolerance:float=0.1,         # DSR's tolerance around its target before the threshold moves
                  group_reduce:str='mean',               # structured masks: how element scores become group scores ('mean', 'sum', 'norm', 'max')
                  neuron_ablation:float=None,            # 'fan_in' masks (SRigL): remove an output with fewer salient weights than this fraction of its fan-in
+                 grown_state:str='zero',                # a grown weight starts at 0 with 'zero' optimizer state, or with the 'momentum' it gathered while inactive
                 ):
         _check_optimizer(opt)
         seed = _check_seed(seed)
@@ -301,6 +324,7 @@ class SparseEngine:
         self.group_reduce = group_reduce
         self.structured = [t for t in self.targets if t.structure is not ELEMENT]
         gamma = _check_ablation(neuron_ablation, self.structured)
+        self.grown_state = _check_grown_state(grown_state, opt)
         if self.structured and (redistribution_f is not None or scope != 'layer' or drop_by != 'fraction'):
             s = self.structured[0]
             raise ValueError(f"Structured masks ({s.structure.name!r} on '{s.name}'{' and more' if len(self.structured) > 1 else ''}) keep "
@@ -317,6 +341,7 @@ class SparseEngine:
             s = torch.tensor([self.seed], dtype=torch.int64, device=self.targets[0].param.device)
             dist.broadcast(s, src=0); self.seed = int(s.item())
         self._active = {}
+        self.start_counts = [int(t.mask.sum()) for t in self.targets]   # each layer's count at the start (a resumed driver restores them)
         if self.scorer.reads('init'): self.record_init(keep=keep_init)
         if self.scorer.reads('prev'): self.record_prev(keep=keep_init)
         # the method's rules, at their declared points: how layers share regrowth, where one layer's growth goes
@@ -629,13 +654,14 @@ def layer_stats(targets, active, removed=None)->list:
 
 # %% ../nbs/10_engine.ipynb #5e7b2c10
 REDISTRIBUTION_FILL = 0.99   # the most of a layer's free places (inactive and just dropped) that redistribution fills
-REDISTRIBUTION_FLOOR = 0.75  # no layer is left below this fraction of the model's density by redistribution
+REDISTRIBUTION_FLOOR = 0.75  # no layer is left below this fraction of its own count at the start of training by redistribution
 
-def _floor_growth(n_drop, rest, numel, live):
-    "Per layer, the growth that ends it at `REDISTRIBUTION_FLOOR` of the density of the layers that train (at least one weight, at most what it holds)"
-    density = sum(r for r, l in zip(rest, live) if l) / max(1, sum(n for n, l in zip(numel, live) if l))
-    return [max(0, min(r, max(1, math.ceil(REDISTRIBUTION_FLOOR * density * n))) - (r - d)) if l else 0
-            for d, r, n, l in zip(n_drop, rest, numel, live)]
+def _floor_growth(n_drop, rest, start, live):
+    """Per layer, the growth that ends it at `REDISTRIBUTION_FLOOR` of its count at the start of training (`start`, scaled by
+    how the total of the layers that train changed since: pruning), at least one weight and at most what it holds"""
+    scale = sum(r for r, l in zip(rest, live) if l) / max(1, sum(s for s, l in zip(start, live) if l))
+    return [max(0, min(r, max(1, math.ceil(REDISTRIBUTION_FLOOR * s * scale))) - (r - d)) if l else 0
+            for d, r, s, l in zip(n_drop, rest, start, live)]
 
 def _dense_layer_drops(n_drop, shares, rest, numel, live, dense:float=0.2):
     "SNFS's rule for nearly dense layers: one sparser than `dense` whose share of regrowth is above the even share drops at most its sparsity"
@@ -665,7 +691,7 @@ class Redistribution(Regrowth):
         numel = [t.mask.numel() for t in e.targets]
         n_drop = _dense_layer_drops(n_drop, shares, rest, numel, r.live)
         free = [n - a + d if l else 0 for n, a, d, l in zip(numel, rest, n_drop, r.live)]
-        least = _floor_growth(n_drop, rest, numel, r.live)   # a layer at its floor regrows what it drops: it still explores
+        least = _floor_growth(n_drop, rest, e.start_counts, r.live)   # a layer at its floor regrows what it drops: it still explores
         caps = [max(0, math.floor(REDISTRIBUTION_FILL * f) - m) for f, m in zip(free, least)]   # none filled to its last free place
         left = sum(n_drop) - sum(least)
         more = allocate(left, shares, caps if sum(caps) >= left else [f - m for f, m in zip(free, least)])
@@ -897,6 +923,7 @@ def commit(self:SparseEngine,
     m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
     grown, dropped = change.grow, change.drop
     if regrown.any(): grown, dropped = grown[~regrown], dropped[~m.index_select(0, dropped)]
+    carry = _MomentumCarry(self, t, old_layout, dropped, grown) if self.grown_state == 'momentum' else None
     if t.sparse: _remap(self.opt, t, old_layout, grown)
     else:
         changed = torch.cat([dropped, grown])
@@ -904,6 +931,7 @@ def commit(self:SparseEngine,
         if t.param.grad is not None and t.param.grad.layout == torch.strided: _fill_at(t.param.grad, dropped, 0.)   # inactive weights have no gradient
         reset_opt_state(self.opt, t.param, changed)
         weight_compute(t).reset_inactive_momentum(grown)
+    if carry is not None: carry.finish()
     if self.uses_init: _fill_at(_buffer(t, 'init'), grown, 0.)
     apply_masks([t])                            # the optimizer step may have written masked positions
     if self.uses_prev: _buffer(t, 'prev').copy_(t.param.detach())   # the next update compares with these
@@ -913,6 +941,34 @@ def commit(self:SparseEngine,
                 active_after=plan.active - len(change.drop) + len(change.grow), grown_idx=grown)
 
 # %% ../nbs/10_engine.ipynb #dabc4ba1
+def _momentum_state(opt, param)->torch.Tensor|None:
+    "The momentum `opt` keeps for `param` (its state entry named in `MOMENTUM_KEYS`), or None before its first step"
+    st = opt_state(opt, param)
+    return next((st[k] for k in MOMENTUM_KEYS if isinstance(st.get(k), torch.Tensor)), None)
+
+class _MomentumCarry:
+    """grown_state='momentum', around a commit of layer `t`: the momentum of each weight follows it across the mask. Made
+    before the commit resets the state of the weights that changed, it moves a dropped weight's optimizer momentum to the
+    inactive momentum (where it goes on gathering) and takes a grown weight's from there; `finish` gives it to the optimizer"""
+    def __init__(self, e, t, old_layout, dropped, grown):
+        self.e, self.t, self.grown = e, t, grown
+        mom = weight_compute(t).inactive_momentum.view(-1)
+        self.take = mom.index_select(0, grown)
+        if (dist := _dist()) is not None:   # each process gathers it from its own gradients: their mean is the averaged gradients' momentum
+            dist.all_reduce(self.take); self.take /= dist.get_world_size()
+        m = _momentum_state(e.opt, t.trainable)
+        if m is not None: mom.index_copy_(0, dropped, m.view(-1).index_select(0, self._at(dropped, old_layout)))
+
+    def _at(self, idx, layout):
+        "Where the weights at flat indices `idx` are in the optimizer's tensors: there, in masked compute; among the values of `layout` in sparse"
+        return idx if layout is None else torch.searchsorted(layout.flat(), idx)
+
+    def finish(self):
+        "After the commit: each grown weight's optimizer momentum is the one it gathered while inactive"
+        t = self.t
+        m = _momentum_state(self.e.opt, t.trainable)
+        if m is not None: m.view(-1).index_copy_(0, self._at(self.grown, weight_compute(t).weight_layout if t.sparse else None), self.take)
+
 @torch.no_grad()
 def reset_opt_state(opt, param, positions:torch.Tensor)->None:
     "Zero, at `positions` (a bool tensor shaped like `param`, or flat indices), every optimizer-state tensor of `param` shaped like it (also those an adapter shows outside its `state`)"
@@ -932,10 +988,16 @@ def snapshot(model, opt=None)->dict:
 
 def _fail(msg): raise AssertionError(msg)
 
+def saved_grown_state(model)->str:
+    "What weights grown in `model`'s training start with (`grown_state`), as its `DynamicSparseTraining` saved it ('zero' if none did)"
+    st = as_model(model)._buffers.get(STATE_KEY)
+    return GROWN_STATES[int(st[6])] if st is not None and st.numel() > 6 else 'zero'
+
 def check_invariants(model,         # a sparsified `nn.Module`
                      opt=None,      # its optimizer: check its state too
                      counts=None,   # active weights expected: one total, a list in model order, or `{name: count}`
                      before=None,   # a `snapshot` taken just before an update: check what the update did
+                     grown_state:str=None,  # what grown weights start with ('zero', 'momentum'); None: the rule the model's training saved
                     )->None:
     "Raise `AssertionError` unless masked weights are exactly 0, counts are as expected, and (with `before`) changed weights and their optimizer state are 0 while kept ones are untouched"
     ts = masked_params(model)
@@ -964,6 +1026,7 @@ def check_invariants(model,         # a sparsified `nn.Module`
                 if isinstance(s, torch.Tensor) and s.shape == t.param.shape and s[~t.mask].any():
                     _fail(f"'{t.name}': '{k}' kept outside the optimizer's state is not 0 at inactive weights")
     if before is None: return
+    carried = (grown_state or saved_grown_state(model)) == 'momentum'   # then a grown weight's momentum is its own
     for t in ts:
         m0, w0, st0 = before[t.name]
         grown, dropped, kept = t.mask & ~m0, m0 & ~t.mask, t.mask & m0
@@ -972,6 +1035,7 @@ def check_invariants(model,         # a sparsified `nn.Module`
         if not torch.equal(w[kept], w0[kept]): _fail(f"'{t.name}': kept weights changed")
         for k, v in (kv for st in _state_dicts(opt, t.param) for kv in st.items()):
             if not (isinstance(v, torch.Tensor) and v.shape == t.param.shape): continue
+            if carried and k in MOMENTUM_KEYS: continue   # the weights that changed carry their momentum with them
             if (v[grown | dropped] != 0).any(): _fail(f"'{t.name}': optimizer state '{k}' is not 0 where weights were grown or dropped")
             if k in st0 and not torch.equal(v[kept], st0[k][kept]): _fail(f"'{t.name}': optimizer state '{k}' of kept weights changed")
 
@@ -1135,6 +1199,7 @@ class DynamicSparseTraining:
             self.n_steps, self.n_updates, self.engine.seed, self.n_skipped = *st[:3], st[5]
             self.prune_start_total = None if st[3] == _NO_BITS else st[3]
             if (h := _from_bits(st[4])) is not None: self.engine.threshold = h
+            if len(st) == 7 + len(self.engine.targets): self.engine.start_counts = st[7:]   # older checkpoints: the counts now
         else: self.n_steps, self.n_updates, self.n_skipped = 0, 0, 0   # steps; updates made; updates skipped (NaN or inf)
         self.n_epochs, self._ended, self._end_due = 0, False, False    # epoch ends marked; marked at a step; carried to the next step
         self._warned_epochs = self._warned_skip = False                 # the warnings of `_warn_no_epochs`, `_skip_update` were given
@@ -1168,7 +1233,7 @@ class DynamicSparseTraining:
         _check_budget(a['final_sparsity'], a['final_sparse_f'], a['prune_schedule'], a['prune_start_pct'], a['prune_end_pct'],
                       a['stop_pct'], a['grow_score_f'], a['drop_by'], a['initial_drop_grow_pct'])
         check_selection(a['scope'], a['layer_floor'], a['drop_by'], a['threshold'], a['threshold_tolerance'], a['group_reduce'])
-        _check_ablation(a['neuron_ablation'])
+        _check_ablation(a['neuron_ablation']); _check_grown_state(a['grown_state'])
 
     opt = property(lambda self: self.engine.opt, lambda self, o: setattr(self.engine, 'opt', o), doc="The optimizer whose state updates reset")
     history = property(lambda self: self.log.history, doc="The records of every update, one list per update (see `UpdateLog`)")
@@ -1178,7 +1243,8 @@ class DynamicSparseTraining:
         "Keep the counters in a model buffer, so that every checkpoint of the model carries them"
         st = torch.tensor([self.n_steps, self.n_updates, self.engine.seed,
                            _NO_BITS if self.prune_start_total is None else self.prune_start_total,
-                           _to_bits(self.engine.threshold), self.n_skipped], dtype=torch.int64)
+                           _to_bits(self.engine.threshold), self.n_skipped, GROWN_STATES.index(self.engine.grown_state),
+                           *self.engine.start_counts], dtype=torch.int64)
         buf = self.model._buffers.get(STATE_KEY)
         if buf is None or buf.shape != st.shape: self.model.register_buffer(STATE_KEY, st)
         else: buf.copy_(st)

@@ -159,7 +159,8 @@ def test_training_matches_masked(sizes, sparsity, opt_name, preset, accumulate, 
 
 def _same_training(sizes, sparsity, opt_name, preset, accumulate, seed, clip=None):
     "Train an MLP (`sizes`: widths) or a CNN (`sizes`: conv specs) in both modes: same losses, masks, optimizer state, checkpoints"
-    preset = {'RigL': RigL_presets, 'SET': SET_presets, 'SNFS': SNFS_presets}[preset]
+    preset = {'RigL': RigL_presets, 'SET': SET_presets, 'SNFS': SNFS_presets,
+              'SNFS-momentum': dict(SNFS_presets, grown_state='momentum'), 'RigL-momentum': dict(RigL_presets, grown_state='momentum')}[preset]
     try: ref = _train('masked', sizes, sparsity, opt_name, preset, 12, seed, accumulate, clip)
     except ValueError as e:
         assert 'keep no weight' in str(e); event('a layer would keep no weight'); return
@@ -183,6 +184,12 @@ def _same_training(sizes, sparsity, opt_name, preset, accumulate, seed, clip=Non
 def test_clipped_gradients_match_masked(sizes, sparsity, preset, seed):
     "Gradient clipping sees the active gradients only, in masked compute as in sparse: the same losses and masks"
     _same_training(sizes, sparsity, 'sgd', preset, 1, seed, clip=0.05)
+
+@settings(max_examples=20, **SETTINGS)
+@given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.9), st.sampled_from(['SNFS', 'RigL']), st.integers(0, 1000))
+def test_grown_momentum_matches_masked(sizes, sparsity, preset, seed):
+    "grown_state='momentum' (a grown weight starts with the momentum it gathered while inactive, a dropped one's goes on gathering): the same losses, masks and optimizer state in both computes"
+    _same_training(sizes, sparsity, 'sgd', preset + '-momentum', 1, seed)
 
 @settings(max_examples=12, **SETTINGS)
 @given(st.lists(st.integers(3, 40), min_size=2, max_size=4), st.floats(0.5, 0.95), st.sampled_from(['RigL', 'SET']), st.integers(0, 1000))

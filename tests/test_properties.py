@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from hypothesis import given, settings, strategies as st, HealthCheck, assume
 
+from fastsparse.compute import weight_compute
 from fastsparse import (sparsify_model, masked_params, uniform_sparsity, erdos_renyi_sparsity, load_sparse,
                         SparseEngine, opt_state, n_keep, overall_sparsity, first_layer_dense_uniform,
                         snapshot, check_invariants, REDISTRIBUTION_FLOOR)
@@ -92,6 +93,7 @@ def _args(m):
        st.sampled_from([None, 'momentum_redistribution', 'variance_redistribution']),
        st.sampled_from(['adam', 'sgd', 'adamw']), st.integers(0, 2**31), st.data())
 def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed, data):
+    "After any update: exact counts, masked weights at 0, grown ones at 0 with zero optimizer state (or, with grown_state='momentum', the momentum they gathered while inactive)"
     model, xshape = spec
     assume(_try_sparsify(model, s, uniform_sparsity, seed=seed) is not None)
     if redist == 'variance_redistribution': assume(optname != 'sgd')
@@ -100,26 +102,35 @@ def test_update_invariants(spec, s, frac, keep, grow, redist, optname, seed, dat
     params = [p for p in model.parameters() if p.requires_grad]
     opt = {'adam': lambda p: torch.optim.Adam(p, lr=1e-2), 'sgd': lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
            'adamw': lambda p: torch.optim.AdamW(p, lr=1e-2)}[optname](params)
+    carry = optname == 'sgd' and data.draw(st.booleans())
+    grown_state = 'momentum' if carry else 'zero'
     torch.manual_seed(seed)
-    engine = SparseEngine(model, opt, keep, grow, redist, seed=seed)   # before the backward passes: it keeps what its scores read
+    engine = SparseEngine(model, opt, keep, grow, redist, seed=seed, grown_state=grown_state)   # before the backward passes: it keeps what its scores read
     for _ in range(2):
         model(torch.randn(*xshape)).pow(2).mean().backward(); opt.step(); engine.observe_step(); opt.zero_grad()
     model(torch.randn(*xshape)).pow(2).mean().backward()
     before = [int(t.mask.sum()) for t in masked_params(model)]
     snap = snapshot(model, opt)
+    inactive = [weight_compute(t).inactive_momentum for t in masked_params(model)]
+    inactive = [None if m is None else m.clone() for m in inactive]
     records = engine.update(frac)
     after = [int(t.mask.sum()) for t in masked_params(model)]
-    check_invariants(model, opt, counts=before if redist is None else sum(before), before=snap)
+    check_invariants(model, opt, counts=before if redist is None else sum(before), before=snap, grown_state=grown_state)
+    for t, m0 in zip(masked_params(model), inactive):   # the momentum follows each weight across the mask
+        if not carry or not t.param.requires_grad: continue
+        grown, dropped = t.mask & ~snap[t.name][0], snap[t.name][0] & ~t.mask
+        mom = opt.state[t.param]['momentum_buffer']
+        assert torch.equal(mom[grown], m0[grown]) and torch.equal(weight_compute(t).inactive_momentum[dropped], snap[t.name][2]['momentum_buffer'][dropped])
+        if grown.any() and m0[grown].any():
+            with pytest.raises(AssertionError, match='grown or dropped'): check_invariants(model, opt, before=snap, grown_state='zero')
     for t, f, r, b, a in zip(masked_params(model), frozen, records, before, after):
         assert 0 < a <= t.mask.numel()
         if f: assert torch.equal(t.mask, snap[t.name][0]) and a == b
         grown, dropped = t.mask & ~snap[t.name][0], snap[t.name][0] & ~t.mask
         assert r['grown'] == int(grown.sum()) and r['dropped'] == int(dropped.sum()) and r['active_after'] == a
-    if redist is not None:   # redistribution leaves no layer that trains below half the model's density (or what it held)
-        live = [(b, t.mask.numel()) for t, f, b in zip(masked_params(model), frozen, before) if not f]
-        density = sum(b for b, _ in live) / max(1, sum(n for _, n in live))
+    if redist is not None:   # redistribution leaves no layer that trains below its floor: a fraction of its count at the start
         for t, f, b, a in zip(masked_params(model), frozen, before, after):
-            if not f: assert a >= min(b, max(1, math.ceil(REDISTRIBUTION_FLOOR * density * t.mask.numel()))), (t.name, a, b)
+            if not f: assert a >= min(b, max(1, math.ceil(REDISTRIBUTION_FLOOR * b))), (t.name, a, b)
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.data())
