@@ -23,6 +23,11 @@ def test_accuracy_smoke(tmp_path):
     rows = list(csv.DictReader(open(tmp_path/'sgd.csv')))
     assert {(r['opt'], r['method']) for r in rows} == {('sgd', 'dense'), ('sgd', 'GraNet')}
 
+def test_peers_smoke():
+    "fastsparse's side of the side-by-side runs (the peers live in a scratch environment, made by `peers.py --setup`)"
+    out = bench('peers.py', '--smoke', '--impls', 'fastsparse', 'fastsparse:grown_state=momentum')
+    assert all(f'{r} fastsparse' in out for r in ('rigl90', 'snfs90', 'static90')) and 'snfs90 fastsparse:grown_state=momentum' in out
+
 def test_speed_smoke():
     out = bench('speed.py', '--repeats', '3', '--steps', '1')
     assert 'masked / dense' in out and 'RigL update' in out and "weights' size in tensors" in out
