@@ -18,7 +18,7 @@ The peers are never dependencies of fastsparse. `--setup` installs them in a scr
 - sparse_learning (Dettmers & Zettlemoyer's SNFS code), which is not on the index: give a checkout of
   github.com/TimDettmers/sparse_learning with `--sparse-learning PATH`; its `.cuda()` calls are made CPU calls in a copy.
 Then the script re-runs itself with that environment's Python. Runners whose peer is missing are skipped, and say so."""
-import argparse, csv, math, os, statistics, subprocess, sys, time, warnings
+import argparse, csv, math, os, subprocess, sys, time, warnings
 from pathlib import Path
 import torch
 from torch import nn
@@ -26,6 +26,8 @@ from torch.nn import functional as F
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated')
 from fastsparse import sparsify_model, erdos_renyi_sparsity, masked_params, DynamicSparseTraining, PRESETS, check_invariants
 from fastsparse.data import mnist1d_cnn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import ci95
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / 'results' / 'peers.csv'
@@ -75,8 +77,8 @@ def fastsparse_runner(sd, masks, method, opt, steps, seed, drop, **kw):
     def step():
         o.step(); n[0] += 1
         if dst is not None: dst.step(n[0] / steps)
-        else: check_invariants(m) if n[0] == steps else None
-    return m, o, step, lambda: [int(masks_now.sum()) for masks_now in (t.mask for t in masked_params(m))]
+        elif n[0] == steps: check_invariants(m)   # static: masked weights still exactly 0
+    return m, o, step, lambda: [int(t.mask.sum()) for t in masked_params(m)]
 
 def train(runner, seed:int, sparsity:float, method:str, opt:str, drop:float, epochs:int=EPOCHS, data=None, **kw):
     "One run: the shared start, `epochs` of the shared batches, a per-step cosine learning rate; test accuracy and final counts"
@@ -86,7 +88,7 @@ def train(runner, seed:int, sparsity:float, method:str, opt:str, drop:float, epo
     steps = sum(len(e) for e in order)
     model, o, step, counts = runner(sd, masks, method, opt, steps, seed, drop, **kw)
     eff = effective(model, masks)
-    for k, mk in masks.items():   # the same start everywhere: effective weights, and nothing active outside the mask
+    for k in masks:   # the same start everywhere: the weights each forward reads (the shared weights times the shared masks)
         assert torch.equal(eff[k], sd[k]), f"{runner.__name__}: '{k}' starts from other weights than the shared start"
     base, i = [g['lr'] for g in o.param_groups], 0
     t0 = time.time()
@@ -97,7 +99,7 @@ def train(runner, seed:int, sparsity:float, method:str, opt:str, drop:float, epo
             loss = F.cross_entropy(model(x[idx]), y[idx])
             o.zero_grad(); loss.backward()
             step(); i += 1
-            if not math.isfinite(loss.item()): return dict(accuracy=float('nan'), counts=counts(), seconds=time.time() - t0)
+            if not math.isfinite(loss.item()): return dict(accuracy=float('nan'), counts=counts(), seconds=round(time.time() - t0, 1))
     model.eval()
     with torch.no_grad(): acc = (model(xt).argmax(1) == yt).float().mean().item()
     return dict(accuracy=acc, counts=counts(), seconds=round(time.time() - t0, 1))
@@ -202,12 +204,6 @@ def setup(sparse_learning:str=None):
         site = subprocess.run([str(py), '-c', 'import site; print(site.getsitepackages()[0])'], capture_output=True, text=True, check=True).stdout.strip()
         Path(site, 'fastsparse_peers_sparse_learning.pth').write_text(str(dst) + '\n')
     print(f"peers installed in {ENV}: run `{py} {Path(__file__).resolve()}`")
-
-def ci95(xs):
-    "Mean and half-width of a 95% t-interval (0 for one value)"
-    from scipy.stats import t as student_t
-    n, m = len(xs), statistics.mean(xs)
-    return m, (student_t.ppf(0.975, n - 1) * statistics.stdev(xs) / math.sqrt(n) if n > 1 else 0.)
 
 def load(path=OUT)->list:
     if not path.exists(): return []

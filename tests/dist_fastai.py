@@ -39,6 +39,7 @@ def main(preset, out, compute='masked', structure='element', net='mlp'):
     learn = Learner(digits_dls(seed=rank), DDP(model), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                     opt_func=partial(SGD, mom=0.9))
     if preset == 'RigL-global': kw = {**PRESETS['RigL'], 'scope': 'global', 'grow_score_f': normalized('gradient_magnitude')}
+    elif preset == 'SNFS-momentum': kw = {**PRESETS['SNFS'], 'grown_state': 'momentum'}   # grown weights take the momentum each process gathered
     else: kw = dict(PRESETS[preset])
     if 'final_sparse_f' in kw: kw['final_sparsity'] = 0.95           # GMP, GraNet: prune from 90% to 95%
     if preset == 'DSR': kw['initial_drop_grow_pct'] = 0.1             # a threshold that moves within 3 epochs

@@ -42,7 +42,7 @@ def test_plain_pytorch_ddp(tmp_path, preset):
 
 @pytest.mark.parametrize('preset,compute', [('SET', 'masked'), ('RigL', 'masked'), ('SET', 'sparse'), ('RigL', 'sparse'),
                                             ('DSR', 'masked'), ('GMP', 'masked'), ('GraNet', 'masked'), ('RigL-global', 'masked'),
-                                            ('SNFS', 'masked')])
+                                            ('SNFS', 'masked'), ('SNFS-momentum', 'masked')])
 def test_fastai_callback_ddp(tmp_path, preset, compute):
     launch(ROOT/'tests'/'dist_fastai.py', preset, str(tmp_path), compute)
     a = check_identical(tmp_path)            # sparse compute: the same checkpoint keys, masks and weights on every rank
