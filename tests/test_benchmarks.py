@@ -23,6 +23,16 @@ def test_accuracy_smoke(tmp_path):
     rows = list(csv.DictReader(open(tmp_path/'sgd.csv')))
     assert {(r['opt'], r['method']) for r in rows} == {('sgd', 'dense'), ('sgd', 'GraNet')}
 
+def test_accuracy_ablation_smoke(tmp_path):
+    "Every variant of the RigL ablation trains at 90% ERK and lands in the CSV the results page reads"
+    bench('accuracy.py', '--data', 'mnist1d', '--ablation', '--smoke', '--out', str(tmp_path/'abl.csv'))
+    rows = list(csv.DictReader(open(tmp_path/'abl.csv')))
+    sys.path.insert(0, str(ROOT/'benchmarks'))
+    from accuracy import ABLATION
+    assert [r['variant'] for r in rows] == ['-', *ABLATION]
+    for r in rows[1:]:
+        assert r['method'] == ('SNFS' if r['variant'] == 'SNFS' else 'RigL') and abs(float(r['realised_sparsity']) - 0.9) < 1e-3
+
 def test_peers_smoke():
     "fastsparse's side of the side-by-side runs (the peers live in a scratch environment, made by `peers.py --setup`)"
     out = bench('peers.py', '--smoke', '--impls', 'fastsparse', 'fastsparse:grown_state=momentum')
