@@ -126,8 +126,8 @@ def main():
     p.add_argument('--smoke', action='store_true', help='one seed, one sparsity, 2 epochs: checks the pipeline end to end')
     p.add_argument('--summary', action='store_true', help='only print the summary of an existing CSV')
     a = p.parse_args()
-    col = 'structure' if a.structures else 'variant' if a.ablation else None   # the CSV's extra column
-    out = a.out or ROOT/'results'/f"{a.data}{'' if a.opt == 'adam' else '_' + a.opt}{'' if col is None else '_' + ('structure' if a.structures else 'ablation')}.csv"
+    col, kind = ('structure', '_structure') if a.structures else ('variant', '_ablation') if a.ablation else (None, '')   # the CSV's extra column, its name's suffix
+    out = a.out or ROOT/'results'/f"{a.data}{'' if a.opt == 'adam' else '_' + a.opt}{kind}.csv"
     a.epochs = a.epochs or DATA[a.data][3]
     if a.smoke: a.seeds, a.sparsities, a.epochs, a.distributions = 1, [0.9], 2, ['ERK']
     if not a.summary:
