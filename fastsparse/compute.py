@@ -20,9 +20,9 @@ from .criteria import state_view, opt_state, MOMENTUM_KEYS
 
 # %% auto #0
 __all__ = ['KERNEL_SOURCES', 'SPARSE_FORWARDS', 'SparseTrainLinear', 'SparseTrainConv2d', 'SparseTrainConv1d',
-           'CALLED_BY_READERS', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout', 'sparse_linear', 'dense_grad',
-           'sparse_conv2d', 'sparse_embedding', 'SparseWeight', 'GradRecord', 'weight_compute', 'SparseTrain',
-           'sparse_class', 'set_compute']
+           'CALLED_BY_READERS', 'COMPUTE_MIN_SPARSITY', 'kernels', 'CSRLayout', 'sparse_linear', 'dense_grad', 'top_k',
+           'move_values', 'sparse_conv2d', 'sparse_embedding', 'SparseWeight', 'GradRecord', 'weight_compute',
+           'SparseTrain', 'sparse_class', 'set_compute']
 
 # %% ../nbs/07_compute.ipynb #3b9661a2
 import importlib.resources
@@ -61,22 +61,37 @@ class _TorchKernels:
         tptr = torch.zeros(cols + 1, dtype=torch.int64, device=ptr.device); tptr[1:] = torch.bincount(c, minlength=cols).cumsum(0)
         return tptr, r.index_select(0, perm).int(), perm
     @staticmethod
-    def relayout(mask, optr, oidx, grown):
-        rows, cols = mask.shape
-        flat = mask.reshape(-1).nonzero().squeeze(1)
-        ptr = torch.zeros(rows + 1, dtype=torch.int64, device=mask.device); ptr[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
+    def relayout(kept, optr, oidx, grown, cols):
+        rows = optr.numel() - 1
         old = _entry_rows(optr, oidx.numel()) * cols + oidx.long()
+        flat = torch.cat([old[kept], grown]).sort().values
+        ptr = torch.zeros(rows + 1, dtype=torch.int64, device=optr.device); ptr[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
         pos = torch.searchsorted(flat, old).clamp(max=max(len(flat) - 1, 0))
-        hit = flat.index_select(0, pos) == old if len(flat) else torch.zeros_like(old, dtype=torch.bool)
+        hit = (flat.index_select(0, pos) == old) & kept if len(flat) else torch.zeros_like(old, dtype=torch.bool)
         return ptr, (flat % cols).int(), torch.where(hit, pos, -1)
     @staticmethod
     def above(scores, mask, tau): return ((scores >= tau) & ~mask).nonzero().squeeze(1)
     @staticmethod
+    def top_k(scores, keys, k, largest):   # by the key, then stably by the score: ties keep the lower key
+        o = torch.argsort(keys) if keys.numel() else torch.arange(scores.numel(), device=scores.device)
+        v = scores.index_select(0, o)
+        v = v.masked_fill(v.isnan(), -math.inf if largest else math.inf)   # NaN ranks last
+        return o.index_select(0, torch.sort(v, descending=largest, stable=True).indices[:max(0, min(k, len(v)))])
+    @staticmethod
     def transpose_values(perm, val): return val.index_select(0, perm)
     @staticmethod
-    def move(v, where, n):
+    def move(v, where, n, out):
         keep = (where >= 0).nonzero().squeeze(1)
-        return v.new_zeros(n).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
+        res = v.new_zeros(n).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
+        return out.copy_(res) if out.numel() else res
+    @staticmethod
+    def flat(ptr, idx, cols): return _entry_rows(ptr, idx.numel()) * cols + idx.long()
+    @staticmethod
+    def grad_at(gys, xs, at, cols):
+        r, c = at // cols, at % cols
+        return sum((gy.index_select(1, r) * x.index_select(1, c)).sum(0) for gy, x in zip(gys, xs))
+    @staticmethod
+    def or_count(ex, mask): return int(torch.count_nonzero(ex.logical_or_(mask)))
     @staticmethod
     def densify(ptr, idx, val, cols):   # out of place: differentiable in `val`
         rows = ptr.numel() - 1
@@ -110,8 +125,8 @@ class _TorchKernels:
         return gx, gv, gy.sum(0) if want_gb else _NONE
 
 _KERNELS = None
-_KERNEL_NAMES = ('linear_fwd', 'linear_bwd', 'spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'grad_above', 'move', 'transpose_values', 'densify',
-                 'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values', 'zero_inactive', 'split_inactive')
+_KERNEL_NAMES = ('linear_fwd', 'linear_bwd', 'spmm', 'sddmm', 'to_panels', 'from_panels', 'csr_transpose', 'relayout', 'above', 'top_k', 'grad_above', 'grad_at', 'move', 'flat', 'transpose_values', 'densify',
+                 'to_chwn', 'from_chwn', 'conv_fwd', 'conv_bwd_input', 'conv_bwd_values', 'zero_inactive', 'split_inactive', 'or_count')
 _CSRC = Path(str(importlib.resources.files('fastsparse')/'csrc'))   # installed with the package (its package data)
 # the kernels' C++: the shared header, then the files to compile, the slowest first (the build runs them in parallel)
 KERNEL_SOURCES = [_CSRC/f for f in ('fastsparse.h', 'bindings.cpp', 'linear.cpp', 'layout.cpp', 'conv.cpp', 'masks.cpp')]
@@ -146,7 +161,8 @@ def kernels():
 
 # masked compute's passes over large weights and gradients (`zero_inactive`, `split_inactive`) use these kernels too
 MASK_KERNELS.update(zero=lambda x, mask: kernels().zero_inactive(x, mask),
-                    split=lambda g, mask, out, add: kernels().split_inactive(g, mask, out, add))
+                    split=lambda g, mask, out, add: kernels().split_inactive(g, mask, out, add),
+                    or_count=lambda ex, mask: kernels().or_count(ex, mask))
 
 # %% ../nbs/07_compute.ipynb #12d1bd7e
 class CSRLayout(NamedTuple):
@@ -174,9 +190,9 @@ class CSRLayout(NamedTuple):
         return cls.from_flat(mask.reshape(-1).nonzero().squeeze(1), mask.shape[0], mask[0].numel())
 
     @classmethod
-    def after(cls, old:CSRLayout, mask:torch.Tensor, grown:torch.Tensor)->tuple:
-        "The layout of `mask` after an update that grew `grown` (flat indices), and for each entry of `old` its position in it (-1 where `mask` dropped it)"
-        ptr, idx, where = kernels().relayout(mask.reshape(old.rows, old.cols).contiguous(), old.ptr, old.idx, grown.contiguous())
+    def after(cls, old:CSRLayout, kept:torch.Tensor, grown:torch.Tensor)->tuple:
+        "The layout after an update that kept the entries of `old` where `kept` (a bool per entry) is True and grew `grown` (flat indices), and for each entry of `old` its position in it (-1 if dropped)"
+        ptr, idx, where = kernels().relayout(kept.contiguous(), old.ptr, old.idx, grown.contiguous(), old.cols)
         return cls(old.rows, old.cols, ptr, idx, *kernels().csr_transpose(ptr, idx, old.cols)), where
 
     @property
@@ -184,7 +200,7 @@ class CSRLayout(NamedTuple):
 
     def flat(self)->torch.Tensor:
         "Ascending flat (row-major) indices of the active weights: `values[k]` sits at `flat()[k]`"
-        return _entry_rows(self.ptr, self.nnz) * self.cols + self.idx.long()
+        return kernels().flat(self.ptr, self.idx, self.cols)
 
     def row_block(self, start:int, stop:int)->CSRLayout:
         "The layout of rows `start:stop` alone; their values are `values[ptr[start]:ptr[stop]]`"
@@ -266,6 +282,28 @@ def dense_grad(record:list)->torch.Tensor|None:
     g = None
     for p in record: g = p.grad() if g is None else g.add_(p.grad())
     return g
+
+# %% ../nbs/07_compute.ipynb #ae60ec8d
+_NO_KEYS = torch.empty(0, dtype=torch.int64)
+
+def top_k(scores:torch.Tensor,        # flat scores
+          k:int,                      # how many to choose (at most all of them)
+          largest:bool=True,          # the largest (False: the smallest)
+          keys:torch.Tensor=None,     # int64, one per score: equal scores go to the lowest key (None: the lowest position)
+         )->torch.Tensor:             # positions in `scores`, in no particular order
+    "The positions of the `k` largest (or smallest) `scores`: exact, NaN ranked last, the same entries whatever order the scores (with their keys) come in"
+    kern = kernels() if scores.dtype == torch.float32 and scores.device.type == 'cpu' else _TorchKernels
+    return kern.top_k(scores.contiguous(), _NO_KEYS if keys is None else keys.contiguous(), k, largest)
+
+def move_values(v:torch.Tensor,       # one entry per active weight of the old layout (values, their gradient or state)
+                where:torch.Tensor,   # each entry's position in the new layout, -1 if dropped (`CSRLayout.after`)
+                n:int,                # the new layout's count
+                reuse:bool=False,     # into a buffer kept between calls: copy it before the next call
+               )->torch.Tensor:       # `(n,)`: the kept entries at their new places, zeros where weights were grown
+    "`v` moved to a new layout after a topology update"
+    if v.dtype == torch.float32 and v.device.type == 'cpu':
+        return kernels().move(v.contiguous(), where, n, _scratch('move', (n,)) if reuse else _NONE)
+    return _TorchKernels.move(v, where, n, _NONE)
 
 # %% ../nbs/07_compute.ipynb #e01ed3a8
 class _ConvPass(NamedTuple):
@@ -504,8 +542,7 @@ class SparseWeight:
 
     def grad_at(self, flat:torch.Tensor)->torch.Tensor:
         "The dense weight gradient at the flat indices `flat` alone, from the recorded passes (`streams_grad`)"
-        cols = self.weight_layout.cols; r, c = flat // cols, flat % cols
-        return sum((p.gy.index_select(1, r) * p.x.index_select(1, c)).sum(0) for p in self.record)
+        return kernels().grad_at([p.gy for p in self.record], [p.x for p in self.record], flat.contiguous(), self.weight_layout.cols)
 
     def grad_above(self, tau:float, kept:torch.Tensor)->tuple|None:
         """Where the dense weight gradient's magnitude reaches `tau`, among the inactive weights and the active ones not `kept`

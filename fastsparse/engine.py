@@ -13,7 +13,7 @@ from .adapters import as_model, inner_optimizer, param_lists, momentum_rule, lac
 from .masks import masked_params, apply_masks, STATE_KEY, get_buffer, set_buffer, ensure_buffer, grad_masked
 from .criteria import get_score, check_score, opt_state, score_kwargs, score_needs, state_view, NonFiniteError, MOMENTUM_KEYS, SECOND_MOMENT_KEYS
 from torch import nn
-from .compute import CSRLayout, kernels, weight_compute
+from .compute import CSRLayout, kernels, weight_compute, top_k, move_values
 from .schedules import UpdateSchedule, check_fraction
 from .stats import UpdateLog
 from .budgets import (allocate, layer_floors, global_drop, global_grow, threshold_drop, adjust_threshold, prune_counts,
@@ -37,8 +37,8 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 def _topk_at(scores, idx, k, largest=True):
-    "The entries of `idx` holding the `k` largest (or smallest) `scores`"
-    return idx.index_select(0, torch.topk(scores.index_select(0, idx), k, largest=largest, sorted=False).indices)
+    "The entries of `idx` holding the `k` largest (or smallest) `scores` (ties to the lowest index)"
+    return idx.index_select(0, top_k(scores.index_select(0, idx), k, largest, keys=idx))
 
 def _allowed(mask, extra):
     "Bool tensor: True where `mask` is False or at the flat indices `extra`"
@@ -441,37 +441,38 @@ class SparseEngine:
         if t.structure.kind == 'group': return _select_groups(self, t, ctx, plan, active_idx)
         drop_idx = local = _none(t.mask)
         if plan.drop > 0:   # one full-size score at a time: only the active entries of the keep score outlive this line
-            local = torch.topk(self.scorer.keep(t, ctx, active_idx), plan.drop, largest=False, sorted=False).indices
+            local = top_k(self.scorer.keep(t, ctx, active_idx), plan.drop, largest=False, keys=None if t.sparse else active_idx)   # sparse: in flat order
             drop_idx = active_idx.index_select(0, local)
         if plan.grow == 0: return Change(drop_idx, _none(t.mask), local)
         if type(self.placement) is Placement and self.scorer.streams(t): return Change(drop_idx, _grow_streamed(t, ctx, plan, local), local)
         # inactive weights, and the ones just dropped, may be grown
         return self.placement(t, ctx, plan, active_idx, local, drop_idx, self.scorer.grow(t, ctx, drop_idx, local))
 
-def _remap(opt, t, old, grown):
-    """Sparse compute: rebuild the layout of `t` after its mask changed (`old`: the layout before), and move its values,
-    their gradient and every optimizer-state tensor shaped like them to the new positions: kept weights keep theirs,
-    grown ones start at 0"""
-    layout, where = CSRLayout.after(old, t.mask, grown)
+def _entries_kept(old:CSRLayout, dropped, local=None):
+    "A bool per entry of the layout `old`: False at the flat indices `dropped` (`local`: their places among its entries, if known)"
+    kept = torch.ones(old.nnz, dtype=torch.bool)
+    kept[torch.searchsorted(old.flat(), dropped) if local is None else local] = False
+    return kept
+
+def _remap(opt, t, old, grown, kept):
+    """Sparse compute: rebuild the layout of `t` after its mask changed (`old`: the layout before, `kept`: a bool per entry
+    of it), and move its values, their gradient and every optimizer-state tensor shaped like them to the new positions: kept
+    weights keep theirs, grown ones start at 0"""
+    layout, where = CSRLayout.after(old, kept, grown)
     c = weight_compute(t); c.set_layout(layout); c.reset_inactive_momentum(grown)
-    n_new, kern = layout.nnz, kernels()
-    def moved(v):
-        if v.dtype == torch.float32 and v.device.type == 'cpu': return kern.move(v.contiguous(), where, n_new)
-        keep = (where >= 0).nonzero().squeeze(1)
-        return v.new_zeros(n_new).index_copy_(0, where.index_select(0, keep), v.index_select(0, keep))
-    v = t.trainable
-    same = n_new == v.numel()         # then in place: the optimizer (and DDP) keep their tensors
+    v, n_new = t.trainable, layout.nnz
+    same = n_new == v.numel()   # then in place, each through a kept buffer: the optimizer (and DDP) keep their tensors
+    moved = lambda x: move_values(x, where, n_new, reuse=same)
     for st in _state_dicts(opt, v):
         for k, s in list(st.items()):
             if isinstance(s, torch.Tensor) and s.shape == v.shape:
                 if same: s.copy_(moved(s))
                 else: st[k] = moved(s)
-    g = None if v.grad is None else moved(v.grad)
     if same:
         v.data.copy_(moved(v.data))
-        if g is not None: v.grad.copy_(g)
+        if v.grad is not None: v.grad.copy_(moved(v.grad))
     else:   # another count (redistribution): a new parameter, put where the old one was, in the layer and in the optimizer
-        new = nn.Parameter(moved(v.data), requires_grad=v.requires_grad); new.grad = g
+        new = nn.Parameter(moved(v.data), requires_grad=v.requires_grad); new.grad = None if v.grad is None else moved(v.grad)
         set_buffer(t.module, t.attr, 'values', new)
         _swap_param(opt, v, new)
 
@@ -642,7 +643,7 @@ def _grow_streamed(t, ctx, plan, local):
     got = c.grad_above(tau, kept)
     if got is not None and len(got[0]) < k: got = c.grad_above(-math.inf, kept)   # unlucky sample: every allowed position
     if got is None: raise NonFiniteError(f"score `gradient_magnitude` reads NaN or inf in the gradient of '{t.name}'")
-    return got[0].index_select(0, torch.topk(got[1], k, sorted=False).indices)
+    return got[0].index_select(0, top_k(got[1], k, keys=got[0]))
 
 def layer_stats(targets, active, removed=None)->list:
     "Per layer, what a score sees as `stats`: counts of this layer (`numel`, `active`, `inactive`, `removed` by this update) and of the model"
@@ -921,10 +922,12 @@ def commit(self:SparseEngine,
     m = t.mask.view(-1)
     regrown = m.index_select(0, change.grow)   # dropped and grown back in one update: unchanged
     m.index_fill_(0, change.drop, False); m.index_fill_(0, change.grow, True)
-    grown, dropped = change.grow, change.drop
-    if regrown.any(): grown, dropped = grown[~regrown], dropped[~m.index_select(0, dropped)]
+    grown, dropped, local = change.grow, change.drop, change.local
+    if regrown.any():
+        still = ~m.index_select(0, dropped)
+        grown, dropped, local = grown[~regrown], dropped[still], None if local is None else local[still]
     carry = _MomentumCarry(self, t, old_layout, dropped, grown) if self.grown_state == 'momentum' else None
-    if t.sparse: _remap(self.opt, t, old_layout, grown)
+    if t.sparse: _remap(self.opt, t, old_layout, grown, _entries_kept(old_layout, dropped, local))
     else:
         changed = torch.cat([dropped, grown])
         _fill_at(t.param.data, changed, 0.)

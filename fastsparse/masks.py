@@ -179,7 +179,8 @@ def _as_targets(x)->list:
     return masked_params(x)
 
 # fast versions of the two passes masked compute makes over a weight-sized tensor, where `fastsparse.compute` can compile
-# them: 'zero' is `zero(x, mask)`, 'split' is `split(grad, mask, out, add)` (see `zero_inactive` and `split_inactive`)
+# them: 'zero' is `zero(x, mask)`, 'split' is `split(grad, mask, out, add)` (see `zero_inactive` and `split_inactive`), and
+# 'or_count' is `or_count(explored, mask)`: `explored |= mask`, and how many positions it holds after
 MASK_KERNELS = {}
 
 def _fast(name, x, mask):

@@ -956,3 +956,94 @@ def test_input_gradient_from_the_rows(which):
             x, gy = torch.randn(b, 90, generator=g), torch.randn(b, 70, generator=g)
             gx = k.linear_bwd(L.ptr, L.idx, v, L.tptr, L.tidx, compute._NONE, x, gy, True, False, False)[0]
             torch.testing.assert_close(gx, gy @ (w * m), rtol=1e-4, atol=1e-4)
+
+# ---------------------------------------------------------------- the selection and update kernels, against torch
+def _first_k(s, keys, k, largest):
+    "The keys of the first k scores by (score, key): NaN last, ties to the lower key"
+    v = s.masked_fill(s.isnan(), float('-inf') if largest else float('inf')).tolist()
+    order = sorted(range(len(v)), key=lambda i: (-v[i] if largest else v[i], int(keys[i])))
+    return sorted(int(keys[i]) for i in order[:max(0, min(k, len(v)))])
+
+@settings(max_examples=80, **SETTINGS)
+@given(st.integers(1, 2000), st.floats(0., 1.1), st.sampled_from(['normal', 'ties', 'nan']), st.booleans(), st.booleans(), st.integers(0, 2**31))
+def test_top_k_takes_the_first_k_whatever_the_order(n, frac, kind, largest, keyed, seed):
+    "`top_k` in both kernel sets: the k largest (smallest) scores, ties to the lower key, so the same keys for the scores in any order"
+    g = torch.Generator().manual_seed(seed); k = int(frac * n)
+    s = torch.randn(n, generator=g) if kind != 'ties' else torch.randint(0, 3, (n,), generator=g).float()
+    if kind == 'nan': s[torch.randint(0, n, (max(1, n // 10),), generator=g)] = float('nan')
+    keys = torch.randperm(n, generator=g) if keyed else torch.arange(n)
+    want, perm = _first_k(s, keys, k, largest), torch.randperm(n, generator=g)
+    for which in ('cpp', 'torch'):
+        with _kernels_for(which):
+            kern = compute.kernels()
+            got = kern.top_k(s, keys if keyed else torch.empty(0, dtype=torch.long), k, largest)
+            assert got.dtype == torch.int64 and sorted(keys[got].tolist()) == want
+            if keyed: assert sorted(keys[perm][kern.top_k(s[perm], keys[perm], k, largest)].tolist()) == want
+
+def test_top_k_on_many_scores():
+    "Over 2^16 scores `top_k` brackets the k-th from a sample; with ties, or a sample that misleads, the set is still exact"
+    g = torch.Generator().manual_seed(0); n = 200_003
+    cases = [torch.randn(n, generator=g), torch.randint(0, 3, (n,), generator=g).float(), torch.zeros(n),
+             (torch.arange(n) % 24 == 0).float(),                     # every sampled position (n / 8192 apart) may be a 1
+             torch.arange(n, dtype=torch.float32)]
+    keys = torch.randperm(n, generator=g)
+    for s in cases:
+        for k in (1, 777, n // 3, n // 2 + 1, n - 5):
+            for largest in (True, False):
+                with _kernels_for('cpp'): a = compute.kernels().top_k(s, keys, k, largest)
+                b = _TorchKernels.top_k(s, keys, k, largest)
+                assert len(a) == k and torch.equal(keys[a].sort().values, keys[b].sort().values)
+
+@settings(max_examples=30, **SETTINGS)
+@given(st.integers(1, 60), st.integers(1, 70), st.floats(0., 1.), st.lists(st.integers(1, 9), min_size=1, max_size=3), st.integers(0, 2**31))
+def test_update_kernels_match_torch(rows, cols, density, batches, seed):
+    "`flat`, `grad_at`, `move` (into a kept buffer) and `or_count` in both kernel sets give what torch's ops give"
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < density; L = CSRLayout.from_mask(mask)
+    xs = [torch.randn(b, cols, generator=g) for b in batches]; gys = [torch.randn(b, rows, generator=g) for b in batches]
+    at = torch.randint(0, rows * cols, (50,), generator=g)
+    where = torch.where(torch.rand(L.nnz, generator=g) < 0.7, torch.arange(L.nnz) + 3, -1); v = torch.randn(L.nnz, generator=g)
+    ex, m2 = torch.rand(rows * cols, generator=g) < 0.2, torch.rand(rows * cols, generator=g) < 0.3
+    for which in ('cpp', 'torch'):
+        with _kernels_for(which):
+            kern = compute.kernels()
+            assert torch.equal(kern.flat(L.ptr, L.idx, cols), mask.view(-1).nonzero().squeeze(1))
+            torch.testing.assert_close(kern.grad_at(gys, xs, at, cols), sum(gy.t() @ x for gy, x in zip(gys, xs)).view(-1)[at])
+            want = torch.zeros(L.nnz + 3); want[where[where >= 0]] = v[where >= 0]
+            assert torch.equal(kern.move(v, where, L.nnz + 3, torch.empty(0)), want)
+            buf = torch.full((L.nnz + 3,), 7.); assert torch.equal(kern.move(v, where, L.nnz + 3, buf), want) and torch.equal(buf, want)
+            e = ex.clone(); assert kern.or_count(e, m2) == int((ex | m2).sum()) and torch.equal(e, ex | m2)
+
+def test_or_count_on_large_masks():
+    "`or_count` over more bools than one thread takes, and a length that is not a multiple of 8"
+    g = torch.Generator().manual_seed(0); n = (1 << 21) + 5
+    ex, m = torch.rand(n, generator=g) < 0.1, torch.rand(n, generator=g) < 0.05
+    e = ex.clone()
+    with _kernels_for('cpp'): assert compute.kernels().or_count(e, m) == int((ex | m).sum())
+    assert torch.equal(e, ex | m)
+
+@pytest.mark.parametrize('opt_name', ['adam', 'sgd'])
+def test_sparse_update_moves_every_tensor_of_the_values(opt_name):
+    "After an update in sparse compute, the values, their gradient and each optimizer-state tensor hold the old entries at their new places, 0 where weights were grown"
+    from fastsparse.compute import weight_compute
+    torch.manual_seed(0)
+    model = _mlp([30, 40, 5], 0); sparsify_model(model, 0.8, seed=0, compute='sparse')
+    opt = torch.optim.Adam(model.parameters(), lr=0.01) if opt_name == 'adam' else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    dst = DynamicSparseTraining(model, opt, **RigL_presets, batches_per_update=2)
+    x = torch.randn(16, 30)
+    for step in range(2):
+        F.mse_loss(model(x), torch.zeros(16, 5)).backward(); opt.step()
+        ts = masked_params(model)
+        dense = lambda v, t: weight_compute(t).weight_layout.to_dense(v.detach())
+        before = [dict(values=dense(t.trainable, t), grad=dense(t.trainable.grad, t), mask=t.mask.clone(),
+                       **{k: dense(s, t) for k, s in opt.state[t.trainable].items() if torch.is_tensor(s) and s.shape == t.trainable.shape})
+                  for t in ts]
+        dst.step(0.1)        # the second step updates; the first leaves every tensor where it was
+        for t, b in zip(ts, before):
+            stays = (b['mask'] & t.mask).view_as(b['values'])
+            for k, old in b.items():
+                if k == 'mask': continue
+                now = dense(t.trainable if k == 'values' else t.trainable.grad if k == 'grad' else opt.state[t.trainable][k], t)
+                assert torch.equal(now, torch.where(stays, old, torch.zeros(()))), (step, t.name, k)
+        opt.zero_grad(set_to_none=False)
+    assert dst.n_updates == 1

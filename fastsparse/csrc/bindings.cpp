@@ -8,7 +8,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("csr_transpose", torch::wrap_pybind_function(csr_transpose), "csr_transpose");
   m.def("relayout", torch::wrap_pybind_function(relayout), "relayout");
   m.def("above", torch::wrap_pybind_function(above), "above");
+  m.def("top_k", torch::wrap_pybind_function(top_k), "top_k");
   m.def("move", torch::wrap_pybind_function(move), "move");
+  m.def("flat", torch::wrap_pybind_function(flat), "flat");
+  m.def("grad_at", torch::wrap_pybind_function(grad_at), "grad_at");
   m.def("grad_above", torch::wrap_pybind_function(grad_above), "grad_above");
   m.def("transpose_values", torch::wrap_pybind_function(transpose_values), "transpose_values");
   m.def("densify", torch::wrap_pybind_function(densify), "densify");
@@ -23,4 +26,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_bwd_values", torch::wrap_pybind_function(conv_bwd_values), "conv_bwd_values");
   m.def("zero_inactive", torch::wrap_pybind_function(zero_inactive), "zero_inactive");
   m.def("split_inactive", torch::wrap_pybind_function(split_inactive), "split_inactive");
+  m.def("or_count", torch::wrap_pybind_function(or_count), "or_count");
 }

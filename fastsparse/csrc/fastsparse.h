@@ -41,9 +41,12 @@ std::vector<torch::Tensor> linear_bwd(torch::Tensor ptr, torch::Tensor idx, torc
 
 // layout.cpp
 std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, int64_t cols);
-std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown);
+std::vector<torch::Tensor> relayout(torch::Tensor kept, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown, int64_t cols);
 torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau);
-torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n);
+torch::Tensor top_k(torch::Tensor scores, torch::Tensor keys, int64_t k, bool largest);
+torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n, torch::Tensor out);
+torch::Tensor flat(torch::Tensor ptr, torch::Tensor idx, int64_t cols);
+torch::Tensor grad_at(std::vector<torch::Tensor> gys, std::vector<torch::Tensor> xs, torch::Tensor at, int64_t cols);
 torch::Tensor transpose_values(torch::Tensor perm, torch::Tensor val);
 std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torch::Tensor kept, std::vector<torch::Tensor> gys,
                                       std::vector<torch::Tensor> xs, double tau);
@@ -63,3 +66,4 @@ torch::Tensor conv_bwd_values(torch::Tensor ptr, torch::Tensor idx, torch::Tenso
 // masks.cpp
 void zero_inactive(torch::Tensor x, torch::Tensor mask);
 void split_inactive(torch::Tensor g, torch::Tensor mask, torch::Tensor out, bool add);
+int64_t or_count(torch::Tensor ex, torch::Tensor mask);

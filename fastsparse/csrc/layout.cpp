@@ -21,12 +21,12 @@ std::vector<torch::Tensor> csr_transpose(torch::Tensor ptr, torch::Tensor idx, i
   return {tptr, tidx, perm};
 }
 
-// the compressed rows after a topology update: the old entries (optr, oidx) still set in `mask`, merged in column order
-// with `grown` (flat indices, none of them old entries); and for each old entry its new position, or -1 if it was dropped.
-// Reads the mask at the old entries only, never the whole of it.
-std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown) {
-  const int64_t rows = optr.size(0) - 1, cols = mask.size(1), G = grown.size(0);
-  const bool* m = mask.data_ptr<bool>(); const int64_t* op = optr.data_ptr<int64_t>(); const int32_t* oi = oidx.data_ptr<int32_t>();
+// the compressed rows after a topology update: the old entries (optr, oidx) still `kept` (a bool per old entry), merged in
+// column order with `grown` (flat indices of a matrix of `cols` columns, none of them old entries kept); and for each old
+// entry its new position, or -1 if it was dropped. Reads no mask.
+std::vector<torch::Tensor> relayout(torch::Tensor kept, torch::Tensor optr, torch::Tensor oidx, torch::Tensor grown, int64_t cols) {
+  const int64_t rows = optr.size(0) - 1, G = grown.size(0);
+  const bool* kp = kept.data_ptr<bool>(); const int64_t* op = optr.data_ptr<int64_t>(); const int32_t* oi = oidx.data_ptr<int32_t>();
   const int64_t* g = grown.data_ptr<int64_t>();
   std::vector<int64_t> gp(rows + 1, 0);
   for (int64_t i = 0; i < G; ++i) ++gp[g[i] / cols + 1];
@@ -37,9 +37,9 @@ std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torc
   #pragma omp parallel for schedule(dynamic, 64) if (oidx.size(0) + G > PAR)
   for (int64_t r = 0; r < rows; ++r) {
     std::sort(gc.begin() + gp[r], gc.begin() + gp[r + 1]);
-    int64_t kept = 0;
-    for (int64_t j = op[r]; j < op[r + 1]; ++j) kept += m[r * cols + oi[j]];
-    p[r + 1] = kept + gp[r + 1] - gp[r];
+    int64_t n = 0;
+    for (int64_t j = op[r]; j < op[r + 1]; ++j) n += kp[j];
+    p[r + 1] = n + gp[r + 1] - gp[r];
   }
   for (int64_t r = 0; r < rows; ++r) p[r + 1] += p[r];
   auto idx = torch::empty({p[rows]}, oidx.options()); auto where = torch::full({oidx.size(0)}, -1, optr.options());
@@ -49,7 +49,7 @@ std::vector<torch::Tensor> relayout(torch::Tensor mask, torch::Tensor optr, torc
     int64_t k = p[r], j = op[r], q = gp[r];
     const int64_t je = op[r + 1], qe = gp[r + 1];
     while (j < je || q < qe) {
-      if (j < je && !m[r * cols + oi[j]]) { ++j; continue; }                // dropped
+      if (j < je && !kp[j]) { ++j; continue; }                              // dropped
       if (q >= qe || (j < je && oi[j] < gc[q])) { w[j] = k; ci[k++] = oi[j++]; }
       else ci[k++] = gc[q++];
     }
@@ -79,6 +79,65 @@ torch::Tensor above(torch::Tensor scores, torch::Tensor mask, double tau) {
   auto res = torch::empty({total}, scores.options().dtype(torch::kInt64)); int64_t* r = res.data_ptr<int64_t>();
   for (auto& v : parts) { std::copy(v.begin(), v.end(), r); r += v.size(); }
   return res;
+}
+
+// The first k of n scores in the order `before` (a strict weak order on positions): a sample of the values `val` brackets
+// the k-th; one pass keeps the positions below the bracket and those in it, and only the bracket is ranked. Where the sample
+// misleads (or the scores are few), all of them are ranked: exact either way. In no particular order.
+template <class V, class Before>
+static std::vector<int64_t> first_k(int64_t n, int64_t k, V val, Before before) {
+  std::vector<int64_t> below, band;
+  bool bracketed = false;
+  if (k && k < n && n >= (1 << 16)) {
+    constexpr int64_t M = 1 << 13;
+    std::vector<float> smp(M);
+    for (int64_t j = 0; j < M; ++j) smp[j] = val(j * n / M);   // evenly spread over the scores
+    std::sort(smp.begin(), smp.end());
+    const double q = (double)k / n, d = 4 * std::sqrt(q * (1 - q) / M) + 2.0 / M;
+    const int64_t lo_r = (int64_t)std::floor((q - d) * M), hi_r = (int64_t)std::ceil((q + d) * M);
+    const float lo = lo_r < 0 ? -INFINITY : smp[lo_r], hi = hi_r >= M ? INFINITY : smp[hi_r];
+    // one pass without branches: each position is written to both lists, and kept where it belongs (up to each list's room)
+    const int64_t room_b = k, room_d = std::min(n, 4 * (int64_t)std::ceil(2 * d * n) + 1024);
+    below.resize(room_b + 1); band.resize(room_d + 1);
+    int64_t* bl = below.data(); int64_t* bd = band.data();
+    int64_t nb = 0, nd = 0, tb = 0, td = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = val(i); const bool b = x < lo, m = !b && x <= hi;
+      bl[nb] = i; nb += b & (nb < room_b); tb += b;
+      bd[nd] = i; nd += m & (nd < room_d); td += m;
+    }
+    below.resize(nb); band.resize(nd);
+    bracketed = tb == nb && td == nd && nb <= k && k <= nb + nd;
+  }
+  if (!bracketed) { below.clear(); band.resize(n); for (int64_t i = 0; i < n; ++i) band[i] = i; }
+  const int64_t need = k - (int64_t)below.size();
+  std::nth_element(band.begin(), band.begin() + need, band.end(), before);
+  below.insert(below.end(), band.begin(), band.begin() + need);
+  return below;
+}
+
+// The positions of the k smallest `scores` (largest: the k largest), ties going to the lower key (`keys`, int64, one per
+// score; empty: the position itself), in no particular order: so the same set whatever order the scores come in. NaN ranks
+// last. More than half of them: the others are found (the last n - k in the same order), and the rest listed ascending.
+torch::Tensor top_k(torch::Tensor scores, torch::Tensor keys, int64_t k, bool largest) {
+  const int64_t n = scores.numel();
+  k = std::max<int64_t>(0, std::min(k, n));
+  const float* s = scores.data_ptr<float>(); const int64_t* key = keys.numel() ? keys.data_ptr<int64_t>() : nullptr;
+  auto out = torch::empty({k}, scores.options().dtype(torch::kInt64)); int64_t* o = out.data_ptr<int64_t>();
+  auto val = [&](int64_t i) { const float x = largest ? -s[i] : s[i]; return std::isnan(x) ? INFINITY : x; };
+  auto kv = [&](int64_t i) { return key ? key[i] : i; };
+  if (2 * k <= n) {
+    auto first = first_k(n, k, val, [&](int64_t a, int64_t b) { const float va = val(a), vb = val(b); return va < vb || (va == vb && kv(a) < kv(b)); });
+    std::copy(first.begin(), first.end(), o);
+  } else {                            // the last n - k: first in the reversed order
+    auto last = first_k(n, n - k, [&](int64_t i) { return -val(i); },
+                        [&](int64_t a, int64_t b) { const float va = val(a), vb = val(b); return va > vb || (va == vb && kv(a) > kv(b)); });
+    std::vector<uint8_t> out_of(n, 0);
+    for (int64_t i : last) out_of[i] = 1;
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; ++i) if (!out_of[i]) o[j++] = i;
+  }
+  return out;
 }
 
 // RigL's growth candidates without the dense gradient: for a weight in compressed rows (ptr, idx) whose backward passes saw
@@ -151,9 +210,10 @@ torch::Tensor transpose_values(torch::Tensor perm, torch::Tensor val) {
   return out;
 }
 
-// a tensor of n entries holding v[j] at where[j] for each j with where[j] >= 0, zeros elsewhere (values moved to a new layout)
-torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n) {
-  auto out = torch::zeros({n}, v.options());
+// a tensor of n entries holding v[j] at where[j] for each j with where[j] >= 0, zeros elsewhere (values moved to a new
+// layout); in `out` when given (a kept buffer: no fresh pages)
+torch::Tensor move(torch::Tensor v, torch::Tensor where, int64_t n, torch::Tensor out) {
+  if (out.numel()) out.zero_(); else out = torch::zeros({n}, v.options());
   const float* vp = v.data_ptr<float>(); const int64_t* w = where.data_ptr<int64_t>(); float* o = out.data_ptr<float>();
   const int64_t m = where.size(0);
   #pragma omp parallel for schedule(static) if (m > PAR)
@@ -170,5 +230,32 @@ torch::Tensor densify(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, i
   #pragma omp parallel for schedule(static) if (p[rows] > PAR)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = p[r]; k < p[r + 1]; ++k) o[r * cols + ci[k]] = v[k];
+  return out;
+}
+
+// the flat (row-major) index of each entry of compressed rows (ptr, idx) with `cols` columns, in their order
+torch::Tensor flat(torch::Tensor ptr, torch::Tensor idx, int64_t cols) {
+  const int64_t rows = ptr.size(0) - 1;
+  auto out = torch::empty({idx.size(0)}, ptr.options());
+  const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>(); int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = p[r]; k < p[r + 1]; ++k) o[k] = r * cols + ci[k];
+  return out;
+}
+
+// the dense weight gradient sum_i gys[i]^T xs[i] (gys[i]: B_i x R, xs[i]: B_i x cols, row-major) at the flat indices `at`
+// alone: a sample of positions, each a dot product over the batch, a batch row at a time (its inputs and output gradients in cache)
+torch::Tensor grad_at(std::vector<torch::Tensor> gys, std::vector<torch::Tensor> xs, torch::Tensor at, int64_t cols) {
+  const int64_t n = at.numel();
+  auto out = torch::zeros({n}, xs[0].options());
+  const int64_t* a = at.data_ptr<int64_t>(); float* o = out.data_ptr<float>();
+  std::vector<int32_t> rr(n), cc(n);
+  for (int64_t j = 0; j < n; ++j) { rr[j] = (int32_t)(a[j] / cols); cc[j] = (int32_t)(a[j] % cols); }
+  for (size_t i = 0; i < gys.size(); ++i) {
+    const int64_t B = xs[i].size(0), R = gys[i].size(1);
+    const float* g = gys[i].data_ptr<float>(); const float* x = xs[i].data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < n; ++j) o[j] += g[b * R + rr[j]] * x[b * cols + cc[j]];
+  }
   return out;
 }

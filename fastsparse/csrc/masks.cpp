@@ -31,3 +31,17 @@ void split_inactive(torch::Tensor g, torch::Tensor mask, torch::Tensor out, bool
     for (int64_t i = 0; i < n; ++i) { const float v = p[i]; o[i] = v; p[i] = m[i] ? v : 0.f; }
   }
 }
+
+// ex |= mask (bool tensors of one size), and how many entries of ex are true after: one pass (the positions ever active),
+// eight bools to a word (each byte 0 or 1, so a word's popcount is its count)
+int64_t or_count(torch::Tensor ex, torch::Tensor mask) {
+  const int64_t n = ex.numel(), words = n / 8; uint8_t* e = (uint8_t*)ex.data_ptr<bool>(); const uint8_t* m = (const uint8_t*)mask.data_ptr<bool>();
+  int64_t c = 0;
+  #pragma omp parallel for reduction(+ : c) schedule(static) if (n > 4 * PAR)
+  for (int64_t i = 0; i < words; ++i) {
+    uint64_t a, b; __builtin_memcpy(&a, e + 8 * i, 8); __builtin_memcpy(&b, m + 8 * i, 8);
+    a |= b; __builtin_memcpy(e + 8 * i, &a, 8); c += __builtin_popcountll(a);
+  }
+  for (int64_t i = 8 * words; i < n; ++i) { e[i] |= m[i]; c += e[i]; }
+  return c;
+}
