@@ -583,8 +583,11 @@ class Scorer:
 
     def keep(self, t, ctx, active_idx):
         "Keep scores of the active weights of `t`, in the order of `active_idx`"
-        if t.sparse and getattr(self.keep_score_f, 'elementwise', False):   # on the active values: no dense score
-            return check_score(self.keep_score_f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, self.keep_score_f))
+        f = self.keep_score_f
+        if getattr(f, 'elementwise', False):   # on the active entries alone: no dense score
+            if t.sparse: return check_score(f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, f))   # the values
+            w, idx = _active_entries(ctx, t, self.opt, lambda _: active_idx)   # masked: the weight's active entries and their state
+            return check_score(f, w, self.opt, **_at(ctx, idx, w, f))
         return check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
 
     def grow(self, t, ctx, idx, local):
@@ -627,7 +630,7 @@ class Scorer:
 def _grow_at(t, ctx, grow, drop_idx, n_active, n_grow):
     "The flat indices of the `n_grow` highest `grow` scores of `t` where it is inactive or just dropped (`drop_idx`)"
     mask = t.mask.view(-1)
-    fast = t.sparse and grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()
+    fast = grow.dtype == torch.float32 and grow.device.type == 'cpu' and grow.is_contiguous()   # either compute
     return _top_where(grow, mask, drop_idx, mask.numel() - n_active + len(drop_idx), n_grow, ctx['generator'], fast)
 
 def _grow_streamed(t, ctx, plan, local):
