@@ -290,16 +290,16 @@ def top_k(scores:torch.Tensor,        # flat scores
           k:int,                      # how many to choose (at most all of them)
           largest:bool=True,          # the largest (False: the smallest)
           keys:torch.Tensor=None,     # int64, one per score: equal scores go to the lowest key (None: the lowest position)
-         )->torch.Tensor:             # positions in `scores`, in no particular order
+         )->torch.Tensor:             # positions in the scores, in no particular order
     "The positions of the `k` largest (or smallest) `scores`: exact, NaN ranked last, the same entries whatever order the scores (with their keys) come in"
     kern = kernels() if scores.dtype == torch.float32 and scores.device.type == 'cpu' else _TorchKernels
     return kern.top_k(scores.contiguous(), _NO_KEYS if keys is None else keys.contiguous(), k, largest)
 
 def move_values(v:torch.Tensor,       # one entry per active weight of the old layout (values, their gradient or state)
-                where:torch.Tensor,   # each entry's position in the new layout, -1 if dropped (`CSRLayout.after`)
+                where:torch.Tensor,   # each entry's position in the new layout, -1 if dropped (as CSRLayout.after gives it)
                 n:int,                # the new layout's count
                 reuse:bool=False,     # into a buffer kept between calls: copy it before the next call
-               )->torch.Tensor:       # `(n,)`: the kept entries at their new places, zeros where weights were grown
+               )->torch.Tensor:       # n entries: the kept ones at their new places, zeros where weights were grown
     "`v` moved to a new layout after a topology update"
     if v.dtype == torch.float32 and v.device.type == 'cpu':
         return kernels().move(v.contiguous(), where, n, _scratch('move', (n,)) if reuse else _NONE)
