@@ -62,8 +62,7 @@ class _TorchKernels:
         return tptr, r.index_select(0, perm).int(), perm
     @staticmethod
     def relayout(kept, optr, oidx, grown, cols):
-        rows = optr.numel() - 1
-        old = _entry_rows(optr, oidx.numel()) * cols + oidx.long()
+        rows, old = optr.numel() - 1, _TorchKernels.flat(optr, oidx, cols)
         flat = torch.cat([old[kept], grown]).sort().values
         ptr = torch.zeros(rows + 1, dtype=torch.int64, device=optr.device); ptr[1:] = torch.bincount(flat // cols, minlength=rows).cumsum(0)
         pos = torch.searchsorted(flat, old).clamp(max=max(len(flat) - 1, 0))

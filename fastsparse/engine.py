@@ -588,7 +588,7 @@ class Scorer:
             if t.sparse: return check_score(f, t.trainable, self.opt, **_at(ctx, active_idx, t.trainable, f))   # the values
             w, idx = _active_entries(ctx, t, self.opt, lambda _: active_idx)   # masked: the weight's active entries and their state
             return check_score(f, w, self.opt, **_at(ctx, idx, w, f))
-        return check_score(self.keep_score_f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
+        return check_score(f, ctx['weight'], self.opt, **ctx).view(-1).index_select(0, active_idx)
 
     def grow(self, t, ctx, idx, local):
         """Flat grow scores of `t`; in sparse compute with a zero stand-in for the weight, the inactive weights score with their

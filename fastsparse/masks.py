@@ -18,7 +18,7 @@ from .adapters import as_model, checkpoint_state, checkpoint_globals
 # %% auto #0
 __all__ = ['SPARSIFIABLE', 'EMBEDDINGS', 'MASK_KERNELS', 'WEIGHT_BUFFERS', 'STATE_KEY', 'HISTORY_KEY', 'GRAD_RECORDS',
            'DIRECT_READERS', 'COMPUTE_MODES', 'SparseTarget', 'sparsifiable_params', 'select_targets', 'masked_params',
-           'is_sparse', 'zero_inactive', 'split_inactive', 'apply_masks', 'WeightBuffer', 'buffer_name',
+           'is_sparse', 'zero_inactive', 'split_inactive', 'add_explored', 'apply_masks', 'WeightBuffer', 'buffer_name',
            'buffer_weight', 'get_buffer', 'set_buffer', 'ensure_buffer', 'drop_buffers', 'mask_name', 'values_name',
            'explored_name', 'grown_name', 'init_name', 'prev_name', 'grad_masked', 'SparseHooks', 'register_compute',
            'mask_hooks', 'has_mask_hooks', 'remove_mask_hooks', 'n_keep', 'sparsify_model', 'unsparsify', 'load_sparse']
@@ -183,9 +183,9 @@ def _as_targets(x)->list:
 # 'or_count' is `or_count(explored, mask)`: `explored |= mask`, and how many positions it holds after
 MASK_KERNELS = {}
 
-def _fast(name, x, mask):
+def _fast(name, x, mask, dtype=torch.float32):
     f = MASK_KERNELS.get(name)
-    return f if (f is not None and x.numel() >= 1 << 16 and x.dtype == torch.float32 and x.device.type == 'cpu'   # small: torch's ops do
+    return f if (f is not None and x.numel() >= 1 << 16 and x.dtype == dtype and x.device.type == 'cpu'   # small: torch's ops do
                  and x.is_contiguous() and mask.is_contiguous()) else None
 
 def zero_inactive(x:torch.Tensor,     # a masked weight (its `.data`) or its gradient
@@ -208,6 +208,13 @@ def split_inactive(grad:torch.Tensor,  # the gradient of a masked weight, after 
         else: out.copy_(grad)
         grad.masked_fill_(~mask, 0)
     return out
+
+def add_explored(explored:torch.Tensor,  # bool, the positions of a weight active at some point of the run (its 'explored' buffer)
+                 mask:torch.Tensor,      # its bool mask now
+                )->int:                  # how many positions `explored` holds after
+    "`explored |= mask` in place, and its count, in one pass: what the update log records at each update"
+    if (f := _fast('or_count', explored, mask, torch.bool)) is not None: return f(explored, mask)
+    return int(torch.count_nonzero(explored.logical_or_(mask)))
 
 def apply_masks(model_or_targets,  # a model (every masked weight), a `SparseTarget` or a list of them
                 fresh:bool=False,  # promise that nothing writes these weights before the next forward reads them

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from .adapters import as_model
-from .masks import masked_params, HISTORY_KEY, MASK_KERNELS, get_buffer, set_buffer, ensure_buffer, drop_buffers
+from .masks import masked_params, HISTORY_KEY, add_explored, get_buffer, set_buffer, ensure_buffer, drop_buffers
 from .distributions import erdos_renyi_sparsity, uniform_sparsity
 from .activations import activation_report
 if TYPE_CHECKING: import pandas as pd   # for annotations: pandas itself is imported when a table is made (`_pd`)
@@ -82,12 +82,6 @@ def _records(hist, names):
         out.setdefault(r['update'], []).append(r)
     return list(out.values())
 
-def _or_count(ex, mask)->int:
-    "`ex |= mask` in place, and how many positions `ex` holds after: one pass where the kernels are compiled"
-    f = MASK_KERNELS.get('or_count')
-    if f is not None and ex.device.type == 'cpu' and ex.is_contiguous() and mask.is_contiguous() and ex.numel() >= 1 << 16: return f(ex, mask)
-    return int(torch.count_nonzero(ex.logical_or_(mask)))
-
 class UpdateLog:
     "What the updates of a training run did (history, survival, exploration), kept in model buffers so that checkpoints carry it"
     def __init__(self,
@@ -123,7 +117,7 @@ class UpdateLog:
             ex = get_buffer(t.module, t.attr, 'explored')
             g = prev.get(t.name)    # weights grown at the previous update that are still active
             r.update(pct_train=pct_train, survived=-1 if g is None else int(t.mask.view(-1)[g].sum()),
-                     explored=_or_count(ex, t.mask))
+                     explored=add_explored(ex, t.mask))
             set_buffer(t.module, t.attr, 'grown', r.pop('grown_idx'))   # in the model: a resumed run counts their survival
         self.history.append(records)
         hist = self.model._buffers[HISTORY_KEY]
