@@ -6,7 +6,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
 # the tutorials train end to end for a minute or more under load: marked slow (`pytest -m slow`, which .ci/run runs)
-SLOW = {'01_structure', '06_budgets', '09_stats', '12_callback', '20_tutorial_criteria', '21_tutorial_pytorch', '22_tutorial_activations', '23_tutorial_transformer'}   # the longest: `pytest -m slow`
+SLOW = {'01_structure', '04_criteria', '06_budgets', '09_stats', '10_engine', '12_callback', '20_tutorial_criteria', '21_tutorial_pytorch', '22_tutorial_activations', '23_tutorial_transformer'}   # the longest: `pytest -m slow`
 
 def test_notebooks_found(): assert len(NOTEBOOKS) >= 8 and SLOW <= {p.stem for p in NOTEBOOKS}
 
