@@ -37,6 +37,8 @@ def _kernels_for(which):
 @example(5, 70, 200, 0.1, False, 'cpp', 2).via('three panels and a narrow one')
 @example(300, 200, 1, 0.2, True, 'cpp', 6).via('a batch of one: gathered inputs')
 @example(300, 200, 37, 0.2, True, 'cpp', 7).via('five lanes past two vectors: masked loads')
+@example(300, 200, 48, 0.2, True, 'cpp', 8).via('three vectors of lanes in one pass over the entries')
+@example(300, 200, 112, 0.2, True, 'cpp', 9).via('a whole panel, then three vectors')
 @example(5, 7, 0, 0.5, True, 'cpp', 5).via('an empty batch')
 @example(5, 7, 0, 0.5, True, 'torch', 5).via('an empty batch, torch fallback')
 @example(9, 4100, 70, 0.05, True, 'cpp', 3).via('wide: three column blocks in the product and the values gradient')
@@ -82,6 +84,8 @@ def test_panels_round_trip_the_same_in_both_kernels(n, c, bias, seed):
        st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(0, 3), st.integers(0, 3), st.integers(1, 2),
        st.floats(0., 1.), st.booleans(), st.sampled_from(['cpp', 'torch']), st.sampled_from([1, 1, 2, 3]), st.integers(0, 2**31))
 @example(5, 1, 1, 7, 7, 3, 3, 1, 1, 1, 1, 1, 0.6, True, 'cpp', 3, 0).via('depthwise')
+@example(40, 3, 4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 0.6, True, 'cpp', 1, 1).via('three vectors of batch lanes')
+@example(100, 2, 3, 4, 4, 3, 3, 2, 1, 1, 1, 1, 0.6, True, 'cpp', 1, 2).via('64 batch lanes, then three vectors')
 def test_sparse_conv2d_matches_masked_dense(n, c, o, h, w_, kh, kw, sh, sw, ph, pw, dil, density, bias, which, groups, seed):
     "`sparse_conv2d` gives `F.conv2d`'s output and gradients on the masked weight, and the dense weight gradient; `c` and `o` are per group"
     if h + 2 * ph < dil * (kh - 1) + 1 or w_ + 2 * pw < dil * (kw - 1) + 1: return    # no output position

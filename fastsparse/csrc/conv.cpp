@@ -94,12 +94,8 @@ torch::Tensor conv_fwd(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, 
           }
           st(out + b0, a0); st(out + b0 + 16, a1); st(out + b0 + 32, a2); st(out + b0 + 48, a3);
         }
-        for (; b0 < Np; b0 += 16) {
-          v16 a0 = {0};
-          if (bl > 0) a0 = ld(out + b0);
-          for (int64_t k = s; k < e; ++k) a0 += v[k] * ld(xq + off[k] + b0);
-          st(out + b0, a0);
-        }
+        if (b0 < Np)                     // 16, 32 or 48 lanes left: one pass over the entries
+          axpy_rest((Np - b0) / 16, [v](int64_t k) { return v[k]; }, [off](int64_t k) { return off[k]; }, xq + b0, s, e, out + b0, bl > 0);
       }
   }
   return y;
@@ -136,28 +132,41 @@ torch::Tensor conv_bwd_input(torch::Tensor tptr, torch::Tensor tidx, torch::Tens
     for (int64_t c = 0; c < C; ++c) {
       float* out = gp + ((c * H + h) * W + w) * Np;
       for (int64_t b0 = 0; b0 < Np; b0 += 64) {
-        const int64_t nb = std::min<int64_t>(4, (Np - b0) / 16);
-        v16 a[4] = {{0}, {0}, {0}, {0}};
-        for (int64_t u = 0; u < nr; ++u) {
-          const int64_t col = c * KK + rr[u];
-          const float* gq = g + gq_off[u] + b0;
-          if (nb == 4)
-            for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
-              const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
-              a[0] += wt * ld(gr); a[1] += wt * ld(gr + 16); a[2] += wt * ld(gr + 32); a[3] += wt * ld(gr + 48);
-            }
-          else
-            for (int64_t t = tp[col]; t < tp[col + 1]; ++t) {
-              const float wt = v[pm[t]]; const float* gr = gq + ti[t] * rowstride;
-              for (int64_t z = 0; z < nb; ++z) a[z] += wt * ld(gr + 16 * z);
-            }
+        // the run's vectors (nb: 4, or the 1-3 left) summed in registers over every (kh, kw) and entry reaching here
+        const auto run = [&](auto nbc) {
+          constexpr int NB = decltype(nbc)::value;
+          v16 a[UNROLL<NB>][NB] = {};
+          for (int64_t u = 0; u < nr; ++u) {
+            const int64_t col = c * KK + rr[u];
+            axpy_acc(a, [v, pm](int64_t t) { return v[pm[t]]; }, [ti, rowstride](int64_t t) { return ti[t] * rowstride; },
+                     g + gq_off[u] + b0, tp[col], tp[col + 1]);
+          }
+          store_sum(a, out + b0, false);
+        };
+        switch (std::min<int64_t>(4, (Np - b0) / 16)) {
+          case 4: run(std::integral_constant<int, 4>{}); break;
+          case 3: run(std::integral_constant<int, 3>{}); break;
+          case 2: run(std::integral_constant<int, 2>{}); break;
+          default: run(std::integral_constant<int, 1>{});
         }
-        for (int64_t z = 0; z < nb; ++z) st(out + b0 + 16 * z, a[z]);
       }
     }
   }
   }
   return gx;
+}
+
+// acc[k - s] += g (NV vectors) times the NV vectors at x + off[k], lane by lane, for entries s .. e
+template <int NV>
+static inline void dots(const float* __restrict gq, const float* __restrict x, const int64_t* __restrict off, int64_t s, int64_t e, v16* __restrict acc) {
+  v16 g[NV];
+  for (int v = 0; v < NV; ++v) g[v] = ld(gq + 16 * v);
+  for (int64_t k = s; k < e; ++k) {
+    const float* xr = x + off[k];
+    v16 a = g[0] * ld(xr);
+    for (int v = 1; v < NV; ++v) a += g[v] * ld(xr + 16 * v);
+    acc[k - s] += a;
+  }
 }
 
 // grad of the values: gv[k] = sum over output positions of dot(gy[o, i, j], xp[c, i*sh + kh*dh, j*sw + kw*dw]) (the padded batch adds 0)
@@ -187,9 +196,10 @@ torch::Tensor conv_bwd_values(torch::Tensor ptr, torch::Tensor idx, torch::Tenso
             acc[k - s0] += g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48);
           }
         }
-        for (; b0 < Np; b0 += 16) {
-          const v16 g0 = ld(gq + b0);
-          for (int64_t k = s; k < e; ++k) acc[k - s0] += g0 * ld(xq + off[k] + b0);
+        switch ((Np - b0) / 16) {       // 16, 32 or 48 lanes left: one pass over the entries
+          case 1: dots<1>(gq + b0, xq + b0, off, s, e, acc.data() + (s - s0)); break;
+          case 2: dots<2>(gq + b0, xq + b0, off, s, e, acc.data() + (s - s0)); break;
+          case 3: dots<3>(gq + b0, xq + b0, off, s, e, acc.data() + (s - s0)); break;
         }
       }
     }

@@ -1,4 +1,4 @@
-// What fastsparse's sparse kernels share: includes, the vector type and its helpers, the one threading constant, and
+// What fastsparse's sparse kernels share: includes, the vector type and its helpers, the products' inner loop, the one threading constant, and
 // the kernels' declarations. One file per concern: linear.cpp (the linear product and its gradients), layout.cpp (compressed
 // rows: building, updating, selecting, densifying), conv.cpp (convolutions), masks.cpp (masked compute's passes); bindings.cpp makes them a Python module.
 // `fastsparse.compute.kernels()` compiles them with -O3 -march=native -fopenmp, so `v16` uses the machine's vector registers.
@@ -8,6 +8,7 @@
 #include <torch/types.h>   // tensors and their factories: a third of torch/extension.h's compile time
 #include <omp.h>
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 constexpr int64_t PAR = 1 << 18;   // below this much work a kernel runs on one thread: a parallel region would cost more
@@ -28,6 +29,40 @@ static inline float hsum(v16 v) {
   v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// a[u] += the sum over entries k in [s, e) of w(k) times the NV vectors at x + at(k): the inner loop of the products over a
+// run of 16 * NV lanes (linear.cpp, conv.cpp). U entries at a time, each into its own sums a[u], so that the adds of one
+// entry do not wait on the previous entry's (an add takes four cycles, a load from cache fewer)
+template <int NV, int U, class W, class At>
+static inline void axpy_acc(v16 (&a)[U][NV], W w, At at, const float* __restrict x, int64_t s, int64_t e) {
+  int64_t k = s;
+  for (; k + U <= e; k += U)
+    for (int u = 0; u < U; ++u) { const float wk = w(k + u); const float* xr = x + at(k + u); for (int v = 0; v < NV; ++v) a[u][v] += wk * ld(xr + 16 * v); }
+  for (; k < e; ++k) { const float wk = w(k); const float* xr = x + at(k); for (int v = 0; v < NV; ++v) a[0][v] += wk * ld(xr + 16 * v); }
+}
+// o's NV vectors (+)= the U sums
+template <int NV, int U> static inline void store_sum(v16 (&a)[U][NV], float* __restrict o, bool add) {
+  for (int v = 0; v < NV; ++v) {
+    v16 t = add ? ld(o + 16 * v) : v16{0};
+    for (int u = 0; u < U; ++u) t += a[u][v];
+    st(o + 16 * v, t);
+  }
+}
+// entries per pass for NV vectors of lanes: enough sums in flight to hide the add's latency, few enough to stay in registers
+template <int NV> constexpr int UNROLL = NV == 1 ? 4 : NV == 4 ? 1 : 2;
+template <int NV, class W, class At>
+static inline void axpy_lanes(W w, At at, const float* __restrict x, int64_t s, int64_t e, float* __restrict o, bool add) {
+  v16 a[UNROLL<NV>][NV] = {};
+  axpy_acc(a, w, at, x, s, e);
+  store_sum(a, o, add);
+}
+// the same over the 16, 32 or 48 lanes left after runs of 64 (nv = 1, 2, 3 vectors)
+template <class W, class At>
+static inline void axpy_rest(int64_t nv, W w, At at, const float* __restrict x, int64_t s, int64_t e, float* __restrict o, bool add) {
+  if (nv == 1) axpy_lanes<1>(w, at, x, s, e, o, add);
+  else if (nv == 2) axpy_lanes<2>(w, at, x, s, e, o, add);
+  else if (nv == 3) axpy_lanes<3>(w, at, x, s, e, o, add);
 }
 
 // linear.cpp

@@ -58,9 +58,15 @@ static inline void mm_lanes(const int32_t* __restrict idx, const float* __restri
     return;
   }
   const __mmask16 lm = first(n - b0);
-  v16 a0 = {0};
-  for (int64_t k = s; k < e; ++k) a0 += val[k] * ld(xp + (int64_t)idx[k] * n + b0, lm);
-  _mm512_mask_storeu_ps(o + b0, lm, (__m512)a0);
+  const float* xb = xp + b0;
+  v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};   // four entries at a time, each into its own sum: no wait on the last add
+  int64_t k = s;
+  for (; k + 4 <= e; k += 4) {
+    a0 += val[k] * ld(xb + (int64_t)idx[k] * n, lm); a1 += val[k + 1] * ld(xb + (int64_t)idx[k + 1] * n, lm);
+    a2 += val[k + 2] * ld(xb + (int64_t)idx[k + 2] * n, lm); a3 += val[k + 3] * ld(xb + (int64_t)idx[k + 3] * n, lm);
+  }
+  for (; k < e; ++k) a0 += val[k] * ld(xb + (int64_t)idx[k] * n, lm);
+  _mm512_mask_storeu_ps(o + b0, lm, (__m512)((a0 + a1) + (a2 + a3)));
 #else
   for (int64_t j = b0; j < n; ++j) {
     float a = 0;
@@ -88,10 +94,9 @@ static inline void mm_row(const int64_t* __restrict ptr, const int32_t* __restri
     }
     st(o + b0, a0); st(o + b0 + 16, a1); st(o + b0 + 32, a2); st(o + b0 + 48, a3);
   }
-  for (; b0 + 16 <= n; b0 += 16) {
-    v16 a0 = {0};
-    for (int64_t k = s; k < e; ++k) a0 += val[k] * ld(xp + (int64_t)idx[k] * n + b0);
-    st(o + b0, a0);
+  if (n - b0 >= 16) {                  // 16, 32 or 48 lanes left: one pass over the entries
+    axpy_rest((n - b0) / 16, [val](int64_t k) { return val[k]; }, [idx, n](int64_t k) { return (int64_t)idx[k] * n; }, xp + b0, s, e, o + b0, false);
+    b0 += (n - b0) / 16 * 16;
   }
   if (b0 < n) mm_lanes(idx, val, xp, o, s, e, b0, n);
 }
@@ -115,38 +120,34 @@ torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torc
   return out;
 }
 
+// row r's entries' dots over NV vectors of lanes (16 * NV lanes from b0): gq, xp at the run's first lane
+template <int NV>
+static inline void sddmm_lanes(const int64_t* __restrict p, const int32_t* __restrict ci, const float* __restrict gr,
+                               const float* __restrict xp, float* __restrict gp, int64_t r, int64_t n) {
+  v16 g[NV];                             // this row's gradient block stays in registers for all its entries
+  for (int v = 0; v < NV; ++v) g[v] = ld(gr + 16 * v);
+  const auto dot = [&](const float* xr) { v16 a = g[0] * ld(xr); for (int v = 1; v < NV; ++v) a += g[v] * ld(xr + 16 * v); return a; };
+  int64_t k = p[r];
+  for (; k + 16 <= p[r + 1]; k += 16) {  // 16 entries at a time: their 16 dot products reduced together
+    v16 acc[16];
+    for (int u = 0; u < 16; ++u) acc[u] = dot(xp + (int64_t)ci[k + u] * n);
+    st(gp + k, ld(gp + k) + reduce16(acc));
+  }
+  for (; k < p[r + 1]; ++k) gp[k] += hsum(dot(xp + (int64_t)ci[k] * n));
+}
+
 // row r's share of the values' gradient from one panel (gq: the output gradient's panel, xp: the input's, n lanes each):
 // g[k] += dot(gq[r], xp[idx[k]]) for each of the row's entries
 static inline void sddmm_row(const int64_t* __restrict p, const int32_t* __restrict ci, const float* __restrict gq,
                              const float* __restrict xp, float* __restrict gp, int64_t r, int64_t n) {
   int64_t b0 = 0;
-  for (; b0 + 64 <= n; b0 += 64) {       // this row's gradient block stays in registers for all its entries
-    const float* gr = gq + r * n + b0;
-    const v16 g0 = ld(gr), g1 = ld(gr + 16), g2 = ld(gr + 32), g3 = ld(gr + 48);
-    int64_t k = p[r];
-    for (; k + 16 <= p[r + 1]; k += 16) {   // 16 entries at a time: their 16 dot products reduced together
-      v16 acc[16];
-      for (int u = 0; u < 16; ++u) {
-        const float* xr = xp + (int64_t)ci[k + u] * n + b0;
-        acc[u] = g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48);
-      }
-      st(gp + k, ld(gp + k) + reduce16(acc));
-    }
-    for (; k < p[r + 1]; ++k) {
-      const float* xr = xp + (int64_t)ci[k] * n + b0;
-      gp[k] += hsum(g0 * ld(xr) + g1 * ld(xr + 16) + g2 * ld(xr + 32) + g3 * ld(xr + 48));
-    }
+  for (; b0 + 64 <= n; b0 += 64) sddmm_lanes<4>(p, ci, gq + r * n + b0, xp + b0, gp, r, n);
+  switch ((n - b0) / 16) {               // 16, 32 or 48 lanes left (a small batch, a recurrent step): one pass over the entries
+    case 1: sddmm_lanes<1>(p, ci, gq + r * n + b0, xp + b0, gp, r, n); break;
+    case 2: sddmm_lanes<2>(p, ci, gq + r * n + b0, xp + b0, gp, r, n); break;
+    case 3: sddmm_lanes<3>(p, ci, gq + r * n + b0, xp + b0, gp, r, n); break;
   }
-  for (; b0 + 16 <= n; b0 += 16) {       // a narrow panel (a small batch, a recurrent step): 16 lanes at a time
-    const v16 g0 = ld(gq + r * n + b0);
-    int64_t k = p[r];
-    for (; k + 16 <= p[r + 1]; k += 16) {
-      v16 acc[16];
-      for (int u = 0; u < 16; ++u) acc[u] = g0 * ld(xp + (int64_t)ci[k + u] * n + b0);
-      st(gp + k, ld(gp + k) + reduce16(acc));
-    }
-    for (; k < p[r + 1]; ++k) gp[k] += hsum(g0 * ld(xp + (int64_t)ci[k] * n + b0));
-  }
+  b0 += (n - b0) / 16 * 16;
   if (b0 == n) return;
 #ifdef __AVX512F__
   if (n - b0 == 1) {                     // one lane: 16 entries at a time, their inputs gathered
