@@ -144,16 +144,20 @@ torch::Tensor top_k(torch::Tensor scores, torch::Tensor keys, int64_t k, bool la
 // inputs xs[i] (B_i x C) and output gradients gys[i] (B_i x R), the positions where |sum_i gys[i]^T xs[i]| >= tau, among the
 // inactive ones and the active ones not `kept` (dropped by this update): ascending flat indices, their scores, and a flag
 // (1 if every entry of the gradient is finite, else 0). The gradient is made a block of rows at a time (torch's matrix
-// product, into a buffer that stays in L2) and read there: no dense gradient, no dense score, no dense mask.
+// product, into a 4 MB buffer: large enough for the product to run near its full rate, small enough for the cache) and read
+// there: no dense gradient, no dense score, no dense mask. A row's kept weights are a bit per column, so that each candidate
+// is written and counted without a branch (the candidates come from the gradient, in no order a branch could learn).
 std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torch::Tensor kept, std::vector<torch::Tensor> gys,
                                       std::vector<torch::Tensor> xs, double tau) {
   const int64_t R = ptr.size(0) - 1, C = xs[0].size(1);
-  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(R, (1 << 18) / std::max<int64_t>(C, 1)));   // 1 MB of gradient
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(R, (1 << 20) / std::max<int64_t>(C, 1)));   // 4 MB of gradient
   auto G = torch::empty({RB, C}, xs[0].options());
   const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>(); const bool* kp = kept.data_ptr<bool>();
   const float t = (float)tau;
-  std::vector<int64_t> flat; std::vector<float> score;
+  static thread_local std::vector<int64_t> flat; static thread_local std::vector<float> score;   // kept: no fresh pages per update
+  flat.clear(); score.clear();
   std::vector<int32_t> cols(C + 16);   // a row's columns at or above t
+  std::vector<uint64_t> held((C + 63) / 64, 0);   // a bit per column of a row: a kept active weight, no candidate
   bool finite = true;
   for (int64_t r0 = 0; r0 < R; r0 += RB) {
     const int64_t nb = std::min(RB, R - r0);
@@ -171,10 +175,8 @@ std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torc
         const v16 a = vabs(ld(row + c)); sums += a;
 #ifdef __AVX512F__
         const __mmask16 m = _mm512_cmp_ps_mask((__m512)a, _mm512_set1_ps(t), _CMP_GE_OQ);
-        if (m) {
-          _mm512_mask_compressstoreu_epi32(cols.data() + nc, m, _mm512_add_epi32(_mm512_set1_epi32((int)c), LANE));
-          nc += __builtin_popcount(m);
-        }
+        _mm512_storeu_si512(cols.data() + nc, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(_mm512_set1_epi32((int)c), LANE)));
+        nc += __builtin_popcount(m);    // no branch: a block holds candidates or not as the gradient falls
 #else
         for (int u = 0; u < 16; ++u) if (a[u] >= t) cols[nc++] = (int32_t)(c + u);
 #endif
@@ -182,13 +184,18 @@ std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torc
       float sum = hsum(sums);
       for (; c < C; ++c) { const float a = std::fabs(row[c]); sum += a; if (a >= t) cols[nc++] = (int32_t)c; }
       if (!std::isfinite(sum)) for (c = 0; c < C; ++c) finite &= std::isfinite(row[c]);   // or only too large to sum
-      int64_t k = p[r];                 // the row's kept active weights are no candidates: both lists ascending
-      for (int64_t j = 0; j < nc; ++j) {
+      for (int64_t k = p[r]; k < p[r + 1]; ++k) if (kp[k]) held[ci[k] >> 6] |= 1ull << (ci[k] & 63);   // the row's kept active weights
+      int64_t n = flat.size();
+      if ((int64_t)flat.capacity() < n + nc) { flat.reserve(2 * (n + nc)); score.reserve(2 * (n + nc)); }
+      flat.resize(n + nc); score.resize(n + nc);
+      int64_t* fo = flat.data(); float* so = score.data();
+      for (int64_t j = 0; j < nc; ++j) {  // every candidate written, kept only where not held: no branch
         const int32_t col = cols[j];
-        while (k < p[r + 1] && ci[k] < col) ++k;
-        if (k < p[r + 1] && ci[k] == col && kp[k]) continue;
-        flat.push_back(r * C + col); score.push_back(std::fabs(row[col]));
+        fo[n] = r * C + col; so[n] = std::fabs(row[col]);
+        n += !((held[col >> 6] >> (col & 63)) & 1);
       }
+      flat.resize(n); score.resize(n);
+      for (int64_t k = p[r]; k < p[r + 1]; ++k) held[ci[k] >> 6] = 0;
     }
   }
   const int64_t n = flat.size();
