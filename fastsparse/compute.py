@@ -186,7 +186,7 @@ class CSRLayout(NamedTuple):
     def from_mask(cls, mask:torch.Tensor)->CSRLayout:
         "The layout of a bool `mask` of 2 or more dims, seen as `(rows, cols)` (row-major order of its True entries is the order of `values`)"
         if mask.dim() < 2 or mask.dtype != torch.bool: raise ValueError(f"Expected a bool mask of 2 or more dims, got {mask.dim()}-d {mask.dtype}")
-        return cls.from_flat(mask.reshape(-1).nonzero().squeeze(1), mask.shape[0], mask[0].numel())
+        return cls.from_flat(mask.reshape(-1).nonzero().squeeze(1), mask.shape[0], math.prod(mask.shape[1:]))   # rows may be 0
 
     @classmethod
     def after(cls, old:CSRLayout, kept:torch.Tensor, grown:torch.Tensor)->tuple:

@@ -999,6 +999,21 @@ def test_top_k_on_many_scores():
                 assert len(a) == k and torch.equal(keys[a].sort().values, keys[b].sort().values)
 
 @settings(max_examples=30, **SETTINGS)
+@given(st.integers(0, 40), st.integers(1, 1100), st.floats(0., 1.), st.integers(0, 2**31))
+@example(0, 300, 0.5, 0).via('a weight with no rows')
+@example(30, 1024, 0.0, 1).via('no entries')
+def test_csr_transpose_matches_torch(rows, cols, density, seed):
+    "The compiled transpose gives torch's: column pointers, rows ascending in each column, and where each value is (no rows too)"
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < density
+    L = CSRLayout.from_mask(mask)
+    with _kernels_for('cpp'): got = compute.kernels().csr_transpose(L.ptr, L.idx, cols)
+    want = compute._TorchKernels.csr_transpose(L.ptr, L.idx, cols)
+    for a, b in zip(got, want): assert torch.equal(a, b)
+    cr = mask.t().nonzero()                    # (column, row) of each entry, in the transposed order
+    assert torch.equal(got[1].long(), cr[:, 1]) and torch.equal(L.flat()[got[2]], cr[:, 1] * cols + cr[:, 0])
+
+@settings(max_examples=30, **SETTINGS)
 @given(st.integers(1, 60), st.integers(1, 70), st.floats(0., 1.), st.lists(st.integers(1, 9), min_size=1, max_size=3), st.integers(0, 2**31))
 def test_update_kernels_match_torch(rows, cols, density, batches, seed):
     "`flat`, `grad_at`, `move` (into a kept buffer) and `or_count` in both kernel sets give what torch's ops give"
