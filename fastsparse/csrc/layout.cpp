@@ -154,8 +154,7 @@ std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torc
   auto G = torch::empty({RB, C}, xs[0].options());
   const int64_t* p = ptr.data_ptr<int64_t>(); const int32_t* ci = idx.data_ptr<int32_t>(); const bool* kp = kept.data_ptr<bool>();
   const float t = (float)tau;
-  static thread_local std::vector<int64_t> flat; static thread_local std::vector<float> score;   // kept: no fresh pages per update
-  flat.clear(); score.clear();
+  std::vector<int64_t> flat; std::vector<float> score;
   std::vector<int32_t> cols(C + 16);   // a row's columns at or above t
   std::vector<uint64_t> held((C + 63) / 64, 0);   // a bit per column of a row: a kept active weight, no candidate
   bool finite = true;
@@ -186,7 +185,6 @@ std::vector<torch::Tensor> grad_above(torch::Tensor ptr, torch::Tensor idx, torc
       if (!std::isfinite(sum)) for (c = 0; c < C; ++c) finite &= std::isfinite(row[c]);   // or only too large to sum
       for (int64_t k = p[r]; k < p[r + 1]; ++k) if (kp[k]) held[ci[k] >> 6] |= 1ull << (ci[k] & 63);   // the row's kept active weights
       int64_t n = flat.size();
-      if ((int64_t)flat.capacity() < n + nc) { flat.reserve(2 * (n + nc)); score.reserve(2 * (n + nc)); }
       flat.resize(n + nc); score.resize(n + nc);
       int64_t* fo = flat.data(); float* so = score.data();
       for (int64_t j = 0; j < nc; ++j) {  // every candidate written, kept only where not held: no branch

@@ -120,7 +120,7 @@ torch::Tensor spmm(torch::Tensor ptr, torch::Tensor idx, torch::Tensor val, torc
   return out;
 }
 
-// row r's entries' dots over NV vectors of lanes (16 * NV lanes from b0): gq, xp at the run's first lane
+// row r's entries' dots over NV vectors of lanes: gr (row r of the output gradient's panel) and xp at the run's first lane
 template <int NV>
 static inline void sddmm_lanes(const int64_t* __restrict p, const int32_t* __restrict ci, const float* __restrict gr,
                                const float* __restrict xp, float* __restrict gp, int64_t r, int64_t n) {
